@@ -1,0 +1,1 @@
+fn main() { println!("loadgen: not built yet (see issue 4)"); }
