@@ -1,1 +1,3 @@
-fn main() { println!("loadgen: not built yet (see issue 4)"); }
+fn main() {
+    println!("loadgen: not built yet (see issue 4)");
+}
