@@ -115,7 +115,9 @@ fn bench(c: &mut Criterion) {
             })
         });
 
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let engine = Engine::start(&config(), dispatch::index::default_index(), clock.clone());
         runtime.block_on(async {

@@ -141,10 +141,8 @@ fn run(ops: &[Op]) -> Result<Vec<Event>, TestCaseError> {
                     dropoff: LatLng::new(base.0 + 0.02, base.1 + 0.02).unwrap(),
                     class: class(*c),
                 };
-                if let Ok((trip, dedup)) = d.request_trip(now, req) {
-                    if !dedup {
-                        trips.push(trip.id);
-                    }
+                if let Ok((trip, false)) = d.request_trip(now, req) {
+                    trips.push(trip.id);
                 }
             }
             Op::Respond {
