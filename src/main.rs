@@ -2,10 +2,12 @@
 //! Ctrl-C or SIGTERM. Everything has an embedded default, so `dispatchd` alone runs the engine.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use dispatch::config::Config;
+use dispatch::events::FsyncPolicy;
 use tokio::net::TcpListener;
 
 /// Real-time dispatch matching engine.
@@ -27,6 +29,20 @@ struct Flags {
     /// Seconds a trip may search before it ends as NO_DRIVERS.
     #[arg(long, default_value_t = 120)]
     dispatch_timeout_s: u64,
+    /// Directory of the durable event log (recovered on start).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Run without the durable log: events live only in memory.
+    #[arg(long)]
+    ephemeral: bool,
+    /// When log writes reach the disk: always (fsync per command), batch (one fsync per group
+    /// of commands, before any is acknowledged) or never (leave it to the OS).
+    #[arg(long, default_value = "batch")]
+    fsync: FsyncPolicy,
+    /// On a corrupt record in the middle of the log, cut the log there instead of refusing to
+    /// start (events from that point on are lost).
+    #[arg(long)]
+    truncate_corrupt_log: bool,
 }
 
 impl Flags {
@@ -51,6 +67,9 @@ impl Flags {
         config.dispatch.max_candidates = self.max_candidates;
         config.dispatch.offer_timeout = Duration::from_secs(self.offer_timeout_s);
         config.dispatch.dispatch_timeout = Duration::from_secs(self.dispatch_timeout_s);
+        config.log.data_dir = (!self.ephemeral).then_some(self.data_dir);
+        config.log.fsync = self.fsync;
+        config.log.truncate_corrupt = self.truncate_corrupt_log;
         Ok(config)
     }
 }
