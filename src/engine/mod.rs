@@ -447,13 +447,13 @@ impl Runner {
     fn commit(&mut self) -> bool {
         if self.dispatcher.has_events() {
             let events = self.dispatcher.take_events();
-            if let Some(log) = &mut self.log {
-                if let Err(e) = log.append(&events).and_then(|()| log.commit()) {
-                    tracing::error!(error = %e, "event log write failed; stopping the dispatcher");
-                    self.deferred.clear();
-                    self.bus.close();
-                    return false;
-                }
+            if let Some(log) = &mut self.log
+                && let Err(e) = log.append(&events).and_then(|()| log.commit())
+            {
+                tracing::error!(error = %e, "event log write failed; stopping the dispatcher");
+                self.deferred.clear();
+                self.bus.close();
+                return false;
             }
             self.bus.publish(events);
         }
