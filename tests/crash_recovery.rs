@@ -270,7 +270,8 @@ async fn sigkill_at_random_points_loses_nothing_acknowledged() {
                 .unwrap()
                 .into_inner();
             for _ in next..head {
-                seen.lock().push(stream.message().await.unwrap().unwrap());
+                let event = stream.message().await.unwrap().unwrap();
+                seen.lock().push(event);
             }
             let all: Vec<pb::DispatchEvent> = seen.lock().clone();
             let offsets: Vec<u64> = all.iter().map(|e| e.offset).collect();
