@@ -71,7 +71,8 @@ static GLOBAL: CountingAlloc = CountingAlloc;
 
 const CENTER: (f64, f64) = (40.7, -74.0);
 const MOVES: usize = 1 << 16;
-const QUERIES: usize = 1 << 12;
+// Many distinct queries, so cycling through them does not keep the touched cells cache-resident.
+const QUERIES: usize = 1 << 16;
 
 /// Drivers, moves and query points for one size; everything random is drawn here, outside
 /// the timed loops.
@@ -88,7 +89,7 @@ impl Fixture {
         let m_per_deg = EARTH_RADIUS_M.to_radians();
         let half_lat = side_km * 500.0 / m_per_deg;
         let half_lng = half_lat / CENTER.0.to_radians().cos();
-        let mut in_box = |rng: &mut ChaCha8Rng| {
+        let in_box = |rng: &mut ChaCha8Rng| {
             LatLng::new(
                 CENTER.0 + rng.random_range(-half_lat..half_lat),
                 CENTER.1 + rng.random_range(-half_lng..half_lng),

@@ -10,8 +10,8 @@
 //!   cut into `cols` equal longitude columns, `cols` chosen per band so that cells stay roughly
 //!   square in metres (few columns near the poles, many at the equator). A cell is named by
 //!   `(band, col)`, so any coordinate on Earth has a cell: there is no city box.
-//! - Only occupied cells exist: a hash map from cell key to a slot in a cell slab; a cell holds a
-//!   compact array of `(position, key)` (removal is a swap-remove).
+//! - Only occupied cells exist: an open-addressing table ([`table`]) from cell key to the
+//!   cell's compact array of `(position, key)` (removal is a swap-remove).
 //! - `DriverKey` is dense, so driver -> (cell, slot-in-cell) is a `Vec` indexed by key.
 //!
 //! # Exact nearest queries
@@ -31,9 +31,11 @@
 
 use super::{Neighbor, SpatialIndex, neighbor_order};
 use crate::domain::{DriverKey, EARTH_RADIUS_M, LatLng};
-use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::f64::consts::PI;
+use table::{CellTable, EMPTY};
+
+mod table;
 
 /// Cell edge length used by [`GridIndex::new`], metres. Chosen by measurement (see the
 /// `index` benchmark): 150, 250, 400 and 600 m were compared.
@@ -52,7 +54,9 @@ const SLACK: f64 = 1e-9;
 /// Extra longitude, in degrees, added to each side of a column window (rounding of col_of).
 const EPS_DEG: f64 = 1e-9;
 /// `Slot::cell` of a key that is not in the index.
-const ABSENT: u32 = u32::MAX;
+const ABSENT: u64 = EMPTY;
+/// Most empty cell vectors kept for reuse by new cells.
+const SPARE_MAX: usize = 1024;
 
 /// One latitude band of the grid.
 #[derive(Clone, Copy, Debug)]
@@ -63,10 +67,10 @@ struct Band {
     cos_min: f32,
 }
 
-/// Where a driver is stored: `cells[cell].entries[idx]`.
+/// Where a driver is stored: index `idx` of cell `cell` (a cell key, [`ABSENT`] if none).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    cell: u32,
+    cell: u64,
     idx: u32,
 }
 
@@ -75,13 +79,6 @@ struct Slot {
 struct Entry {
     pos: LatLng,
     key: DriverKey,
-}
-
-/// An occupied cell (or a free slab slot, with no entries).
-#[derive(Debug, Default)]
-struct Cell {
-    key: u64,
-    entries: Vec<Entry>,
 }
 
 /// A cell a ring search is about to visit.
@@ -150,9 +147,9 @@ pub struct GridIndex {
     fast_lo: usize,
     fast_hi: usize,
     slots: Vec<Slot>,
-    cells: Vec<Cell>,
-    free_cells: Vec<u32>,
-    cell_of_key: FxHashMap<u64, u32>,
+    cells: CellTable,
+    /// Emptied cell vectors, reused by new cells to spare allocator churn.
+    spare: Vec<Vec<Entry>>,
     len: usize,
     /// `sigma^2 (pi/360)^2`: proxy (degrees^2) to a lower bound of haversine `h`.
     lb_coef: f64,
@@ -240,9 +237,8 @@ impl GridIndex {
             fast_lo,
             fast_hi,
             slots: Vec::new(),
-            cells: Vec::new(),
-            free_cells: Vec::new(),
-            cell_of_key: FxHashMap::default(),
+            cells: CellTable::new(),
+            spare: Vec::new(),
             len: 0,
             lb_coef,
         }
@@ -262,23 +258,20 @@ impl GridIndex {
         use std::mem::size_of;
         let entries: usize = self
             .cells
+            .buckets()
             .iter()
-            .map(|c| c.entries.capacity() * size_of::<Entry>())
-            .sum();
-        // hashbrown: buckets are a power of two with a 7/8 load factor; one control byte per
-        // bucket plus a 16-byte group tail.
-        let map = if self.cell_of_key.capacity() == 0 {
-            0
-        } else {
-            let buckets = (self.cell_of_key.capacity() * 8 / 7).next_power_of_two();
-            buckets * (size_of::<(u64, u32)>() + 1) + 16
-        };
+            .map(|b| b.entries.capacity() * size_of::<Entry>())
+            .sum::<usize>()
+            + self
+                .spare
+                .iter()
+                .map(|v| v.capacity() * size_of::<Entry>())
+                .sum::<usize>();
         self.bands.capacity() * size_of::<Band>()
             + self.slots.capacity() * size_of::<Slot>()
-            + self.cells.capacity() * size_of::<Cell>()
-            + self.free_cells.capacity() * size_of::<u32>()
+            + std::mem::size_of_val(self.cells.buckets())
+            + self.spare.capacity() * size_of::<Vec<Entry>>()
             + entries
-            + map
     }
 
     #[inline]
@@ -308,38 +301,27 @@ impl GridIndex {
 
     /// Removes the entry at `slot` from its cell, fixing the slot of the entry swapped in.
     fn detach(&mut self, slot: Slot) {
-        let cell = &mut self.cells[slot.cell as usize];
-        cell.entries.swap_remove(slot.idx as usize);
-        if let Some(moved) = cell.entries.get(slot.idx as usize) {
+        // A present driver's cell always exists: cells are freed only when emptied.
+        let i = self.cells.find(slot.cell).expect("a driver's cell exists");
+        let entries = &mut self.cells.bucket_mut(i).entries;
+        entries.swap_remove(slot.idx as usize);
+        if let Some(moved) = entries.get(slot.idx as usize) {
             self.slots[moved.key.0 as usize].idx = slot.idx;
-        } else if cell.entries.is_empty() {
-            // Keep the allocation: the slab slot is reused by the next new cell.
-            self.cell_of_key.remove(&cell.key);
-            self.free_cells.push(slot.cell);
+        } else if entries.is_empty() {
+            let spare = self.cells.remove_at(i);
+            if self.spare.len() < SPARE_MAX && spare.capacity() <= 64 {
+                self.spare.push(spare);
+            }
         }
     }
 
     /// Appends `entry` to the cell `ck`, creating the cell if needed; returns its slot.
     fn attach(&mut self, ck: u64, entry: Entry) -> Slot {
-        let cell = match self.cell_of_key.get(&ck) {
-            Some(&c) => c,
-            None => {
-                let c = match self.free_cells.pop() {
-                    Some(c) => c,
-                    None => {
-                        self.cells.push(Cell::default());
-                        (self.cells.len() - 1) as u32
-                    }
-                };
-                self.cells[c as usize].key = ck;
-                self.cell_of_key.insert(ck, c);
-                c
-            }
-        };
-        let entries = &mut self.cells[cell as usize].entries;
+        let i = self.cells.find_or_insert(ck, &mut self.spare);
+        let entries = &mut self.cells.bucket_mut(i).entries;
         entries.push(entry);
         Slot {
-            cell,
+            cell: ck,
             idx: (entries.len() - 1) as u32,
         }
     }
@@ -413,7 +395,7 @@ impl GridIndex {
     #[inline]
     fn scan_cell(
         &self,
-        cell: &Cell,
+        entries: &[Entry],
         q: &Query,
         w: Option<f64>,
         center: LatLng,
@@ -422,7 +404,7 @@ impl GridIndex {
     ) {
         match w {
             Some(w) => {
-                for e in &cell.entries {
+                for e in entries {
                     let dlat = e.pos.lat_deg() - q.lat;
                     let mut dlng = e.pos.lng_deg() - q.lng;
                     if dlng > 180.0 {
@@ -437,7 +419,7 @@ impl GridIndex {
                 }
             }
             None => {
-                for e in &cell.entries {
+                for e in entries {
                     let p = q.dist_to_p(center.distance_m(e.pos)) * (1.0 - SLACK);
                     if p <= q.radius_p && p <= best.cut_p && filter(e.key) {
                         best.push(e.key, e.pos, p);
@@ -465,13 +447,15 @@ impl GridIndex {
     ) -> usize {
         found.clear();
         for t in todo.drain(..) {
-            if let Some(&ci) = self.cell_of_key.get(&t.cell) {
-                found.push((ci, t.w));
+            if let Some(i) = self.cells.find(t.cell) {
+                found.push((i as u32, t.w));
             }
         }
         let mut touched = 0u32;
         for &(ci, _) in found.iter() {
-            touched ^= self.cells[ci as usize]
+            touched ^= self
+                .cells
+                .bucket(ci as usize)
                 .entries
                 .first()
                 .map_or(0, |e| e.key.0);
@@ -479,10 +463,10 @@ impl GridIndex {
         std::hint::black_box(touched);
         let mut seen = 0;
         for &(ci, w) in found.iter() {
-            let cell = &self.cells[ci as usize];
+            let entries = &self.cells.bucket(ci as usize).entries;
             let w = (!w.is_nan()).then_some(w);
-            self.scan_cell(cell, q, w, center, filter, best);
-            seen += cell.entries.len();
+            self.scan_cell(entries, q, w, center, filter, best);
+            seen += entries.len();
         }
         seen
     }
@@ -507,7 +491,7 @@ impl GridIndex {
         up.clear();
         down.clear();
         todo.clear();
-        let occupied = self.cells.len() - self.free_cells.len();
+        let occupied = self.cells.len();
         let budget = occupied + 64;
         let mut cells_visited = 0usize;
         let mut seen = 0usize;
@@ -663,8 +647,8 @@ impl GridIndex {
             };
             kth.min(radius_m)
         };
-        for cell in &self.cells {
-            if cell.entries.is_empty() {
+        for cell in self.cells.buckets() {
+            if cell.key == EMPTY {
                 continue;
             }
             let band = (cell.key >> 32) as usize;
@@ -735,9 +719,10 @@ impl SpatialIndex for GridIndex {
         }
         let slot = self.slots[k];
         if slot.cell != ABSENT {
-            let cell = &mut self.cells[slot.cell as usize];
-            if cell.key == ck {
-                cell.entries[slot.idx as usize].pos = position;
+            if slot.cell == ck {
+                // The driver's cell exists while the driver is in it.
+                let i = self.cells.find(ck).expect("a driver's cell exists");
+                self.cells.bucket_mut(i).entries[slot.idx as usize].pos = position;
                 return;
             }
             self.detach(slot);
@@ -769,7 +754,8 @@ impl SpatialIndex for GridIndex {
         if slot.cell == ABSENT {
             return None;
         }
-        Some(self.cells[slot.cell as usize].entries[slot.idx as usize].pos)
+        let i = self.cells.find(slot.cell)?;
+        Some(self.cells.bucket(i).entries[slot.idx as usize].pos)
     }
 
     fn len(&self) -> usize {
