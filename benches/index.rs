@@ -166,6 +166,20 @@ fn bench_nearest(c: &mut Criterion, f: &Fixture, name: &str, index: &dyn Spatial
     group.finish();
 }
 
+/// Whether to build the `name` index: building a million-driver R-tree takes seconds, so a
+/// filter that names only the other index (`-- upsert/grid`) skips it.
+fn wanted(name: &str) -> bool {
+    let other = if name == "grid" { "rtree" } else { "grid" };
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| f.contains(name) || !f.contains(other))
+}
+
 fn index_benches(c: &mut Criterion) {
     let cell_m = std::env::var("INDEX_BENCH_CELL_M")
         .ok()
@@ -174,6 +188,9 @@ fn index_benches(c: &mut Criterion) {
     println!("grid cell size: {cell_m} m");
     for (n, side_km) in [(10_000, 9.5), (100_000, 30.0), (1_000_000, 95.0)] {
         let f = Fixture::new(n, side_km);
+        if !wanted("grid") {
+            continue;
+        }
         let mut grid = f.build("grid", || GridIndex::with_cell_m(cell_m));
         println!(
             "memory grid/{n}: {:.1} bytes/driver by GridIndex::memory_bytes",
@@ -182,6 +199,9 @@ fn index_benches(c: &mut Criterion) {
         bench_upsert(c, &f, "grid", &mut grid);
         bench_nearest(c, &f, "grid", &grid);
         drop(grid);
+        if !wanted("rtree") {
+            continue;
+        }
         let mut rtree = f.build("rtree", RTreeIndex::new);
         bench_upsert(c, &f, "rtree", &mut rtree);
         bench_nearest(c, &f, "rtree", &rtree);

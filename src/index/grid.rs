@@ -453,12 +453,10 @@ impl GridIndex {
         }
         let mut touched = 0u32;
         for &(ci, _) in found.iter() {
-            touched ^= self
-                .cells
-                .bucket(ci as usize)
-                .entries
-                .first()
-                .map_or(0, |e| e.key.0);
+            // One read per 48 bytes touches every cache line of the array.
+            for e in self.cells.bucket(ci as usize).entries.iter().step_by(2) {
+                touched ^= e.key.0;
+            }
         }
         std::hint::black_box(touched);
         let mut seen = 0;
@@ -612,11 +610,15 @@ impl GridIndex {
                 return true;
             }
             if best.out.len() >= best.k {
-                if best.dirty {
-                    best.compact();
-                }
+                // A stale cut is still an upper bound; refresh it only if it does not suffice.
                 if d_p > best.cut_p {
                     return true;
+                }
+                if best.dirty {
+                    best.compact();
+                    if d_p > best.cut_p {
+                        return true;
+                    }
                 }
             }
             if cells_visited > budget {
