@@ -231,6 +231,7 @@ fn empty_index_and_degenerate_queries_answer_nothing() {
     trio.check_query(ll(10.0, 10.0), 1_000.0, 0, 1);
     trio.check_query(ll(10.0, 10.0), f64::NAN, 3, 1);
     trio.check_query(ll(10.0, 10.0), -1.0, 3, 1);
+    trio.check_query(ll(10.0, 10.0), 1e7, usize::MAX, 1);
     let mut out = vec![];
     trio.grid
         .nearest(ll(10.0, 10.0), 1.0, 3, &mut |_| false, &mut out);

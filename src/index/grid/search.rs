@@ -105,7 +105,7 @@ impl Best<'_> {
         self.cut_p = self.cut_p.min(kth.distance_m * RHO2 * (1.0 + SLACK));
         let cut = self.cut_p;
         self.out.retain(|n| n.distance_m <= cut);
-        self.compact_at = (self.out.len() * 2).max(self.k + 32);
+        self.compact_at = (self.out.len() * 2).max(self.k.saturating_add(32));
     }
 
     #[inline]
@@ -461,7 +461,7 @@ impl GridIndex {
             out: &mut *out,
             k,
             cut_p: f64::INFINITY,
-            compact_at: (2 * k).max(k + 32),
+            compact_at: k.saturating_mul(2).max(k.saturating_add(32)),
             dirty: false,
         };
         // Window scratch per thread, so a query allocates nothing once warm. A filter that
