@@ -12,7 +12,8 @@
 //!   `(band, col)`, so any coordinate on Earth has a cell: there is no city box.
 //! - Only occupied cells exist: an open-addressing table (`table.rs`) from cell key to the
 //!   cell's compact array of `(position, key)` (removal is a swap-remove).
-//! - `DriverKey` is dense, so driver -> (cell, slot-in-cell) is a `Vec` indexed by key.
+//! - `DriverKey` is dense, so driver -> (cell, slot-in-cell) is a `Vec` indexed by key (memory
+//!   grows with the largest key ever upserted, 16 bytes per key).
 //!
 //! # Exact nearest queries
 //! The query (`search.rs`) visits windows of cells that grow by one ring of `cell_m` metres at
@@ -122,6 +123,9 @@ impl Default for GridIndex {
 
 impl GridIndex {
     /// An empty index with [`DEFAULT_CELL_M`] cells.
+    ///
+    /// # Runtime
+    /// O(number of bands), as [`GridIndex::with_cell_m`].
     pub fn new() -> Self {
         Self::with_cell_m(DEFAULT_CELL_M)
     }
@@ -197,6 +201,9 @@ impl GridIndex {
     }
 
     /// The cell edge length this index was built with, metres.
+    ///
+    /// # Runtime
+    /// O(1).
     pub fn cell_m(&self) -> f64 {
         self.cell_m
     }
@@ -236,7 +243,11 @@ impl GridIndex {
     /// `cols` columns. Monotone in `lng_deg`; the one formula every caller uses.
     #[inline]
     fn col_of(lng_deg: f64, cols: u32) -> i64 {
-        ((lng_deg + 180.0) * (f64::from(cols) * (1.0 / 360.0))).floor() as i64
+        let x = (lng_deg + 180.0) * (f64::from(cols) * (1.0 / 360.0));
+        // floor without a libm call (baseline x86-64 has no rounding instruction): truncate,
+        // then step down for negative non-integers. |x| is far below 2^63.
+        let t = x as i64;
+        if (t as f64) > x { t - 1 } else { t }
     }
 
     #[inline]
@@ -338,6 +349,8 @@ impl SpatialIndex for GridIndex {
         Some(self.cells.bucket(i).entries[slot.idx as usize].pos)
     }
 
+    /// # Runtime
+    /// O(1).
     fn len(&self) -> usize {
         self.len
     }
