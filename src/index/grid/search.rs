@@ -27,7 +27,7 @@ struct Scratch {
     down: Vec<Win>,
     /// Cells of the current ring, then the occupied ones among them `(cell index, w)`.
     todo: Vec<Todo>,
-    found: Vec<(u32, f64)>,
+    found: Vec<(usize, f64)>,
 }
 
 /// A column window already visited in one band during a ring search.
@@ -172,7 +172,7 @@ impl GridIndex {
     fn visit_batch(
         &self,
         todo: &mut Vec<Todo>,
-        found: &mut Vec<(u32, f64)>,
+        found: &mut Vec<(usize, f64)>,
         q: &Query,
         center: LatLng,
         filter: &mut dyn FnMut(DriverKey) -> bool,
@@ -181,20 +181,20 @@ impl GridIndex {
         found.clear();
         for t in todo.drain(..) {
             if let Some(i) = self.cells.find(t.cell) {
-                found.push((i as u32, t.w));
+                found.push((i, t.w));
             }
         }
         let mut touched = 0u32;
         for &(ci, _) in found.iter() {
             // One read per 48 bytes touches every cache line of the array.
-            for e in self.cells.bucket(ci as usize).entries.iter().step_by(2) {
+            for e in self.cells.bucket(ci).entries.iter().step_by(2) {
                 touched ^= e.key.0;
             }
         }
         std::hint::black_box(touched);
         let mut seen = 0;
         for &(ci, w) in found.iter() {
-            let entries = &self.cells.bucket(ci as usize).entries;
+            let entries = &self.cells.bucket(ci).entries;
             let w = (!w.is_nan()).then_some(w);
             self.scan_cell(entries, q, w, center, filter, best);
             seen += entries.len();
