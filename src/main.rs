@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use dispatch::config::Config;
+use dispatch::events::MatchPolicy;
 use tokio::net::TcpListener;
 
 /// Real-time dispatch matching engine.
@@ -27,6 +28,21 @@ struct Flags {
     /// Seconds a trip may search before it ends as NO_DRIVERS.
     #[arg(long, default_value_t = 120)]
     dispatch_timeout_s: u64,
+    /// How requests are paired with drivers: `greedy` (each at once) or `batch` (requests of
+    /// a window matched together by a minimum-cost assignment).
+    #[arg(long, value_enum, default_value_t = PolicyFlag::Greedy)]
+    match_policy: PolicyFlag,
+    /// With `--match-policy batch`, the longest a request waits for its batch, ms
+    /// (100..=10000).
+    #[arg(long, default_value_t = 2000)]
+    batch_window_ms: u64,
+}
+
+/// `--match-policy` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PolicyFlag {
+    Greedy,
+    Batch,
 }
 
 impl Flags {
@@ -51,6 +67,15 @@ impl Flags {
         config.dispatch.max_candidates = self.max_candidates;
         config.dispatch.offer_timeout = Duration::from_secs(self.offer_timeout_s);
         config.dispatch.dispatch_timeout = Duration::from_secs(self.dispatch_timeout_s);
+        config.dispatch.policy = match self.match_policy {
+            PolicyFlag::Greedy => MatchPolicy::Greedy,
+            PolicyFlag::Batch => MatchPolicy::Batch,
+        };
+        config.dispatch.batch_window = Duration::from_millis(self.batch_window_ms);
+        config
+            .dispatch
+            .validate()
+            .map_err(|e| format!("--batch-window-ms: {e}"))?;
         Ok(config)
     }
 }
