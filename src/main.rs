@@ -2,11 +2,12 @@
 //! Ctrl-C or SIGTERM. Everything has an embedded default, so `dispatchd` alone runs the engine.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dispatch::config::Config;
-use dispatch::events::MatchPolicy;
+use dispatch::events::{FsyncPolicy, MatchPolicy};
 use tokio::net::TcpListener;
 
 /// Real-time dispatch matching engine.
@@ -36,6 +37,20 @@ struct Flags {
     /// (100..=10000).
     #[arg(long, default_value_t = 2000)]
     batch_window_ms: u64,
+    /// Directory of the durable event log (recovered on start).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Run without the durable log: events live only in memory.
+    #[arg(long)]
+    ephemeral: bool,
+    /// When log writes reach the disk: always (fsync per command), batch (one fsync per group
+    /// of commands, before any is acknowledged) or never (leave it to the OS).
+    #[arg(long, default_value = "batch")]
+    fsync: FsyncPolicy,
+    /// On a corrupt record in the middle of the log, cut the log there instead of refusing to
+    /// start (events from that point on are lost).
+    #[arg(long)]
+    truncate_corrupt_log: bool,
 }
 
 /// `--match-policy` values.
@@ -76,6 +91,9 @@ impl Flags {
             .dispatch
             .validate()
             .map_err(|e| format!("--batch-window-ms: {e}"))?;
+        config.log.data_dir = (!self.ephemeral).then_some(self.data_dir);
+        config.log.fsync = self.fsync;
+        config.log.truncate_corrupt = self.truncate_corrupt_log;
         Ok(config)
     }
 }

@@ -134,9 +134,7 @@ pub struct Dispatcher {
     drivers: Vec<Driver>,
     driver_keys: FxHashMap<ExternalId, DriverKey>,
     trips: FxHashMap<TripId, Trip>,
-    next_trip: u64,
     offers: FxHashMap<OfferId, PendingOffer>,
-    next_offer: u64,
     ended_offers: FxHashMap<OfferId, OfferOutcome>,
     ended_order: VecDeque<OfferId>,
     open_by_rider: FxHashMap<ExternalId, TripId>,
@@ -190,9 +188,7 @@ impl Dispatcher {
             drivers: Vec::new(),
             driver_keys: FxHashMap::default(),
             trips: FxHashMap::default(),
-            next_trip: 1,
             offers: FxHashMap::default(),
-            next_offer: 1,
             ended_offers: FxHashMap::default(),
             ended_order: VecDeque::new(),
             open_by_rider: FxHashMap::default(),
@@ -357,7 +353,9 @@ impl Dispatcher {
             )));
         }
 
-        let id = TripId(self.next_trip);
+        // A trip's id is the offset of its TripRequested event: unique forever, with no counter
+        // that recovery would have to rebuild.
+        let id = TripId(self.next_offset);
         self.surge.record_request(req.pickup, now_ms);
         let surge_multiplier = self.surge_reading(req.pickup, now_ms, None).multiplier;
         let (best, candidates) = self.find_best(req.pickup, req.class, &[], now_ms);
@@ -624,6 +622,19 @@ impl Dispatcher {
         self.next_offset
     }
 
+    /// The lowest event offset recovery needs to rebuild today's state: the first event of
+    /// every trip still in memory and the online event of every online driver. Log retention
+    /// never deletes from here on.
+    pub fn oldest_needed_offset(&self) -> u64 {
+        let trips = self.trips.keys().map(|t| t.0);
+        let drivers = self
+            .drivers
+            .iter()
+            .filter(|d| d.status != DriverStatus::Offline)
+            .map(|d| d.online_offset);
+        trips.chain(drivers).min().unwrap_or(self.next_offset)
+    }
+
     // ---------------------------------------------------------------------------------------
     // Internals
     // ---------------------------------------------------------------------------------------
@@ -661,7 +672,8 @@ impl Dispatcher {
         };
         let d = &self.drivers[choice.key.0 as usize];
         let details = Arc::new(OfferDetails {
-            offer: OfferId(self.next_offer),
+            // Like trips, an offer's id is the offset of its OfferSent event.
+            offer: OfferId(self.next_offset),
             trip: trip_id,
             driver: d.id.clone(),
             gateway: d.gateway.clone(),
@@ -683,10 +695,9 @@ impl Dispatcher {
                 "offer {offer} has already ended ({outcome:?}); an offer can be answered once, \
                  within its window"
             )),
-            None if offer.0 < self.next_offer => {
-                Error::FailedPrecondition(format!("offer {offer} has already ended"))
-            }
-            None => Error::NotFound(format!("unknown offer {offer}")),
+            None => Error::NotFound(format!(
+                "unknown offer {offer} (never issued, or ended long ago)"
+            )),
         }
     }
 

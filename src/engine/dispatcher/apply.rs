@@ -74,6 +74,7 @@ impl Dispatcher {
                             trips_today: 0,
                             trips_day: day_of(now),
                             free_since_ms: now,
+                            online_offset: event.offset,
                         });
                         self.driver_keys.insert(driver.clone(), key);
                         self.stats.drivers_offline += 1;
@@ -87,6 +88,7 @@ impl Dispatcher {
                 d.gateway = gateway.clone();
                 if d.status == DriverStatus::Offline {
                     d.free_since_ms = now;
+                    d.online_offset = event.offset;
                     self.set_status(key, DriverStatus::Available);
                 }
             }
@@ -136,7 +138,6 @@ impl Dispatcher {
                     self.by_request
                         .insert((rider.clone(), request_id.clone()), *trip);
                 }
-                self.next_trip = self.next_trip.max(trip.0 + 1);
                 self.stats.trips_requested += 1;
             }
             EventKind::OfferSent(details) => {
@@ -164,7 +165,6 @@ impl Dispatcher {
                     details.expires_at_ms,
                     Timer::OfferDeadline(details.offer),
                 )));
-                self.next_offer = self.next_offer.max(details.offer.0 + 1);
             }
             EventKind::OfferAccepted(o) => {
                 // The driver and the trip move on with the TripAssigned that follows.

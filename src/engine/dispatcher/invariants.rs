@@ -157,8 +157,8 @@ impl Dispatcher {
         let _ = writeln!(
             out,
             "offers {offers:?}\nended {ended:?}\nriders {riders:?}\nrequests {requests:?}\n\
-             next trip {} offer {} offset {}\n{stats:?}",
-            self.next_trip, self.next_offer, self.next_offset
+             next offset {}\n{stats:?}",
+            self.next_offset
         );
         out
     }
