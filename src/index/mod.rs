@@ -23,6 +23,9 @@ pub use grid::{DEFAULT_CELL_M, GridIndex};
 pub use rtree::RTreeIndex;
 
 /// The index the engine uses: a [`GridIndex`] with [`DEFAULT_CELL_M`] cells.
+///
+/// # Runtime
+/// O(number of grid bands): builds the grid's band table (about 640 KB).
 pub fn default_index() -> Box<dyn SpatialIndex> {
     Box::new(GridIndex::new())
 }
