@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use dispatch::config::Config;
-use dispatch::events::FsyncPolicy;
+use dispatch::events::{FsyncPolicy, MatchPolicy};
 use tokio::net::TcpListener;
 
 /// Real-time dispatch matching engine.
@@ -29,6 +29,14 @@ struct Flags {
     /// Seconds a trip may search before it ends as NO_DRIVERS.
     #[arg(long, default_value_t = 120)]
     dispatch_timeout_s: u64,
+    /// How requests are paired with drivers: `greedy` (each at once) or `batch` (requests of
+    /// a window matched together by a minimum-cost assignment).
+    #[arg(long, value_enum, default_value_t = PolicyFlag::Greedy)]
+    match_policy: PolicyFlag,
+    /// With `--match-policy batch`, the longest a request waits for its batch, ms
+    /// (100..=10000).
+    #[arg(long, default_value_t = 2000)]
+    batch_window_ms: u64,
     /// Directory of the durable event log (recovered on start).
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
@@ -43,6 +51,13 @@ struct Flags {
     /// start (events from that point on are lost).
     #[arg(long)]
     truncate_corrupt_log: bool,
+}
+
+/// `--match-policy` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PolicyFlag {
+    Greedy,
+    Batch,
 }
 
 impl Flags {
@@ -67,6 +82,15 @@ impl Flags {
         config.dispatch.max_candidates = self.max_candidates;
         config.dispatch.offer_timeout = Duration::from_secs(self.offer_timeout_s);
         config.dispatch.dispatch_timeout = Duration::from_secs(self.dispatch_timeout_s);
+        config.dispatch.policy = match self.match_policy {
+            PolicyFlag::Greedy => MatchPolicy::Greedy,
+            PolicyFlag::Batch => MatchPolicy::Batch,
+        };
+        config.dispatch.batch_window = Duration::from_millis(self.batch_window_ms);
+        config
+            .dispatch
+            .validate()
+            .map_err(|e| format!("--batch-window-ms: {e}"))?;
         config.log.data_dir = (!self.ephemeral).then_some(self.data_dir);
         config.log.fsync = self.fsync;
         config.log.truncate_corrupt = self.truncate_corrupt_log;
