@@ -244,3 +244,32 @@ async fn the_metrics_endpoint_answers_only_get_metrics() {
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_call_past_its_grpc_timeout_ends_and_frees_its_permit() {
+    let mut config = Config::default();
+    config.limits.max_concurrent_requests = 1;
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let gate = GateClock::new(clock.clone());
+    let s = start_custom(config, gate.clone(), clock, false).await;
+
+    gate.close_and_wait_parked().await;
+    // The dispatcher cannot answer: the server gives up at the client's deadline (tonic
+    // answers CANCELLED "Timeout expired") instead of holding the call.
+    for _ in 0..2 {
+        let mut request = tonic::Request::new(pb::GetStatsRequest {});
+        request.set_timeout(Duration::from_millis(100));
+        let status = tokio::time::timeout(Duration::from_secs(10), s.queries().get_stats(request))
+            .await
+            .expect("the deadline is honoured")
+            .unwrap_err();
+        // The second call was admitted, so the first one's permit came back.
+        assert!(
+            matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+            "{status:?}"
+        );
+    }
+    gate.open();
+    s.queries().get_stats(pb::GetStatsRequest {}).await.unwrap();
+    s.stop().await;
+}
