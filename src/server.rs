@@ -170,8 +170,10 @@ pub async fn serve_engine_with(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(
-            DriverServiceServer::new(DriverApi::new(engine.clone(), config.clone()))
-                .max_decoding_message_size(max_bytes),
+            DriverServiceServer::new(
+                DriverApi::new(engine.clone(), config.clone()).with_metrics(metrics.clone()),
+            )
+            .max_decoding_message_size(max_bytes),
         )
         .add_service(
             RiderServiceServer::new(RiderApi::new(engine.clone()))

@@ -82,7 +82,47 @@ async fn metrics_follow_a_trip_from_request_to_completion() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 
+    // Location updates rejected inside a batch are counted by reason.
+    let batch = pb::LocationBatch {
+        updates: vec![
+            pb::LocationUpdate {
+                driver_id: "nobody".into(),
+                location: north_of_pickup(10.0),
+                ..Default::default()
+            },
+            pb::LocationUpdate {
+                driver_id: "d-1".into(),
+                location: ll(f64::NAN, 0.0),
+                ..Default::default()
+            },
+            pb::LocationUpdate {
+                driver_id: "d-1".into(),
+                location: north_of_pickup(20.0),
+                ..Default::default()
+            },
+        ],
+    };
+    drivers
+        .report_locations(tokio_stream::iter(vec![batch]))
+        .await
+        .unwrap();
+
     let after = s.scrape().await;
+    assert_eq!(
+        get(
+            &after,
+            "dispatch_location_updates_rejected_total{reason=\"unknown_driver\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &after,
+            "dispatch_location_updates_rejected_total{reason=\"invalid_coordinates\"}"
+        ),
+        1.0
+    );
+    assert_eq!(get(&after, "dispatch_location_updates_total"), 1.0);
     assert_eq!(
         get(&after, "dispatch_offers_total{outcome=\"accepted\"}"),
         1.0

@@ -4,6 +4,7 @@
 //! moment late is still correct. Histograms are a few buckets under a parking_lot mutex held
 //! for a handful of additions, never across an `.await`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -121,6 +122,8 @@ pub struct Metrics {
     trips_ended: [AtomicU64; 3],
     rejected: [AtomicU64; 17],
     shed_concurrency: AtomicU64,
+    /// Location updates rejected, by reason name (a handful of fixed names).
+    location_rejections: Mutex<BTreeMap<&'static str, u64>>,
     /// Seconds from a RequestTrip arriving to its answer, at the edge.
     pub request_trip_latency: Histogram,
     /// Seconds from an offer being sent to its acceptance (dispatcher time).
@@ -143,6 +146,7 @@ impl Metrics {
             trips_ended: Default::default(),
             rejected: Default::default(),
             shed_concurrency: AtomicU64::new(0),
+            location_rejections: Mutex::new(BTreeMap::new()),
             request_trip_latency: Histogram::new(&[
                 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
@@ -188,6 +192,11 @@ impl Metrics {
     /// A call was refused by the global concurrency limit.
     pub fn shed_by_concurrency_limit(&self) {
         self.shed_concurrency.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `count` location updates were rejected for `reason` (the wire enum's name).
+    pub fn location_rejected(&self, reason: &'static str, count: u64) {
+        *self.location_rejections.lock().entry(reason).or_default() += count;
     }
 
     /// The follower has counted every event before `offset`.
@@ -298,6 +307,25 @@ impl Metrics {
             "dispatch_location_batches_shed_total",
             "Location batches dropped because the location queue was full.",
             load(&counters.shed_location_batches),
+        );
+        let rejections: Vec<(String, u64)> = self
+            .location_rejections
+            .lock()
+            .iter()
+            .map(|(name, n)| {
+                let label = name.trim_start_matches("LOCATION_REJECTION_");
+                (label.to_ascii_lowercase(), *n)
+            })
+            .collect();
+        let rejections: Vec<(&str, u64)> =
+            rejections.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        labelled(
+            &mut out,
+            "dispatch_location_updates_rejected_total",
+            "counter",
+            "Location updates rejected in ReportLocations, by reason.",
+            "reason",
+            &rejections,
         );
         let (control, location) = engine.queue_depth();
         labelled(
