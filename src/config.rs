@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::events::LogConfig;
 use crate::matching::{EtaConfig, ScoreWeights};
 use crate::surge::SurgeConfig;
 
@@ -39,6 +40,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Optional TLS for the gRPC listener.
     pub tls: TlsConfig,
+    /// The durable event log (off unless `data_dir` is set; `dispatchd` sets `./data`).
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -49,8 +49,18 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     flags: &[Override],
 ) -> Result<Config, ConfigError> {
+    load_over(Config::default(), file, env, flags)
+}
+
+/// Like [`load`], over `base` instead of `Config::default()` (the daemon's own defaults).
+pub fn load_over(
+    base: Config,
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &[Override],
+) -> Result<Config, ConfigError> {
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
-    let mut table = defaults_table();
+    let mut table = as_table(base);
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
@@ -98,9 +108,9 @@ pub fn to_toml(config: &Config) -> String {
     toml::to_string_pretty(&shown).expect("the config serialises to TOML")
 }
 
-/// `Config::default()` as a TOML table.
-fn defaults_table() -> Table {
-    match Value::try_from(Config::default()) {
+/// A config as a TOML table.
+fn as_table(config: Config) -> Table {
+    match Value::try_from(config) {
         Ok(Value::Table(t)) => t,
         // A struct always serialises to a table; the defaults contain no unsupported value.
         other => unreachable!("defaults did not serialise to a table: {other:?}"),

@@ -11,6 +11,9 @@ use dispatch::config_load::{self, Override};
 use dispatch::server::Listeners;
 use tokio::net::TcpListener;
 
+/// Where the event log lives unless configured otherwise.
+const DEFAULT_DATA_DIR: &str = "./data";
+
 /// Real-time dispatch matching engine.
 ///
 /// Every setting can also be given in a TOML file (--config) or as an environment variable
@@ -61,6 +64,20 @@ struct Flags {
     /// TLS private key (PEM); needs --tls-cert.
     #[arg(long, value_name = "PATH")]
     tls_key: Option<PathBuf>,
+    /// Directory of the durable event log, recovered on start. [default: ./data]
+    #[arg(long, value_name = "PATH")]
+    data_dir: Option<PathBuf>,
+    /// Run without the durable log: events live only in memory.
+    #[arg(long)]
+    ephemeral: bool,
+    /// When log writes reach the disk: always (fsync per command), batch (one fsync per group
+    /// of commands, before any is acknowledged) or never (leave it to the OS). [default: batch]
+    #[arg(long, value_name = "always|batch|never")]
+    fsync: Option<String>,
+    /// On a corrupt record in the middle of the log, cut the log there instead of refusing to
+    /// start (events from that point on are lost).
+    #[arg(long)]
+    truncate_corrupt_log: bool,
     /// Any other key, e.g. --set surge.max_multiplier=2.5 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -126,6 +143,13 @@ impl Flags {
             self.drain_timeout.clone(),
             "--drain-timeout",
         );
+        add("log.data_dir", text(&self.data_dir), "--data-dir");
+        add("log.fsync", self.fsync.clone(), "--fsync");
+        add(
+            "log.truncate_corrupt",
+            self.truncate_corrupt_log.then(|| "true".into()),
+            "--truncate-corrupt-log",
+        );
         add("tls.cert_path", text(&self.tls_cert), "--tls-cert");
         add("tls.key_path", text(&self.tls_key), "--tls-key");
         for kv in &self.set {
@@ -140,8 +164,15 @@ impl Flags {
     fn load(self) -> Result<(Config, bool), String> {
         let overrides = self.overrides()?;
         let file = config_load::config_file(self.config);
-        let config = config_load::load(file.as_deref(), std::env::vars(), &overrides)
-            .map_err(|e| e.to_string())?;
+        // The daemon is durable by default; `Config::default()` (tests, tools) is not.
+        let mut base = Config::default();
+        base.log.data_dir = Some(PathBuf::from(DEFAULT_DATA_DIR));
+        let mut config =
+            config_load::load_over(base, file.as_deref(), std::env::vars(), &overrides)
+                .map_err(|e| e.to_string())?;
+        if self.ephemeral {
+            config.log.data_dir = None;
+        }
         Ok((config, self.print_config))
     }
 }

@@ -54,7 +54,7 @@ pub async fn serve_with(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let engine = Engine::start(&config, index::default_index(), Arc::new(SystemClock));
+    let engine = Engine::start(&config, index::default_index(), Arc::new(SystemClock))?;
     serve_engine_with(listeners, config, engine, shutdown).await
 }
 
@@ -208,8 +208,9 @@ pub async fn serve_engine_with(
 
     let stopping = engine.clone();
     tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
-    // The dispatcher has stopped publishing: this is where the durable event log (issue 5)
-    // flushes and syncs its last segment before the process exits.
+    // The dispatcher has stopped. Its event log committed (and, per `log.fsync`, synced) every
+    // group of events before their replies went out, so nothing is left to flush; anything
+    // else that buffers writes would flush here, before the process exits.
     if let Some(task) = metrics_server {
         task.abort();
     }

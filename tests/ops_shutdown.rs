@@ -28,7 +28,7 @@ impl Drop for Daemon {
 fn start_daemon() -> (Daemon, SocketAddr, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--drain-timeout", "5s"])
+        .args(["--drain-timeout", "5s", "--ephemeral"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

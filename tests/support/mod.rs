@@ -61,7 +61,7 @@ pub async fn start_custom(
         None
     };
     let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().unwrap());
-    let engine = Engine::start(&config, dispatch::index::default_index(), engine_clock);
+    let engine = Engine::start(&config, dispatch::index::default_index(), engine_clock).unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn({
         let engine = engine.clone();
