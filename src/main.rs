@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use dispatch::config::{Config, LogFormat};
+use dispatch::config::{Config, LogFormat, TelemetryConfig};
 use dispatch::config_load::{self, Override};
 use dispatch::server::Listeners;
 use tokio::net::TcpListener;
@@ -64,6 +64,14 @@ struct Flags {
     /// TLS private key (PEM); needs --tls-cert.
     #[arg(long, value_name = "PATH")]
     tls_key: Option<PathBuf>,
+    /// How requests are paired with drivers: `greedy` (each at once) or `batch` (requests of
+    /// a window matched together by a minimum-cost assignment). [default: greedy]
+    #[arg(long, value_name = "greedy|batch")]
+    match_policy: Option<String>,
+    /// With `--match-policy batch`, the longest a request waits for its batch, ms
+    /// (100..=10000). [default: 2000]
+    #[arg(long)]
+    batch_window_ms: Option<u64>,
     /// Directory of the durable event log, recovered on start. [default: ./data]
     #[arg(long, value_name = "PATH")]
     data_dir: Option<PathBuf>,
@@ -143,6 +151,16 @@ impl Flags {
             self.drain_timeout.clone(),
             "--drain-timeout",
         );
+        add(
+            "dispatch.policy",
+            self.match_policy.clone(),
+            "--match-policy",
+        );
+        add(
+            "dispatch.batch_window",
+            self.batch_window_ms.map(|ms| format!("{ms}ms")),
+            "--batch-window-ms",
+        );
         add("log.data_dir", text(&self.data_dir), "--data-dir");
         add("log.fsync", self.fsync.clone(), "--fsync");
         add(
@@ -216,10 +234,20 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    let default_metrics = TelemetryConfig::default().metrics_listen;
     let metrics = match config.telemetry.metrics_listen {
         None => None,
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => Some(l),
+            // The default port may be taken by another dispatchd on this machine (tests, a
+            // second shard): serve without metrics rather than refuse to start. A configured
+            // address is a promise to the operator, so failing to bind it stops start-up.
+            Err(e) if Some(addr) == default_metrics => {
+                tracing::warn!(%addr, error = %e,
+                    "metrics endpoint not started: the default address is in use; set \
+                     telemetry.metrics_listen (or --metrics-listen) to serve metrics");
+                None
+            }
             Err(e) => {
                 eprintln!("dispatchd: cannot listen on {addr} (telemetry.metrics_listen): {e}");
                 return std::process::ExitCode::from(1);

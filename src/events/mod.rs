@@ -76,10 +76,13 @@ pub enum OfferCancelReason {
 
 /// The matching policy that produced an offer or assignment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MatchPolicy {
     /// Best driver at the instant of the request.
     #[default]
     Greedy,
+    /// Requests of a short window paired with drivers together by a minimum-cost assignment.
+    Batch,
 }
 
 /// An offer as sent to a driver (shared: it travels in events, snapshots and streams).

@@ -41,7 +41,11 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn start_with(config: Config) -> TestServer {
-    let clock = Arc::new(ManualClock::new(T0_MS));
+    start_with_clock(config, Arc::new(ManualClock::new(T0_MS))).await
+}
+
+/// A server on an existing clock (a restart keeps the clock of the run before it).
+pub async fn start_with_clock(config: Config, clock: Arc<ManualClock>) -> TestServer {
     start_custom(config, clock.clone(), clock, false).await
 }
 
