@@ -182,6 +182,11 @@ impl Engine {
         &self.inner.counters
     }
 
+    /// Messages waiting for the dispatcher: (control commands, location batches).
+    pub fn queue_depth(&self) -> (usize, usize) {
+        (self.inner.control_tx.len(), self.inner.location_tx.len())
+    }
+
     /// Stops the dispatcher thread and waits for it; subscribers' streams end. Blocking: call
     /// from a blocking context. Idempotent.
     pub fn shutdown(&self) {
