@@ -8,12 +8,37 @@
 //! The map, bottom-up (each layer uses only the ones above it in this list):
 //! - [`domain`], [`error`]: validated values (`LatLng`, ids) and the core error type.
 //! - [`index`]: where every driver is; k-nearest-within-radius queries.
+//! - [`clock`]: time as an input (system clock, manual clock for tests).
+//! - [`matching`]: pickup ETA model and candidate scoring.
+//! - [`surge`]: demand over supply per H3 hexagon.
+//! - [`events`]: the ordered dispatch events and their in-memory fan-out bus.
+//! - [`engine`]: the single-owner dispatcher thread and the handle to it.
+//! - [`config`]: settings and their embedded defaults.
+//! - [`grpc`]: the edge; wire types in and out, validation, statuses.
+//! - [`server`]: wires engine, services, health and reflection onto a listener.
+//!
+//! Request flow: a gRPC call is validated in `grpc`, becomes a command on the engine's bounded
+//! channel, is executed by the dispatcher thread with `now` from the clock, and its events are
+//! published to the bus (subscribers, offer streams, trip watchers) before the reply returns.
 #![forbid(unsafe_code)]
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 
+pub mod clock;
+pub mod config;
 pub mod domain;
+pub mod engine;
 pub mod error;
+pub mod events;
+pub mod grpc;
 pub mod index;
+pub mod matching;
+pub mod server;
+pub mod surge;
 
 pub use domain::LatLng;
 pub use error::Error;

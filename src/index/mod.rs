@@ -68,3 +68,8 @@ pub(crate) fn neighbor_order(a: &Neighbor, b: &Neighbor) -> std::cmp::Ordering {
         .total_cmp(&b.distance_m)
         .then(a.key.cmp(&b.key))
 }
+
+/// The index the engine uses by default.
+pub fn default_index() -> Box<dyn SpatialIndex> {
+    Box::new(BruteForceIndex::new())
+}

@@ -1,0 +1,99 @@
+//! The engine's settings with their embedded defaults: `Config::default()` is a complete,
+//! working configuration, so `dispatchd` runs with no file and no external service.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::matching::{EtaConfig, ScoreWeights};
+use crate::surge::SurgeConfig;
+
+/// Everything the server needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Matching rules and lifecycles.
+    pub dispatch: DispatchConfig,
+    /// The default ETA model.
+    pub eta: EtaConfig,
+    /// Weights of the candidate score.
+    pub scoring: ScoreWeights,
+    /// Surge pricing signal.
+    pub surge: SurgeConfig,
+    /// Queue and message bounds.
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            dispatch: DispatchConfig::default(),
+            eta: EtaConfig::default(),
+            scoring: ScoreWeights::default(),
+            surge: SurgeConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// How trips are matched and how long each step may take.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// Candidates are available drivers within this distance of the pickup, metres.
+    pub search_radius_m: f64,
+    /// At most this many candidates are scored per search.
+    pub max_candidates: usize,
+    /// How long a driver has to answer an offer.
+    pub offer_timeout: Duration,
+    /// How long a trip may search before it ends as NO_DRIVERS.
+    pub dispatch_timeout: Duration,
+    /// When every candidate was tried, search again after this long.
+    pub retry_interval: Duration,
+    /// How long an ended trip stays readable (GetTrip, idempotent retries).
+    pub trip_retention: Duration,
+    /// How many ended offers are remembered to explain late answers precisely.
+    pub ended_offer_memory: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            search_radius_m: 5_000.0,
+            max_candidates: 20,
+            offer_timeout: Duration::from_secs(15),
+            dispatch_timeout: Duration::from_secs(120),
+            retry_interval: Duration::from_secs(2),
+            trip_retention: Duration::from_secs(600),
+            ended_offer_memory: 100_000,
+        }
+    }
+}
+
+/// Bounds that keep memory and latency in check under overload.
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    /// Control commands (requests, answers, queries) waiting for the dispatcher; beyond this
+    /// calls fail fast with RESOURCE_EXHAUSTED.
+    pub control_queue: usize,
+    /// Location batches waiting for the dispatcher; beyond this batches are shed.
+    pub location_queue: usize,
+    /// Updates allowed in one LocationBatch.
+    pub max_batch_updates: usize,
+    /// Dispatch events kept in memory for subscribers.
+    pub event_buffer: usize,
+    /// Largest gRPC message accepted, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            control_queue: 16_384,
+            location_queue: 256,
+            max_batch_updates: 10_000,
+            event_buffer: 1 << 20,
+            max_message_bytes: 4 << 20,
+        }
+    }
+}

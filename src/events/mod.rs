@@ -1,0 +1,260 @@
+//! Dispatch events: every state change of a driver, trip or offer, in the order the dispatcher
+//! made it, each with a gap-free offset. [`bus`] fans them out to subscribers.
+
+pub mod bus;
+
+use std::sync::Arc;
+
+use crate::domain::{ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass};
+use crate::matching::ScoreBreakdown;
+
+pub use bus::{EventBus, Lagged};
+
+/// One state change, as published.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Position in the stream: 0, 1, 2... with no gaps.
+    pub offset: u64,
+    /// When the dispatcher made the change, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// What changed.
+    pub kind: EventKind,
+}
+
+/// Where a trip is in its lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TripStatus {
+    /// Looking for a driver, no offer pending.
+    Searching,
+    /// One offer pending.
+    Offered,
+    /// A driver accepted and is driving to the pickup.
+    Accepted,
+    /// The driver is at the pickup.
+    Arrived,
+    /// The rider is on board.
+    InProgress,
+    /// Terminal: dropped off.
+    Completed,
+    /// Terminal: cancelled by rider or driver.
+    Cancelled,
+    /// Terminal: nobody accepted in time.
+    NoDrivers,
+}
+
+impl TripStatus {
+    /// Whether the trip has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TripStatus::Completed | TripStatus::Cancelled | TripStatus::NoDrivers
+        )
+    }
+}
+
+/// Who cancelled a trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelledBy {
+    /// The rider.
+    Rider,
+    /// The assigned driver.
+    Driver,
+}
+
+/// Why an offer was withdrawn before the driver answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfferCancelReason {
+    /// The rider cancelled the trip.
+    TripCancelled,
+    /// The driver went offline.
+    DriverOffline,
+}
+
+/// The matching policy that produced an offer or assignment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MatchPolicy {
+    /// Best driver at the instant of the request.
+    #[default]
+    Greedy,
+}
+
+/// An offer as sent to a driver (shared: it travels in events, snapshots and streams).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OfferDetails {
+    /// The offer.
+    pub offer: OfferId,
+    /// The trip offered.
+    pub trip: TripId,
+    /// The driver offered to.
+    pub driver: ExternalId,
+    /// The driver's gateway, which routes the offer to the driver.
+    pub gateway: Option<ExternalId>,
+    /// Pickup point.
+    pub pickup: LatLng,
+    /// Drop-off point.
+    pub dropoff: LatLng,
+    /// Estimated seconds from the driver to the pickup.
+    pub pickup_eta_s: f64,
+    /// Great-circle metres from the driver to the pickup.
+    pub pickup_distance_m: f64,
+    /// The driver must answer before this instant (ms since epoch).
+    pub expires_at_ms: u64,
+    /// Why this driver won.
+    pub score: ScoreBreakdown,
+    /// 1 for the trip's first offer, 2 for the next...
+    pub attempt: u32,
+    /// Surge multiplier at the pickup when requested.
+    pub surge_multiplier: f64,
+}
+
+/// Identifies an offer and who it concerned, for events that end it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OfferRef {
+    /// The offer.
+    pub offer: OfferId,
+    /// Its trip.
+    pub trip: TripId,
+    /// Its driver.
+    pub driver: ExternalId,
+    /// The driver's gateway.
+    pub gateway: Option<ExternalId>,
+}
+
+/// What changed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventKind {
+    /// A driver went from offline to available.
+    DriverOnline {
+        /// The driver.
+        driver: ExternalId,
+        /// Where.
+        position: LatLng,
+        /// Rating.
+        rating: Rating,
+        /// Vehicle class.
+        class: VehicleClass,
+        /// Gateway routing its offers.
+        gateway: Option<ExternalId>,
+    },
+    /// A driver went offline.
+    DriverOffline {
+        /// The driver.
+        driver: ExternalId,
+    },
+    /// A rider asked for a trip.
+    TripRequested {
+        /// The new trip.
+        trip: TripId,
+        /// Who asked.
+        rider: ExternalId,
+        /// The client's idempotency key.
+        request_id: Option<ExternalId>,
+        /// Pickup.
+        pickup: LatLng,
+        /// Drop-off.
+        dropoff: LatLng,
+        /// Requested class.
+        class: VehicleClass,
+        /// Surge at the pickup.
+        surge_multiplier: f64,
+        /// Candidates in range at request time.
+        candidates: u32,
+        /// Matching policy in force.
+        policy: MatchPolicy,
+    },
+    /// A trip was offered to a driver.
+    OfferSent(Arc<OfferDetails>),
+    /// The driver accepted.
+    OfferAccepted(OfferRef),
+    /// The driver declined.
+    OfferDeclined(OfferRef),
+    /// The offer window passed without an answer.
+    OfferExpired(OfferRef),
+    /// The offer was withdrawn.
+    OfferCancelled(OfferRef, OfferCancelReason),
+    /// A driver is assigned to the trip.
+    TripAssigned {
+        /// The trip.
+        trip: TripId,
+        /// Its driver.
+        driver: ExternalId,
+        /// Pickup ETA at offer time, seconds.
+        pickup_eta_s: f64,
+        /// Policy that matched.
+        policy: MatchPolicy,
+    },
+    /// The driver is at the pickup.
+    DriverArrived {
+        /// The trip.
+        trip: TripId,
+        /// Its driver.
+        driver: ExternalId,
+    },
+    /// The rider is on board.
+    TripStarted {
+        /// The trip.
+        trip: TripId,
+        /// Its driver.
+        driver: ExternalId,
+    },
+    /// Dropped off; the driver is free at the drop-off.
+    TripCompleted {
+        /// The trip.
+        trip: TripId,
+        /// Its driver.
+        driver: ExternalId,
+    },
+    /// The trip was cancelled.
+    TripCancelled {
+        /// The trip.
+        trip: TripId,
+        /// The driver released, if one was assigned.
+        driver: Option<ExternalId>,
+        /// That driver's gateway.
+        gateway: Option<ExternalId>,
+        /// Who cancelled.
+        by: CancelledBy,
+        /// Status before cancelling.
+        previous: TripStatus,
+    },
+    /// Nobody could be found or nobody accepted in time.
+    NoDrivers {
+        /// The trip.
+        trip: TripId,
+        /// Surge at the pickup when it was requested.
+        surge_multiplier: f64,
+        /// Offers made before giving up.
+        offers_made: u32,
+    },
+}
+
+impl EventKind {
+    /// The trip concerned, if any.
+    pub fn trip(&self) -> Option<TripId> {
+        match self {
+            EventKind::DriverOnline { .. } | EventKind::DriverOffline { .. } => None,
+            EventKind::TripRequested { trip, .. }
+            | EventKind::TripAssigned { trip, .. }
+            | EventKind::DriverArrived { trip, .. }
+            | EventKind::TripStarted { trip, .. }
+            | EventKind::TripCompleted { trip, .. }
+            | EventKind::TripCancelled { trip, .. }
+            | EventKind::NoDrivers { trip, .. } => Some(*trip),
+            EventKind::OfferSent(o) => Some(o.trip),
+            EventKind::OfferAccepted(o)
+            | EventKind::OfferDeclined(o)
+            | EventKind::OfferExpired(o)
+            | EventKind::OfferCancelled(o, _) => Some(o.trip),
+        }
+    }
+
+    /// The gateway that serves the driver concerned, for routing to offer streams.
+    pub fn gateway(&self) -> Option<&ExternalId> {
+        match self {
+            EventKind::OfferSent(o) => o.gateway.as_ref(),
+            EventKind::OfferExpired(o) | EventKind::OfferCancelled(o, _) => o.gateway.as_ref(),
+            EventKind::TripCancelled { gateway, .. } => gateway.as_ref(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! DriverService: what driver gateways call. Location batches are validated here without
+//! allocating, so the dispatcher thread only sees well-formed updates; offers reach gateways
+//! through one event-following stream per gateway.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, is_valid_id, pb_driver, pb_offer, pb_trip};
+use super::follow::{Step, follow};
+use super::status;
+use crate::config::Config;
+use crate::domain::{ExternalId, LatLng};
+use crate::engine::{Engine, GoOnline, TripAction};
+use crate::events::{EventKind, OfferCancelReason};
+use crate::pb::{self, driver_notice::Notice, driver_service_server::DriverService};
+
+/// Examples of rejected updates kept per stream.
+const MAX_EXAMPLES: usize = 10;
+
+/// The DriverService implementation.
+#[derive(Debug, Clone)]
+pub struct DriverApi {
+    engine: Engine,
+    config: Arc<Config>,
+}
+
+impl DriverApi {
+    /// A service talking to `engine`.
+    pub fn new(engine: Engine, config: Arc<Config>) -> Self {
+        DriverApi { engine, config }
+    }
+
+    async fn trip_action(
+        &self,
+        req: pb::TripActionRequest,
+        action: TripAction,
+    ) -> Result<Response<pb::TripActionResponse>, Status> {
+        let trip = convert::trip_id(&req.trip_id)?;
+        let driver = convert::id("driver_id", &req.driver_id)?;
+        let trip = self
+            .engine
+            .trip_action(trip, driver, action)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::TripActionResponse {
+            trip: Some(pb_trip(&trip)),
+        }))
+    }
+}
+
+/// Running totals of one ReportLocations stream.
+#[derive(Default)]
+struct Summary {
+    batches: u64,
+    accepted: u64,
+    rejected: BTreeMap<i32, u64>,
+    examples: Vec<String>,
+}
+
+impl Summary {
+    fn reject(
+        &mut self,
+        reason: pb::LocationRejection,
+        count: u64,
+        example: impl FnOnce() -> String,
+    ) {
+        if count == 0 {
+            return;
+        }
+        *self.rejected.entry(reason as i32).or_default() += count;
+        if self.examples.len() < MAX_EXAMPLES {
+            self.examples.push(example());
+        }
+    }
+
+    fn into_pb(self) -> pb::LocationSummary {
+        pb::LocationSummary {
+            batches: self.batches,
+            accepted: self.accepted,
+            rejected: self.rejected.values().sum(),
+            rejections: self
+                .rejected
+                .into_iter()
+                .map(|(reason, count)| pb::RejectionCount { reason, count })
+                .collect(),
+            examples: self.examples,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl DriverService for DriverApi {
+    async fn go_online(
+        &self,
+        request: Request<pb::GoOnlineRequest>,
+    ) -> Result<Response<pb::GoOnlineResponse>, Status> {
+        let req = request.into_inner();
+        let online = GoOnline {
+            driver: convert::id("driver_id", &req.driver_id)?,
+            position: convert::latlng("location", req.location)?,
+            rating: convert::rating(req.rating)?,
+            class: convert::vehicle_class(req.vehicle_class)?,
+            gateway: convert::optional_id("gateway_id", &req.gateway_id)?,
+        };
+        let driver = self.engine.go_online(online).await.map_err(status)?;
+        Ok(Response::new(pb::GoOnlineResponse {
+            driver: Some(pb_driver(&driver)),
+        }))
+    }
+
+    async fn go_offline(
+        &self,
+        request: Request<pb::GoOfflineRequest>,
+    ) -> Result<Response<pb::GoOfflineResponse>, Status> {
+        let driver = convert::id("driver_id", &request.into_inner().driver_id)?;
+        let driver = self.engine.go_offline(driver).await.map_err(status)?;
+        Ok(Response::new(pb::GoOfflineResponse {
+            driver: Some(pb_driver(&driver)),
+        }))
+    }
+
+    async fn update_location(
+        &self,
+        request: Request<pb::LocationUpdate>,
+    ) -> Result<Response<pb::UpdateLocationResponse>, Status> {
+        let req = request.into_inner();
+        let driver = convert::id("driver_id", &req.driver_id)?;
+        let position = convert::latlng("location", req.location)?;
+        self.engine
+            .update_location(driver, position)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpdateLocationResponse {}))
+    }
+
+    async fn report_locations(
+        &self,
+        request: Request<Streaming<pb::LocationBatch>>,
+    ) -> Result<Response<pb::LocationSummary>, Status> {
+        use pb::LocationRejection as R;
+        let mut stream = request.into_inner();
+        let mut summary = Summary::default();
+        let max = self.config.limits.max_batch_updates;
+        while let Some(batch) = stream.message().await? {
+            summary.batches += 1;
+            if batch.updates.len() > max {
+                return Err(Status::invalid_argument(format!(
+                    "a LocationBatch carries {} updates; the limit is {max}: split it",
+                    batch.updates.len()
+                )));
+            }
+            let mut valid = Vec::with_capacity(batch.updates.len());
+            for update in batch.updates {
+                if !is_valid_id(&update.driver_id) {
+                    summary.reject(R::InvalidDriverId, 1, || {
+                        format!("{:?}: invalid driver_id", update.driver_id)
+                    });
+                    continue;
+                }
+                match update.location.map(|l| LatLng::new(l.lat_deg, l.lng_deg)) {
+                    Some(Ok(position)) => valid.push((update.driver_id, position)),
+                    Some(Err(e)) => summary.reject(R::InvalidCoordinates, 1, || {
+                        format!("{}: {e}", update.driver_id)
+                    }),
+                    None => summary.reject(R::InvalidCoordinates, 1, || {
+                        format!("{}: location is required", update.driver_id)
+                    }),
+                }
+            }
+            if valid.is_empty() {
+                continue;
+            }
+            let count = valid.len() as u64;
+            match self.engine.apply_locations(valid).await.map_err(status)? {
+                Some(outcome) => {
+                    summary.accepted += outcome.accepted;
+                    let mut examples = outcome.examples.into_iter();
+                    summary.reject(R::UnknownDriver, outcome.unknown_driver, || {
+                        examples.next().unwrap_or_default()
+                    });
+                    summary.reject(R::DriverOffline, outcome.driver_offline, || {
+                        examples.next().unwrap_or_default()
+                    });
+                }
+                None => summary.reject(R::Shed, count, || {
+                    format!("a batch of {count} updates was shed: the engine is overloaded")
+                }),
+            }
+        }
+        Ok(Response::new(summary.into_pb()))
+    }
+
+    type SubscribeOffersStream = ReceiverStream<Result<pb::DriverNotice, Status>>;
+
+    async fn subscribe_offers(
+        &self,
+        request: Request<pb::SubscribeOffersRequest>,
+    ) -> Result<Response<Self::SubscribeOffersStream>, Status> {
+        let gateway = convert::optional_id("gateway_id", &request.into_inner().gateway_id)?;
+        let (pending, from) = self
+            .engine
+            .pending_offers(gateway.clone())
+            .await
+            .map_err(status)?;
+        // `pending_offers(None)` means every offer, but a gateway-less subscriber wants only the
+        // offers of gateway-less drivers, so filter here too.
+        let initial = pending
+            .iter()
+            .filter(|o| o.gateway == gateway)
+            .map(|o| notice(Notice::Offer(pb_offer(o))))
+            .collect();
+        let stream =
+            follow(
+                self.engine.bus().clone(),
+                from,
+                initial,
+                move |event| match offer_notice(&event.kind, gateway.as_ref()) {
+                    Some(n) => Step::Send(n),
+                    None => Step::Skip,
+                },
+            );
+        Ok(Response::new(stream))
+    }
+
+    async fn respond_to_offer(
+        &self,
+        request: Request<pb::RespondToOfferRequest>,
+    ) -> Result<Response<pb::RespondToOfferResponse>, Status> {
+        let req = request.into_inner();
+        let offer = convert::offer_id(&req.offer_id)?;
+        let driver = convert::id("driver_id", &req.driver_id)?;
+        let trip = self
+            .engine
+            .respond(offer, driver, req.accept)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RespondToOfferResponse {
+            trip: Some(pb_trip(&trip)),
+        }))
+    }
+
+    async fn mark_arrived(
+        &self,
+        request: Request<pb::TripActionRequest>,
+    ) -> Result<Response<pb::TripActionResponse>, Status> {
+        self.trip_action(request.into_inner(), TripAction::Arrive)
+            .await
+    }
+
+    async fn start_trip(
+        &self,
+        request: Request<pb::TripActionRequest>,
+    ) -> Result<Response<pb::TripActionResponse>, Status> {
+        self.trip_action(request.into_inner(), TripAction::Start)
+            .await
+    }
+
+    async fn complete_trip(
+        &self,
+        request: Request<pb::TripActionRequest>,
+    ) -> Result<Response<pb::TripActionResponse>, Status> {
+        self.trip_action(request.into_inner(), TripAction::Complete)
+            .await
+    }
+
+    async fn cancel_trip_by_driver(
+        &self,
+        request: Request<pb::TripActionRequest>,
+    ) -> Result<Response<pb::TripActionResponse>, Status> {
+        self.trip_action(request.into_inner(), TripAction::Cancel)
+            .await
+    }
+}
+
+fn notice(n: Notice) -> pb::DriverNotice {
+    pb::DriverNotice { notice: Some(n) }
+}
+
+/// The notice a gateway gets for an event, if the event concerns one of its drivers.
+fn offer_notice(kind: &EventKind, gateway: Option<&ExternalId>) -> Option<pb::DriverNotice> {
+    let closed = |o: &crate::events::OfferRef, reason: pb::OfferCancelReason| pb::OfferClosed {
+        offer_id: o.offer.to_string(),
+        trip_id: o.trip.to_string(),
+        driver_id: o.driver.to_string(),
+        reason: reason.into(),
+    };
+    let n = match kind {
+        EventKind::OfferSent(o) if o.gateway.as_ref() == gateway => Notice::Offer(pb_offer(o)),
+        EventKind::OfferExpired(o) if o.gateway.as_ref() == gateway => {
+            Notice::OfferExpired(closed(o, pb::OfferCancelReason::Unspecified))
+        }
+        EventKind::OfferCancelled(o, reason) if o.gateway.as_ref() == gateway => {
+            let reason = match reason {
+                OfferCancelReason::TripCancelled => pb::OfferCancelReason::TripCancelled,
+                OfferCancelReason::DriverOffline => pb::OfferCancelReason::DriverOffline,
+            };
+            Notice::OfferCancelled(closed(o, reason))
+        }
+        EventKind::TripCancelled {
+            trip,
+            driver: Some(driver),
+            gateway: g,
+            ..
+        } if g.as_ref() == gateway => Notice::TripCancelled(pb::TripCancelledNotice {
+            trip_id: trip.to_string(),
+            driver_id: driver.to_string(),
+        }),
+        _ => return None,
+    };
+    Some(notice(n))
+}

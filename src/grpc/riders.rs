@@ -1,0 +1,112 @@
+//! RiderService: what rider gateways call. WatchTrip is a snapshot of the trip read atomically
+//! with the event offset, followed by that trip's events from the bus, so no change is missed
+//! between the two.
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, apply_to_trip, is_terminal, pb_event, pb_trip};
+use super::follow::{Step, follow};
+use super::status;
+use crate::engine::{Engine, TripRequest};
+use crate::pb::{self, rider_service_server::RiderService};
+
+/// The RiderService implementation.
+#[derive(Debug, Clone)]
+pub struct RiderApi {
+    engine: Engine,
+}
+
+impl RiderApi {
+    /// A service talking to `engine`.
+    pub fn new(engine: Engine) -> Self {
+        RiderApi { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl RiderService for RiderApi {
+    async fn request_trip(
+        &self,
+        request: Request<pb::RequestTripRequest>,
+    ) -> Result<Response<pb::RequestTripResponse>, Status> {
+        let req = request.into_inner();
+        let trip_request = TripRequest {
+            rider: convert::id("rider_id", &req.rider_id)?,
+            request_id: convert::optional_id("request_id", &req.request_id)?,
+            pickup: convert::latlng("pickup", req.pickup)?,
+            dropoff: convert::latlng("dropoff", req.dropoff)?,
+            class: convert::vehicle_class(req.vehicle_class)?,
+        };
+        let (trip, deduplicated) = self
+            .engine
+            .request_trip(trip_request)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::RequestTripResponse {
+            trip: Some(pb_trip(&trip)),
+            deduplicated,
+        }))
+    }
+
+    type WatchTripStream = ReceiverStream<Result<pb::TripUpdate, Status>>;
+
+    async fn watch_trip(
+        &self,
+        request: Request<pb::WatchTripRequest>,
+    ) -> Result<Response<Self::WatchTripStream>, Status> {
+        let id = convert::trip_id(&request.into_inner().trip_id)?;
+        let (trip, from) = self.engine.trip(id).await.map_err(status)?;
+        let mut snapshot = pb_trip(&trip);
+        let first = pb::TripUpdate {
+            trip: Some(snapshot.clone()),
+            event: None,
+        };
+        if trip.status.is_terminal() {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            // The receiver is alive right here, and the channel has room for one.
+            let _ = tx.try_send(Ok(first));
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        let stream = follow(self.engine.bus().clone(), from, vec![first], move |event| {
+            if event.kind.trip() != Some(id) {
+                return Step::Skip;
+            }
+            apply_to_trip(&mut snapshot, event);
+            let update = pb::TripUpdate {
+                trip: Some(snapshot.clone()),
+                event: Some(pb_event(event)),
+            };
+            if is_terminal(snapshot.status) {
+                Step::Last(update)
+            } else {
+                Step::Send(update)
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn cancel_trip(
+        &self,
+        request: Request<pb::CancelTripRequest>,
+    ) -> Result<Response<pb::CancelTripResponse>, Status> {
+        let req = request.into_inner();
+        let trip = convert::trip_id(&req.trip_id)?;
+        let rider = convert::id("rider_id", &req.rider_id)?;
+        let trip = self.engine.cancel_trip(trip, rider).await.map_err(status)?;
+        Ok(Response::new(pb::CancelTripResponse {
+            trip: Some(pb_trip(&trip)),
+        }))
+    }
+
+    async fn get_trip(
+        &self,
+        request: Request<pb::GetTripRequest>,
+    ) -> Result<Response<pb::GetTripResponse>, Status> {
+        let id = convert::trip_id(&request.into_inner().trip_id)?;
+        let (trip, _) = self.engine.trip(id).await.map_err(status)?;
+        Ok(Response::new(pb::GetTripResponse {
+            trip: Some(pb_trip(&trip)),
+        }))
+    }
+}
