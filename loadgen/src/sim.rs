@@ -33,8 +33,11 @@ use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// Simulation tick.
+/// Simulation tick: timers, churn and location reports.
 const TICK: Duration = Duration::from_millis(50);
+/// Request tick: requests are issued on their own finer tick so that at 1,000/s they leave
+/// two at a time rather than in bursts of 50 that would queue behind each other.
+const REQUEST_TICK: Duration = Duration::from_millis(2);
 /// Location batches a gateway stream may hold before the loop drops new ones.
 const STREAM_QUEUE: usize = 256;
 /// Real-time seconds a driver takes to answer an offer: uniform in this range.
@@ -196,11 +199,8 @@ impl Sim {
         self.jobs[d] = None;
     }
 
-    fn on_tick(&mut self, now: Instant, requesting: bool, due: &mut Vec<u32>) {
+    fn on_tick(&mut self, now: Instant, due: &mut Vec<u32>) {
         let t_s = self.t_s(now);
-        if requesting {
-            self.issue_requests(t_s);
-        }
         self.fire_timers(t_s);
         self.churn(t_s);
         if !self.locations.is_empty() {
@@ -925,6 +925,8 @@ pub(crate) async fn run(
     let drain_end = window_end + cfg.drain;
     let mut tick = tokio::time::interval_at(start, TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut request_tick = tokio::time::interval_at(start, REQUEST_TICK);
+    request_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut due = Vec::new();
     let mut last_live = start;
     let mut window_closed_at = None;
@@ -933,6 +935,12 @@ pub(crate) async fn run(
         tokio::select! {
             biased;
             _ = &mut stop => stopped = true,
+            _ = request_tick.tick(), if window_closed_at.is_none() => {
+                let now = Instant::now();
+                if now < window_end {
+                    sim.issue_requests(sim.t_s(now));
+                }
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
                 if now >= drain_end {
@@ -946,7 +954,7 @@ pub(crate) async fn run(
                     sim.locations.clear();
                     progress.phase("draining open trips");
                 }
-                sim.on_tick(now, requesting, &mut due);
+                sim.on_tick(now, &mut due);
                 if now.duration_since(last_live) >= Duration::from_millis(250) {
                     last_live = now;
                     sim.live(progress, now);
