@@ -15,8 +15,17 @@
 use crate::domain::{DriverKey, LatLng};
 
 mod brute;
+mod grid;
+mod rtree;
 
 pub use brute::BruteForceIndex;
+pub use grid::{DEFAULT_CELL_M, GridIndex};
+pub use rtree::RTreeIndex;
+
+/// The index the engine uses: a [`GridIndex`] with [`DEFAULT_CELL_M`] cells.
+pub fn default_index() -> Box<dyn SpatialIndex> {
+    Box::new(GridIndex::new())
+}
 
 /// One answer of a nearest query.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -67,9 +76,4 @@ pub(crate) fn neighbor_order(a: &Neighbor, b: &Neighbor) -> std::cmp::Ordering {
     a.distance_m
         .total_cmp(&b.distance_m)
         .then(a.key.cmp(&b.key))
-}
-
-/// The index the engine uses by default.
-pub fn default_index() -> Box<dyn SpatialIndex> {
-    Box::new(BruteForceIndex::new())
 }

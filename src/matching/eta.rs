@@ -28,14 +28,11 @@ impl Default for EtaConfig {
         // Night is free-flowing, rush hours crawl: ~40 km/h at night, ~20 km/h at 8:00 and
         // 17:00, ~29 km/h in between.
         let mut speed = [8.0; 24];
-        for h in 0..6 {
-            speed[h] = 11.0;
-        }
+        speed[..6].fill(11.0);
         for h in [7, 8, 9, 16, 17, 18] {
             speed[h] = 5.5;
         }
-        speed[22] = 10.0;
-        speed[23] = 10.0;
+        speed[22..].fill(10.0);
         EtaConfig {
             detour_factor: 1.3,
             speed_mps_by_hour: speed,
