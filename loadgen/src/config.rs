@@ -102,6 +102,11 @@ pub struct Config {
     /// from the clock so repeated runs against one server do not collide.
     #[arg(long, default_value = "")]
     pub id_prefix: String,
+    /// Leave this run's drivers online at the end. By default every driver not on a trip is
+    /// taken offline, so a shared server is not left with drivers nobody answers for (skipped
+    /// when loadgen started the server itself).
+    #[arg(long)]
+    pub leave_online: bool,
 }
 
 impl Default for Config {
@@ -130,6 +135,7 @@ impl Default for Config {
             block_m: 200.0,
             progress: false,
             id_prefix: String::new(),
+            leave_online: false,
         }
     }
 }

@@ -208,5 +208,10 @@ pub(crate) async fn run(
     report.location_updates_sent = live.sent.load(Ordering::Relaxed);
     report.error_examples.truncate(10);
     report.finish_rates();
+    if !cfg.leave_online {
+        progress.phase("taking drivers offline");
+        let all: Vec<usize> = (0..cfg.drivers).collect();
+        crate::warmup::take_offline(&channels, &ids, &all).await;
+    }
     Ok(report)
 }

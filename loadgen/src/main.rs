@@ -66,6 +66,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             )?;
             eprintln!("loadgen: starting {}", bin.display());
             let server = ServerProcess::start(&bin).await?;
+            // The server dies with the run; taking every driver offline first would only cost
+            // time.
+            config.leave_online = true;
             let addr = server.addr.clone();
             eprintln!("loadgen: dispatchd listening on {addr}");
             (Some(server), addr)

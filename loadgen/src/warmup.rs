@@ -1,4 +1,5 @@
-//! Bringing a fleet online before a measured window (ingest and nearby modes).
+//! Bringing a fleet online before a measured window (ingest and nearby modes), and taking it
+//! offline after the run.
 //!
 //! 100k GoOnline calls are made from one task with a bounded number in flight, spread over the
 //! connections; this takes a few seconds and is reported as `warmup_s`, outside the window.
@@ -81,4 +82,32 @@ pub(crate) async fn bring_online(
     }
     w.positions = positions;
     w
+}
+
+/// Takes `drivers` offline after a run, with a bounded number of calls in flight. Returns how
+/// many calls failed (drivers on a trip refuse; that is expected and not reported).
+pub(crate) async fn take_offline(channels: &[Channel], ids: &Ids, drivers: &[usize]) -> u64 {
+    let clients: Vec<DriverServiceClient<Channel>> = channels
+        .iter()
+        .cloned()
+        .map(DriverServiceClient::new)
+        .collect();
+    let mut in_flight = FuturesUnordered::new();
+    let mut failed = 0;
+    let mut next = 0usize;
+    // Bounded: each iteration either starts one of the calls or finishes one.
+    while next < drivers.len() || !in_flight.is_empty() {
+        while next < drivers.len() && in_flight.len() < IN_FLIGHT {
+            let req = pb::GoOfflineRequest {
+                driver_id: ids.driver(drivers[next]),
+            };
+            let mut client = clients[next % clients.len()].clone();
+            in_flight.push(async move { client.go_offline(req).await });
+            next += 1;
+        }
+        if let Some(Err(_)) = in_flight.next().await {
+            failed += 1;
+        }
+    }
+    failed
 }

@@ -2,6 +2,8 @@
 //! checking the report's invariants: every request accounted for, no errors in a healthy run,
 //! monotone percentiles. Each stops by itself within a few seconds.
 
+use dispatch::pb;
+use dispatch::pb::query_service_client::QueryServiceClient;
 use loadgen::{Config, Mode, Report};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -98,6 +100,19 @@ async fn a_short_city_run_accounts_for_every_request_without_errors() {
     assert_monotone("city", &report);
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["mode"], "city");
+    // The run took its drivers offline at the end (all but those on a trip).
+    let mut q = QueryServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let stats = q
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stats.drivers_available + stats.drivers_offered < 25,
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -421,6 +421,13 @@ pub(crate) async fn run(
     for w in workers {
         w.abort();
     }
+    if !cfg.leave_online {
+        progress.phase("taking drivers offline");
+        let online: Vec<usize> = (0..sim.fleet.len())
+            .filter(|&d| sim.fleet.phase[d] != Phase::Offline)
+            .collect();
+        crate::warmup::take_offline(&channels, &sim.ids, &online).await;
+    }
 
     let counts = sim.ledger.counts();
     report.requests_sent = counts.sent;
