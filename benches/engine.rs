@@ -119,7 +119,8 @@ fn bench(c: &mut Criterion) {
             .build()
             .unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let engine = Engine::start(&config(), dispatch::index::default_index(), clock.clone());
+        let engine =
+            Engine::start(&config(), dispatch::index::default_index(), clock.clone()).unwrap();
         runtime.block_on(async {
             for g in drivers(n) {
                 engine.go_online(g).await.unwrap();

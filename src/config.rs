@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::events::LogConfig;
 use crate::matching::{EtaConfig, ScoreWeights};
 use crate::surge::SurgeConfig;
 
@@ -22,6 +23,8 @@ pub struct Config {
     pub surge: SurgeConfig,
     /// Queue and message bounds.
     pub limits: LimitsConfig,
+    /// The durable event log (off unless `data_dir` is set; `dispatchd` sets `./data`).
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -33,6 +36,7 @@ impl Default for Config {
             scoring: ScoreWeights::default(),
             surge: SurgeConfig::default(),
             limits: LimitsConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }

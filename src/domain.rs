@@ -6,6 +6,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::Error;
 
 /// Mean Earth radius in metres (IUGG), used by every distance in the engine so that the index,
@@ -14,7 +16,8 @@ pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// A WGS84 position in degrees. Always finite, latitude in `-90..=90`, longitude in
 /// `-180..=180`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "(f64, f64)", into = "(f64, f64)")]
 pub struct LatLng {
     lat_deg: f64,
     lng_deg: f64,
@@ -72,6 +75,19 @@ impl LatLng {
     }
 }
 
+impl TryFrom<(f64, f64)> for LatLng {
+    type Error = Error;
+    fn try_from((lat_deg, lng_deg): (f64, f64)) -> Result<Self, Error> {
+        LatLng::new(lat_deg, lng_deg)
+    }
+}
+
+impl From<LatLng> for (f64, f64) {
+    fn from(p: LatLng) -> Self {
+        (p.lat_deg, p.lng_deg)
+    }
+}
+
 impl fmt::Display for LatLng {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "({:.6}, {:.6})", self.lat_deg, self.lng_deg)
@@ -83,8 +99,22 @@ pub const MAX_ID_LEN: usize = 64;
 
 /// A caller-chosen id (driver, rider, request, gateway): 1..=64 bytes of printable ASCII.
 /// Cheap to clone (shared), so events and records can carry it freely.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ExternalId(Arc<str>);
+
+impl TryFrom<String> for ExternalId {
+    type Error = Error;
+    fn try_from(raw: String) -> Result<Self, Error> {
+        ExternalId::new("id", &raw)
+    }
+}
+
+impl From<ExternalId> for String {
+    fn from(id: ExternalId) -> Self {
+        id.0.to_string()
+    }
+}
 
 impl ExternalId {
     /// Validates an id; `what` names the field in the error ("driver_id").
@@ -139,7 +169,8 @@ pub struct DriverKey(pub u32);
 macro_rules! engine_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
         pub struct $name(pub u64);
 
         impl $name {
@@ -175,7 +206,7 @@ engine_id!(
 );
 
 /// Vehicle classes; a trip for a class is only offered to drivers of that class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum VehicleClass {
     /// On a trip: any class. On a driver: unspecified (matches only "any class" trips).
     #[default]
@@ -196,8 +227,22 @@ impl VehicleClass {
 }
 
 /// A driver's average rating, validated to `1.0..=5.0`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
 pub struct Rating(f64);
+
+impl TryFrom<f64> for Rating {
+    type Error = Error;
+    fn try_from(value: f64) -> Result<Self, Error> {
+        Rating::new(value)
+    }
+}
+
+impl From<Rating> for f64 {
+    fn from(r: Rating) -> Self {
+        r.0
+    }
+}
 
 impl Rating {
     /// Validates a rating.

@@ -28,7 +28,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let engine = Engine::start(&config, index::default_index(), Arc::new(SystemClock));
+    let engine = Engine::start(&config, index::default_index(), Arc::new(SystemClock))?;
     serve_engine(listener, config, engine, shutdown).await
 }
 

@@ -5,7 +5,17 @@
 //! each call is handed; it never reads a clock, spawns, locks or waits. So one thread can own
 //! it without locks (no driver can be offered two trips by a race), tests drive it directly
 //! with a manual clock, and the same inputs always produce the same state and the same events.
-//! Every state change appends an [`Event`] with the next offset; the runner publishes them.
+//!
+//! It is event-sourced: a command handler validates and decides, then emits events; every state
+//! change happens in `apply` (see `apply.rs`) as the event is emitted. Recovery replays the
+//! durable log through the same `apply`, so the log reproduces the state that wrote it.
+//!
+//! Child modules: `apply` (state transitions), `search` (candidates, scoring, surge, nearby),
+//! `invariants` (the cross-record checks tests run after every step).
+
+mod apply;
+mod invariants;
+mod search;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -13,9 +23,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use super::records::{
-    Driver, DriverStatus, NearbyDriver, OfferOutcome, PendingOffer, Stats, Trip, day_of,
-};
+use super::records::{Driver, DriverStatus, OfferOutcome, PendingOffer, Stats, Trip};
 use crate::config::Config;
 use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass};
 use crate::error::Error;
@@ -24,8 +32,9 @@ use crate::events::{
     TripStatus,
 };
 use crate::index::{Neighbor, SpatialIndex};
-use crate::matching::{CandidateFacts, EtaModel, HaversineEta, ScoreBreakdown, Scorer};
+use crate::matching::{EtaModel, HaversineEta, Scorer};
 use crate::surge::{SurgeReading, SurgeTracker};
+use search::Choice;
 
 /// A new driver's acceptance rate before it has answered anything.
 const ACCEPTANCE_PRIOR: f64 = 0.8;
@@ -101,15 +110,6 @@ enum Timer {
     Forget(TripId),
 }
 
-/// The best candidate of a search.
-#[derive(Clone, Copy, Debug)]
-struct Choice {
-    key: DriverKey,
-    distance_m: f64,
-    eta_s: f64,
-    score: ScoreBreakdown,
-}
-
 /// The single owner of the dispatch state. See the module docs.
 pub struct Dispatcher {
     search_radius_m: f64,
@@ -128,9 +128,7 @@ pub struct Dispatcher {
     drivers: Vec<Driver>,
     driver_keys: FxHashMap<ExternalId, DriverKey>,
     trips: FxHashMap<TripId, Trip>,
-    next_trip: u64,
     offers: FxHashMap<OfferId, PendingOffer>,
-    next_offer: u64,
     ended_offers: FxHashMap<OfferId, OfferOutcome>,
     ended_order: VecDeque<OfferId>,
     open_by_rider: FxHashMap<ExternalId, TripId>,
@@ -142,6 +140,7 @@ pub struct Dispatcher {
     next_offset: u64,
     stats: Stats,
     scratch: Vec<Neighbor>,
+    choices: Vec<Choice>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -175,9 +174,7 @@ impl Dispatcher {
             drivers: Vec::new(),
             driver_keys: FxHashMap::default(),
             trips: FxHashMap::default(),
-            next_trip: 1,
             offers: FxHashMap::default(),
-            next_offer: 1,
             ended_offers: FxHashMap::default(),
             ended_order: VecDeque::new(),
             open_by_rider: FxHashMap::default(),
@@ -188,6 +185,7 @@ impl Dispatcher {
             next_offset: first_offset,
             stats: Stats::default(),
             scratch: Vec::with_capacity(64),
+            choices: Vec::with_capacity(64),
         }
     }
 
@@ -195,57 +193,37 @@ impl Dispatcher {
     // Drivers
     // ---------------------------------------------------------------------------------------
 
-    /// Puts a driver online (or updates the profile of an online driver).
+    /// Puts a driver online (or updates the profile of an online driver, which is not an
+    /// event: profiles are re-sent by gateways, not part of the dispatch log).
     pub fn go_online(&mut self, now_ms: u64, req: GoOnline) -> Result<Driver, Error> {
-        let key = match self.driver_keys.get(req.driver.as_str()) {
-            Some(&key) => key,
-            None => {
-                let key = u32::try_from(self.drivers.len()).map_err(|_| {
-                    Error::ResourceExhausted("the driver table is full".to_string())
-                })?;
-                let key = DriverKey(key);
-                self.drivers.push(Driver {
-                    id: req.driver.clone(),
-                    key,
-                    status: DriverStatus::Offline,
-                    position: req.position,
-                    rating: req.rating,
-                    class: req.class,
-                    gateway: None,
-                    acceptance_rate: ACCEPTANCE_PRIOR,
-                    trips_today: 0,
-                    trips_day: day_of(now_ms),
-                    free_since_ms: now_ms,
-                });
-                self.driver_keys.insert(req.driver.clone(), key);
-                self.stats.drivers_offline += 1;
-                key
+        let known = self.driver_keys.get(req.driver.as_str()).copied();
+        if let Some(key) = known {
+            let d = &mut self.drivers[key.0 as usize];
+            if d.status != DriverStatus::Offline {
+                d.position = req.position;
+                d.rating = req.rating;
+                d.class = req.class;
+                d.gateway = req.gateway;
+                if d.status == DriverStatus::Available {
+                    self.index.upsert(key, req.position);
+                }
+                return Ok(self.drivers[key.0 as usize].clone());
             }
-        };
-        let d = &mut self.drivers[key.0 as usize];
-        d.position = req.position;
-        d.rating = req.rating;
-        d.class = req.class;
-        d.gateway = req.gateway.clone();
-        match d.status {
-            DriverStatus::Offline => {
-                d.free_since_ms = now_ms;
-                self.set_status(key, DriverStatus::Available);
-                self.emit(
-                    now_ms,
-                    EventKind::DriverOnline {
-                        driver: req.driver,
-                        position: req.position,
-                        rating: req.rating,
-                        class: req.class,
-                        gateway: req.gateway,
-                    },
-                );
-            }
-            DriverStatus::Available => self.index.upsert(key, req.position),
-            DriverStatus::Offered(_) | DriverStatus::OnTrip(_) => {}
+        } else if u32::try_from(self.drivers.len()).is_err() {
+            return Err(Error::ResourceExhausted("the driver table is full".into()));
         }
-        Ok(self.drivers[key.0 as usize].clone())
+        let id = req.driver.clone();
+        self.emit(
+            now_ms,
+            EventKind::DriverOnline {
+                driver: req.driver,
+                position: req.position,
+                rating: req.rating,
+                class: req.class,
+                gateway: req.gateway,
+            },
+        );
+        self.driver(id.as_str())
     }
 
     /// Takes a driver offline; a pending offer is cancelled and its trip cascades.
@@ -259,14 +237,11 @@ impl Dispatcher {
                 )));
             }
             DriverStatus::Offered(offer) => {
-                let pending = self.end_offer(offer, OfferOutcome::Cancelled);
-                let trip = pending.details.trip;
-                self.set_status(key, DriverStatus::Offline);
-                self.release_offered_trip(trip);
+                let details = self.offers[&offer].details.clone();
                 self.emit(
                     now_ms,
                     EventKind::OfferCancelled(
-                        offer_ref(&pending.details),
+                        offer_ref(&details),
                         OfferCancelReason::DriverOffline,
                     ),
                 );
@@ -276,10 +251,9 @@ impl Dispatcher {
                         driver: driver.clone(),
                     },
                 );
-                self.continue_search(trip, now_ms);
+                self.continue_search(details.trip, now_ms);
             }
             DriverStatus::Available => {
-                self.set_status(key, DriverStatus::Offline);
                 self.emit(
                     now_ms,
                     EventKind::DriverOffline {
@@ -362,43 +336,12 @@ impl Dispatcher {
             )));
         }
 
-        let id = TripId(self.next_trip);
-        self.next_trip += 1;
+        // A trip's id is the offset of its TripRequested event: unique forever, with no counter
+        // that recovery would have to rebuild.
+        let id = TripId(self.next_offset);
         self.surge.record_request(req.pickup, now_ms);
         let surge_multiplier = self.surge_reading(req.pickup, now_ms, None).multiplier;
-        self.trips.insert(
-            id,
-            Trip {
-                id,
-                rider: req.rider.clone(),
-                request_id: req.request_id.clone(),
-                status: TripStatus::Searching,
-                pickup: req.pickup,
-                dropoff: req.dropoff,
-                class: req.class,
-                driver: None,
-                offer: None,
-                tried: Vec::new(),
-                pickup_eta_s: 0.0,
-                surge_multiplier,
-                offers_made: 0,
-                requested_at_ms: now_ms,
-                assigned_at_ms: 0,
-                ended_at_ms: 0,
-                dispatch_deadline_ms: now_ms.saturating_add(self.dispatch_timeout_ms),
-                cancelled_by: None,
-                policy: MatchPolicy::Greedy,
-                last_event_offset: 0,
-            },
-        );
-        self.open_by_rider.insert(req.rider.clone(), id);
-        if let Some(request_id) = &req.request_id {
-            self.by_request
-                .insert((req.rider.clone(), request_id.clone()), id);
-        }
-        self.stats.trips_requested += 1;
-
-        let (best, candidates) = self.find_best(id, now_ms);
+        let (best, candidates) = self.find_best(req.pickup, req.class, &[], now_ms);
         self.emit(
             now_ms,
             EventKind::TripRequested {
@@ -436,38 +379,28 @@ impl Dispatcher {
                 "offer {offer} was not made to driver {driver}; only its driver may answer it"
             )));
         }
-        let outcome = if accept {
-            OfferOutcome::Accepted
-        } else {
-            OfferOutcome::Declined
-        };
-        let pending = self.end_offer(offer, outcome);
-        let trip_id = pending.details.trip;
-        let oref = offer_ref(&pending.details);
+        let details = pending.details.clone();
+        let trip_id = details.trip;
         if accept {
-            self.set_status(pending.driver, DriverStatus::OnTrip(trip_id));
-            let trip = self.trip_mut(trip_id);
-            trip.status = TripStatus::Accepted;
-            trip.offer = None;
-            trip.assigned_at_ms = now_ms;
-            let (eta, policy) = (trip.pickup_eta_s, trip.policy);
-            self.emit(now_ms, EventKind::OfferAccepted(oref));
+            self.emit(now_ms, EventKind::OfferAccepted(offer_ref(&details)));
+            let policy = self
+                .trips
+                .get(&trip_id)
+                .map_or(MatchPolicy::Greedy, |t| t.policy);
             self.emit(
                 now_ms,
                 EventKind::TripAssigned {
                     trip: trip_id,
                     driver: driver.clone(),
-                    pickup_eta_s: eta,
+                    pickup_eta_s: details.pickup_eta_s,
                     policy,
                 },
             );
         } else {
-            self.set_status(pending.driver, DriverStatus::Available);
-            self.release_offered_trip(trip_id);
-            self.emit(now_ms, EventKind::OfferDeclined(oref));
+            self.emit(now_ms, EventKind::OfferDeclined(offer_ref(&details)));
             self.continue_search(trip_id, now_ms);
         }
-        Ok(self.trips[&trip_id].clone())
+        self.trip(trip_id)
     }
 
     /// The assigned driver moves the trip along (arrive, start, complete) or cancels it.
@@ -499,72 +432,38 @@ impl Dispatcher {
         };
         if !allowed {
             let hint = match status {
-                TripStatus::Offered => "; accept the offer first".to_string(),
-                s if s.is_terminal() => "; the trip has ended".to_string(),
-                _ => String::new(),
+                TripStatus::Offered => "; accept the offer first",
+                s if s.is_terminal() => "; the trip has ended",
+                _ => "",
             };
             return Err(Error::FailedPrecondition(format!(
                 "cannot {action:?} trip {trip_id}: it is {status:?}{hint}"
             )));
         }
         let driver = driver.clone();
-        match action {
-            TripAction::Arrive => {
-                self.trip_mut(trip_id).status = TripStatus::Arrived;
-                self.emit(
-                    now_ms,
-                    EventKind::DriverArrived {
-                        trip: trip_id,
-                        driver,
-                    },
-                );
-            }
-            TripAction::Start => {
-                self.trip_mut(trip_id).status = TripStatus::InProgress;
-                self.emit(
-                    now_ms,
-                    EventKind::TripStarted {
-                        trip: trip_id,
-                        driver,
-                    },
-                );
-            }
-            TripAction::Complete => {
-                let dropoff = self.trip_mut(trip_id).dropoff;
-                let d = &mut self.drivers[key.0 as usize];
-                d.position = dropoff;
-                d.trips_today = d.trips_on(now_ms) + 1;
-                d.trips_day = day_of(now_ms);
-                d.free_since_ms = now_ms;
-                self.set_status(key, DriverStatus::Available);
-                self.finish_trip(trip_id, TripStatus::Completed, now_ms);
-                self.emit(
-                    now_ms,
-                    EventKind::TripCompleted {
-                        trip: trip_id,
-                        driver,
-                    },
-                );
-            }
-            TripAction::Cancel => {
-                self.drivers[key.0 as usize].free_since_ms = now_ms;
-                self.set_status(key, DriverStatus::Available);
-                let gateway = self.drivers[key.0 as usize].gateway.clone();
-                self.trip_mut(trip_id).cancelled_by = Some(CancelledBy::Driver);
-                self.finish_trip(trip_id, TripStatus::Cancelled, now_ms);
-                self.emit(
-                    now_ms,
-                    EventKind::TripCancelled {
-                        trip: trip_id,
-                        driver: Some(driver),
-                        gateway,
-                        by: CancelledBy::Driver,
-                        previous: status,
-                    },
-                );
-            }
-        }
-        Ok(self.trips[&trip_id].clone())
+        let kind = match action {
+            TripAction::Arrive => EventKind::DriverArrived {
+                trip: trip_id,
+                driver,
+            },
+            TripAction::Start => EventKind::TripStarted {
+                trip: trip_id,
+                driver,
+            },
+            TripAction::Complete => EventKind::TripCompleted {
+                trip: trip_id,
+                driver,
+            },
+            TripAction::Cancel => EventKind::TripCancelled {
+                trip: trip_id,
+                driver: Some(driver),
+                gateway: self.drivers[key.0 as usize].gateway.clone(),
+                by: CancelledBy::Driver,
+                previous: status,
+            },
+        };
+        self.emit(now_ms, kind);
+        self.trip(trip_id)
     }
 
     /// The rider cancels a non-terminal trip; any offered or assigned driver is released.
@@ -587,41 +486,27 @@ impl Dispatcher {
             )));
         }
         let (offer, assigned) = (trip.offer, trip.driver.clone());
-        let mut released = None;
+        let mut released = (None, None);
         if let Some(offer) = offer {
-            let pending = self.end_offer(offer, OfferOutcome::Cancelled);
-            self.set_status(pending.driver, DriverStatus::Available);
+            let details = self.offers[&offer].details.clone();
             self.emit(
                 now_ms,
-                EventKind::OfferCancelled(
-                    offer_ref(&pending.details),
-                    OfferCancelReason::TripCancelled,
-                ),
+                EventKind::OfferCancelled(offer_ref(&details), OfferCancelReason::TripCancelled),
             );
         } else if let Some((key, id)) = assigned {
-            self.drivers[key.0 as usize].free_since_ms = now_ms;
-            self.set_status(key, DriverStatus::Available);
-            released = Some((id, self.drivers[key.0 as usize].gateway.clone()));
+            released = (Some(id), self.drivers[key.0 as usize].gateway.clone());
         }
-        let trip = self.trip_mut(trip_id);
-        trip.cancelled_by = Some(CancelledBy::Rider);
-        if offer.is_some() {
-            trip.driver = None;
-            trip.offer = None;
-        }
-        self.finish_trip(trip_id, TripStatus::Cancelled, now_ms);
-        let (driver, gateway) = released.map_or((None, None), |(d, g)| (Some(d), g));
         self.emit(
             now_ms,
             EventKind::TripCancelled {
                 trip: trip_id,
-                driver,
-                gateway,
+                driver: released.0,
+                gateway: released.1,
                 by: CancelledBy::Rider,
                 previous,
             },
         );
-        Ok(self.trips[&trip_id].clone())
+        self.trip(trip_id)
     }
 
     /// One trip's record (open, or ended within the retention).
@@ -632,39 +517,6 @@ impl Dispatcher {
     // ---------------------------------------------------------------------------------------
     // Queries
     // ---------------------------------------------------------------------------------------
-
-    /// Available drivers within `radius_m` of `center` serving `class`, nearest first.
-    pub fn nearby(
-        &mut self,
-        now_ms: u64,
-        center: LatLng,
-        radius_m: f64,
-        limit: usize,
-        class: VehicleClass,
-    ) -> Vec<NearbyDriver> {
-        let drivers = &self.drivers;
-        self.index.nearest(
-            center,
-            radius_m,
-            limit,
-            &mut |k| drivers[k.0 as usize].class.serves(class),
-            &mut self.scratch,
-        );
-        self.scratch
-            .iter()
-            .map(|n| {
-                let d = &self.drivers[n.key.0 as usize];
-                NearbyDriver {
-                    id: d.id.clone(),
-                    position: n.position,
-                    distance_m: n.distance_m,
-                    eta_s: self.eta.eta_s(n.position, center, n.distance_m, now_ms),
-                    rating: d.rating,
-                    class: d.class,
-                }
-            })
-            .collect()
-    }
 
     /// The surge at a point, counting supply fully (up to 10,000 drivers).
     pub fn surge(&mut self, now_ms: u64, point: LatLng) -> SurgeReading {
@@ -707,8 +559,10 @@ impl Dispatcher {
             self.timers.pop();
             match timer {
                 Timer::OfferDeadline(offer) => {
-                    if self.offers.contains_key(&offer) {
-                        self.expire_offer(offer, now_ms);
+                    if let Some(p) = self.offers.get(&offer) {
+                        let details = p.details.clone();
+                        self.emit(now_ms, EventKind::OfferExpired(offer_ref(&details)));
+                        self.continue_search(details.trip, now_ms);
                     }
                 }
                 Timer::Retry(trip) => {
@@ -749,121 +603,17 @@ impl Dispatcher {
         self.next_offset
     }
 
-    /// Checks the cross-record invariants; returns what is broken. Used by tests after every
-    /// step: a driver holds at most one offer and one trip, a trip at most one offer and one
-    /// driver, AVAILABLE drivers and only they are in the index, counters match the records.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let mut by_state = [0u64; 4];
-        for d in &self.drivers {
-            let in_index = self.index.position(d.key).is_some();
-            match d.status {
-                DriverStatus::Offline => by_state[0] += 1,
-                DriverStatus::Available => by_state[1] += 1,
-                DriverStatus::Offered(o) => {
-                    by_state[2] += 1;
-                    let p = self
-                        .offers
-                        .get(&o)
-                        .ok_or(format!("{} holds ended offer {o}", d.id))?;
-                    if p.driver != d.key {
-                        return Err(format!("{} holds offer {o} made to another driver", d.id));
-                    }
-                }
-                DriverStatus::OnTrip(t) => {
-                    by_state[3] += 1;
-                    let trip = self
-                        .trips
-                        .get(&t)
-                        .ok_or(format!("{} on unknown trip {t}", d.id))?;
-                    let assigned = matches!(
-                        trip.status,
-                        TripStatus::Accepted | TripStatus::Arrived | TripStatus::InProgress
-                    );
-                    if !assigned || trip.driver.as_ref().map(|x| x.0) != Some(d.key) {
-                        return Err(format!(
-                            "{} on trip {t} which is {:?} with {:?}",
-                            d.id, trip.status, trip.driver
-                        ));
-                    }
-                }
-            }
-            if in_index != (d.status == DriverStatus::Available) {
-                return Err(format!(
-                    "{} is {:?} but in_index={in_index}",
-                    d.id, d.status
-                ));
-            }
-        }
-        let s = &self.stats;
-        if by_state
-            != [
-                s.drivers_offline,
-                s.drivers_available,
-                s.drivers_offered,
-                s.drivers_on_trip,
-            ]
-        {
-            return Err(format!(
-                "driver counters {s:?} disagree with records {by_state:?}"
-            ));
-        }
-        if self.index.len() as u64 != s.drivers_available {
-            return Err("index size differs from available drivers".into());
-        }
-        for (id, p) in &self.offers {
-            let trip = self
-                .trips
-                .get(&p.details.trip)
-                .ok_or(format!("offer {id} for unknown trip"))?;
-            if trip.status != TripStatus::Offered || trip.offer != Some(*id) {
-                return Err(format!(
-                    "offer {id} pending but trip {} is {:?} with offer {:?}",
-                    trip.id, trip.status, trip.offer
-                ));
-            }
-            if self.drivers[p.driver.0 as usize].status != DriverStatus::Offered(*id) {
-                return Err(format!(
-                    "offer {id} pending but its driver is not holding it"
-                ));
-            }
-        }
-        let mut open = 0;
-        for trip in self.trips.values() {
-            if !trip.status.is_terminal() {
-                open += 1;
-                if self.open_by_rider.get(&trip.rider) != Some(&trip.id) {
-                    return Err(format!(
-                        "open trip {} not registered for rider {}",
-                        trip.id, trip.rider
-                    ));
-                }
-            }
-            if trip.status == TripStatus::Offered
-                && trip.offer.is_none_or(|o| !self.offers.contains_key(&o))
-            {
-                return Err(format!("trip {} OFFERED without a pending offer", trip.id));
-            }
-            if let (Some((key, _)), true) = (&trip.driver, !trip.status.is_terminal()) {
-                let expected = match trip.status {
-                    TripStatus::Offered => trip.offer.map(DriverStatus::Offered),
-                    TripStatus::Searching => None,
-                    _ => Some(DriverStatus::OnTrip(trip.id)),
-                };
-                if expected != Some(self.drivers[key.0 as usize].status) {
-                    return Err(format!(
-                        "trip {} ({:?}) and its driver disagree",
-                        trip.id, trip.status
-                    ));
-                }
-            }
-        }
-        if open != self.open_by_rider.len() {
-            return Err(format!(
-                "{open} open trips but {} riders with one",
-                self.open_by_rider.len()
-            ));
-        }
-        Ok(())
+    /// The lowest event offset recovery needs to rebuild today's state: the first event of
+    /// every trip still in memory and the online event of every online driver. Log retention
+    /// never deletes from here on.
+    pub fn oldest_needed_offset(&self) -> u64 {
+        let trips = self.trips.keys().map(|t| t.0);
+        let drivers = self
+            .drivers
+            .iter()
+            .filter(|d| d.status != DriverStatus::Offline)
+            .map(|d| d.online_offset);
+        trips.chain(drivers).min().unwrap_or(self.next_offset)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -885,179 +635,39 @@ impl Dispatcher {
         })
     }
 
-    fn trip_mut(&mut self, trip_id: TripId) -> &mut Trip {
-        // Internal callers pass ids of trips they just looked up or that a live offer or driver
-        // references; trips leave the map only through `forget_trip`, once terminal and
-        // referenced by nothing. A miss is a dispatcher bug, so it is not a recoverable error.
-        self.trips
-            .get_mut(&trip_id)
-            .expect("dispatcher invariant: referenced trips exist")
-    }
-
-    /// Keeps driver counters and index membership in step with the driver's status.
-    fn set_status(&mut self, key: DriverKey, status: DriverStatus) {
-        let d = &mut self.drivers[key.0 as usize];
-        let old = d.status;
-        d.status = status;
-        let position = d.position;
-        *self.state_counter(old) -= 1;
-        *self.state_counter(status) += 1;
-        match (
-            old == DriverStatus::Available,
-            status == DriverStatus::Available,
-        ) {
-            (true, false) => {
-                self.index.remove(key);
-            }
-            (_, true) => self.index.upsert(key, position),
-            (false, false) => {}
-        }
-    }
-
-    fn state_counter(&mut self, status: DriverStatus) -> &mut u64 {
-        match status {
-            DriverStatus::Offline => &mut self.stats.drivers_offline,
-            DriverStatus::Available => &mut self.stats.drivers_available,
-            DriverStatus::Offered(_) => &mut self.stats.drivers_offered,
-            DriverStatus::OnTrip(_) => &mut self.stats.drivers_on_trip,
-        }
-    }
-
+    /// Records an event: applies its state change, then queues it for publishing.
     fn emit(&mut self, now_ms: u64, kind: EventKind) {
-        let offset = self.next_offset;
-        self.next_offset += 1;
-        if let Some(trip) = kind.trip().and_then(|t| self.trips.get_mut(&t)) {
-            trip.last_event_offset = offset;
-        }
-        self.events.push(Event {
-            offset,
+        let event = Event {
+            offset: self.next_offset,
             at_ms: now_ms,
             kind,
-        });
-    }
-
-    fn surge_reading(&mut self, point: LatLng, now_ms: u64, cap: Option<usize>) -> SurgeReading {
-        let (_, demand) = self.surge.demand(point, now_ms);
-        // Past `demand` drivers the multiplier is 1 whatever the count, so a trip request stops
-        // counting there; a GetSurge query counts up to its cap to report supply.
-        let cap = cap.unwrap_or(demand as usize + 1);
-        let supply = if cap == 0 {
-            0
-        } else {
-            self.index.nearest(
-                point,
-                self.surge.supply_radius_m(),
-                cap,
-                &mut |_| true,
-                &mut self.scratch,
-            );
-            self.scratch.len() as u64
         };
-        self.surge.reading(point, supply, now_ms)
-    }
-
-    /// The best untried candidate for a trip, and how many candidates were in range.
-    fn find_best(&mut self, trip_id: TripId, now_ms: u64) -> (Option<Choice>, u32) {
-        let Some(trip) = self.trips.get(&trip_id) else {
-            return (None, 0);
-        };
-        let (pickup, class) = (trip.pickup, trip.class);
-        let drivers = &self.drivers;
-        let tried = &trip.tried;
-        self.index.nearest(
-            pickup,
-            self.search_radius_m,
-            self.max_candidates,
-            &mut |k| drivers[k.0 as usize].class.serves(class) && !tried.contains(&k),
-            &mut self.scratch,
-        );
-        let mut best: Option<Choice> = None;
-        for n in &self.scratch {
-            let d = &self.drivers[n.key.0 as usize];
-            let eta_s = self.eta.eta_s(n.position, pickup, n.distance_m, now_ms);
-            let score = self.scorer.score(&CandidateFacts {
-                eta_s,
-                rating: d.rating.get(),
-                acceptance_rate: d.acceptance_rate,
-                idle_s: now_ms.saturating_sub(d.free_since_ms) as f64 / 1000.0,
-                trips_today: d.trips_on(now_ms),
-            });
-            if best.is_none_or(|b| score.total > b.score.total) {
-                best = Some(Choice {
-                    key: n.key,
-                    distance_m: n.distance_m,
-                    eta_s,
-                    score,
-                });
-            }
-        }
-        (best, self.scratch.len() as u32)
+        self.next_offset += 1;
+        self.apply(&event);
+        self.events.push(event);
     }
 
     fn make_offer(&mut self, trip_id: TripId, choice: Choice, now_ms: u64) {
-        let offer = OfferId(self.next_offer);
-        self.next_offer += 1;
-        let expires_at_ms = now_ms.saturating_add(self.offer_timeout_ms);
+        let Some(trip) = self.trips.get(&trip_id) else {
+            return;
+        };
         let d = &self.drivers[choice.key.0 as usize];
-        let (driver, gateway) = (d.id.clone(), d.gateway.clone());
-        let trip = self.trip_mut(trip_id);
-        trip.offers_made += 1;
-        trip.tried.push(choice.key);
-        trip.status = TripStatus::Offered;
-        trip.offer = Some(offer);
-        trip.driver = Some((choice.key, driver.clone()));
-        trip.pickup_eta_s = choice.eta_s;
         let details = Arc::new(OfferDetails {
-            offer,
+            // Like trips, an offer's id is the offset of its OfferSent event.
+            offer: OfferId(self.next_offset),
             trip: trip_id,
-            driver,
-            gateway,
+            driver: d.id.clone(),
+            gateway: d.gateway.clone(),
             pickup: trip.pickup,
             dropoff: trip.dropoff,
             pickup_eta_s: choice.eta_s,
             pickup_distance_m: choice.distance_m,
-            expires_at_ms,
+            expires_at_ms: now_ms.saturating_add(self.offer_timeout_ms),
             score: choice.score,
-            attempt: trip.offers_made,
+            attempt: trip.offers_made + 1,
             surge_multiplier: trip.surge_multiplier,
         });
-        self.offers.insert(
-            offer,
-            PendingOffer {
-                details: details.clone(),
-                driver: choice.key,
-            },
-        );
-        self.set_status(choice.key, DriverStatus::Offered(offer));
-        self.timers
-            .push(Reverse((expires_at_ms, Timer::OfferDeadline(offer))));
         self.emit(now_ms, EventKind::OfferSent(details));
-    }
-
-    /// Removes a pending offer, remembers how it ended and learns the driver's acceptance.
-    /// The caller moves the driver and the trip on.
-    fn end_offer(&mut self, offer: OfferId, outcome: OfferOutcome) -> PendingOffer {
-        let pending = self
-            .offers
-            .remove(&offer)
-            .expect("dispatcher invariant: callers end only pending offers");
-        let answered = match outcome {
-            OfferOutcome::Accepted => Some(1.0),
-            OfferOutcome::Declined | OfferOutcome::Expired => Some(0.0),
-            OfferOutcome::Cancelled => None,
-        };
-        if let Some(x) = answered {
-            let d = &mut self.drivers[pending.driver.0 as usize];
-            d.acceptance_rate += ACCEPTANCE_ALPHA * (x - d.acceptance_rate);
-        }
-        self.ended_offers.insert(offer, outcome);
-        self.ended_order.push_back(offer);
-        while self.ended_order.len() > self.ended_offer_memory {
-            if let Some(old) = self.ended_order.pop_front() {
-                self.ended_offers.remove(&old);
-            }
-        }
-        pending
     }
 
     fn offer_gone(&self, offer: OfferId) -> Error {
@@ -1066,39 +676,34 @@ impl Dispatcher {
                 "offer {offer} has already ended ({outcome:?}); an offer can be answered once, \
                  within its window"
             )),
-            None if offer.0 < self.next_offer => {
-                Error::FailedPrecondition(format!("offer {offer} has already ended"))
-            }
-            None => Error::NotFound(format!("unknown offer {offer}")),
+            None => Error::NotFound(format!(
+                "unknown offer {offer} (never issued, or ended long ago)"
+            )),
         }
-    }
-
-    /// A trip whose offer ended without assignment goes back to searching.
-    fn release_offered_trip(&mut self, trip_id: TripId) {
-        let trip = self.trip_mut(trip_id);
-        trip.status = TripStatus::Searching;
-        trip.offer = None;
-        trip.driver = None;
-    }
-
-    fn expire_offer(&mut self, offer: OfferId, now_ms: u64) {
-        let pending = self.end_offer(offer, OfferOutcome::Expired);
-        let trip = pending.details.trip;
-        self.set_status(pending.driver, DriverStatus::Available);
-        self.release_offered_trip(trip);
-        self.emit(now_ms, EventKind::OfferExpired(offer_ref(&pending.details)));
-        self.continue_search(trip, now_ms);
     }
 
     /// After an offer failed: offer the next candidate, or wait and retry, or give up at the
     /// dispatch deadline.
     fn continue_search(&mut self, trip_id: TripId, now_ms: u64) {
-        let deadline = self.trip_mut(trip_id).dispatch_deadline_ms;
+        let Some(trip) = self.trips.get(&trip_id) else {
+            return;
+        };
+        let deadline = trip.dispatch_deadline_ms;
         if now_ms >= deadline {
             self.end_no_drivers(trip_id, now_ms);
             return;
         }
-        match self.find_best(trip_id, now_ms).0 {
+        let (pickup, class) = (trip.pickup, trip.class);
+        let tried = self
+            .trips
+            .get_mut(&trip_id)
+            .map(|t| std::mem::take(&mut t.tried))
+            .unwrap_or_default();
+        let (best, _) = self.find_best(pickup, class, &tried, now_ms);
+        if let Some(t) = self.trips.get_mut(&trip_id) {
+            t.tried = tried;
+        }
+        match best {
             Some(choice) => self.make_offer(trip_id, choice, now_ms),
             None => {
                 let at = now_ms.saturating_add(self.retry_interval_ms).min(deadline);
@@ -1108,8 +713,9 @@ impl Dispatcher {
     }
 
     fn end_no_drivers(&mut self, trip_id: TripId, now_ms: u64) {
-        self.finish_trip(trip_id, TripStatus::NoDrivers, now_ms);
-        let trip = &self.trips[&trip_id];
+        let Some(trip) = self.trips.get(&trip_id) else {
+            return;
+        };
         let (surge_multiplier, offers_made) = (trip.surge_multiplier, trip.offers_made);
         self.emit(
             now_ms,
@@ -1119,26 +725,6 @@ impl Dispatcher {
                 offers_made,
             },
         );
-    }
-
-    fn finish_trip(&mut self, trip_id: TripId, status: TripStatus, now_ms: u64) {
-        let retention = self.trip_retention_ms;
-        let trip = self.trip_mut(trip_id);
-        trip.status = status;
-        trip.ended_at_ms = now_ms;
-        let rider = trip.rider.clone();
-        if self.open_by_rider.get(&rider) == Some(&trip_id) {
-            self.open_by_rider.remove(&rider);
-        }
-        match status {
-            TripStatus::Completed => self.stats.trips_completed += 1,
-            TripStatus::Cancelled => self.stats.trips_cancelled += 1,
-            _ => self.stats.trips_no_drivers += 1,
-        }
-        self.timers.push(Reverse((
-            now_ms.saturating_add(retention),
-            Timer::Forget(trip_id),
-        )));
     }
 
     fn forget_trip(&mut self, trip_id: TripId) {

@@ -5,11 +5,16 @@
 //! - [`records`]: drivers, trips and the snapshots handed back to callers.
 //! - `command`: the bounded-channel messages, one variant per operation.
 //!
-//! The runner thread loops: fire due deadlines, take one command (control commands before
-//! location batches), execute it with `now` from the [`Clock`], publish the resulting events to
-//! the [`EventBus`], then reply. Replies go out after publishing, so a caller that gets an
-//! answer and then subscribes from the trip's offset misses nothing. Both channels are bounded:
-//! when full, calls fail fast with `RESOURCE_EXHAUSTED` and location batches are shed, counted.
+//! The runner thread loops: fire due deadlines, then take a group of ready commands (control
+//! commands before location batches) and execute each with `now` from the [`Clock`]. Then the
+//! group commit: the group's events are appended to the durable [`EventLog`] and made durable
+//! with one fsync, published to the [`EventBus`], and only then are the replies sent. So an
+//! acknowledged call is on disk, and a caller that gets an answer and then subscribes from the
+//! trip's offset misses nothing. Both channels are bounded: when full, calls fail fast with
+//! `RESOURCE_EXHAUSTED` and location batches are shed, counted.
+//!
+//! On start, the engine replays the log into the dispatcher (see `dispatcher::apply`), then
+//! fires what fell due while it was down: offers that expired meanwhile expire and cascade.
 
 mod command;
 pub mod dispatcher;
@@ -28,7 +33,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{ExternalId, LatLng, OfferId, TripId, VehicleClass};
 use crate::error::Error;
-use crate::events::{EventBus, OfferDetails};
+use crate::events::{EventBus, EventLog, FsyncPolicy, LogError, OfferDetails};
 use crate::index::SpatialIndex;
 use crate::surge::SurgeReading;
 
@@ -39,6 +44,10 @@ pub use records::{Driver, DriverStatus, NearbyDriver, Stats, Trip};
 
 /// Longest the runner sleeps without a command or a deadline, so a stop request is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
+/// Most commands executed before their events are committed and their replies sent.
+const GROUP_MAX: usize = 512;
+/// How often the log's retention limits are checked, ms.
+const RETENTION_CHECK_MS: u64 = 60_000;
 
 /// Counters the runner and the handle keep outside the dispatcher.
 #[derive(Debug, Default)]
@@ -57,6 +66,7 @@ struct Inner {
     counters: EngineCounters,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    log_dir: Option<std::path::PathBuf>,
 }
 
 /// A handle to the running engine. Cheap to clone; every clone talks to the same dispatcher.
@@ -66,9 +76,35 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the dispatcher thread with an index, a clock and the config's queue bounds.
-    pub fn start(config: &Config, index: Box<dyn SpatialIndex>, clock: Arc<dyn Clock>) -> Engine {
-        let dispatcher = Dispatcher::new(config, index, 0);
+    /// Starts the dispatcher thread with an index, a clock and the config's queue bounds. With
+    /// a data dir configured, first recovers the state from the event log there.
+    pub fn start(
+        config: &Config,
+        index: Box<dyn SpatialIndex>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, LogError> {
+        let mut dispatcher = Dispatcher::new(config, index, 0);
+        let log = match &config.log.data_dir {
+            None => None,
+            Some(dir) => {
+                let (log, report) = EventLog::open(&config.log, dir, |event| {
+                    dispatcher.replay(&event).map_err(|e| e.to_string())
+                })?;
+                for warning in &report.warnings {
+                    tracing::warn!("{warning}");
+                }
+                tracing::info!(
+                    events = report.events,
+                    segments = report.segments,
+                    next_offset = log.next_offset(),
+                    dir = %dir.display(),
+                    "event log recovered"
+                );
+                dispatcher.finish_recovery(clock.now_ms());
+                Some(log)
+            }
+        };
+        let log_dir = log.as_ref().map(|l| l.dir().to_path_buf());
         let bus = Arc::new(EventBus::new(
             config.limits.event_buffer,
             dispatcher.next_offset(),
@@ -78,6 +114,11 @@ impl Engine {
         let (location_tx, location_rx) =
             crossbeam_channel::bounded(config.limits.location_queue.max(1));
         let stop = Arc::new(AtomicBool::new(false));
+        let group_max = if config.log.fsync == FsyncPolicy::Always {
+            1
+        } else {
+            GROUP_MAX
+        };
         let runner = Runner {
             dispatcher,
             control_rx,
@@ -85,12 +126,16 @@ impl Engine {
             bus: bus.clone(),
             clock,
             stop: stop.clone(),
+            log,
+            group_max,
+            deferred: Vec::with_capacity(group_max),
+            next_retention_ms: 0,
         };
         let thread = std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || runner.run())
             .expect("spawning the dispatcher thread needs only memory");
-        Engine {
+        Ok(Engine {
             inner: Arc::new(Inner {
                 control_tx,
                 location_tx,
@@ -98,8 +143,14 @@ impl Engine {
                 counters: EngineCounters::default(),
                 stop,
                 thread: Mutex::new(Some(thread)),
+                log_dir,
             }),
-        }
+        })
+    }
+
+    /// Where the durable event log's segments are, if the engine has one.
+    pub fn log_dir(&self) -> Option<&std::path::Path> {
+        self.inner.log_dir.as_deref()
     }
 
     /// The event stream.
@@ -281,6 +332,15 @@ fn stopped() -> Error {
     Error::Unavailable("the dispatcher has stopped (server shutting down)".into())
 }
 
+/// A reply waiting for its command group to be committed.
+type Deferred = Box<dyn FnOnce() + Send>;
+
+/// Work taken from the channels.
+enum Work {
+    Control(Command),
+    Locations(LocationBatch),
+}
+
 /// The dispatcher thread's loop.
 struct Runner {
     dispatcher: Dispatcher,
@@ -289,6 +349,10 @@ struct Runner {
     bus: Arc<EventBus>,
     clock: Arc<dyn Clock>,
     stop: Arc<AtomicBool>,
+    log: Option<EventLog>,
+    group_max: usize,
+    deferred: Vec<Deferred>,
+    next_retention_ms: u64,
 }
 
 impl Runner {
@@ -296,36 +360,114 @@ impl Runner {
         while !self.stop.load(Ordering::Relaxed) {
             let now = self.clock.now_ms();
             self.dispatcher.fire_due(now);
-            self.publish();
-            // Control first: requests and answers never wait behind a location flood.
-            match self.control_rx.try_recv() {
-                Ok(cmd) => {
-                    self.execute(cmd);
-                    continue;
-                }
-                Err(crossbeam_channel::TryRecvError::Disconnected) => break,
-                Err(crossbeam_channel::TryRecvError::Empty) => {}
-            }
             let wait = self.dispatcher.next_deadline_ms().map_or(IDLE_WAIT, |at| {
                 Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAIT)
             });
-            select! {
-                recv(self.control_rx) -> msg => match msg {
-                    Ok(cmd) => self.execute(cmd),
-                    Err(_) => break,
-                },
-                recv(self.location_rx) -> msg => if let Ok(batch) = msg {
-                    self.apply_batch(batch);
-                },
-                default(wait) => {}
+            let mut taken = 0;
+            let mut disconnected = false;
+            // Wait for the first piece of work only if nothing (e.g. an expiry) needs committing.
+            let first = if self.dispatcher.has_events() {
+                self.try_take()
+            } else {
+                self.take(wait)
+            };
+            match first {
+                Ok(Some(work)) => {
+                    self.handle(work);
+                    taken += 1;
+                }
+                Ok(None) => {}
+                Err(()) => disconnected = true,
             }
+            while taken > 0 && taken < self.group_max {
+                match self.try_take() {
+                    Ok(Some(work)) => {
+                        self.handle(work);
+                        taken += 1;
+                    }
+                    Ok(None) => break,
+                    Err(()) => {
+                        disconnected = true;
+                        break;
+                    }
+                }
+            }
+            if !self.commit() || disconnected {
+                break;
+            }
+            self.enforce_retention(now);
         }
-        self.publish();
+        self.commit();
     }
 
-    fn publish(&mut self) {
+    /// Ready work without waiting: control first. `Err` once the engine handle is gone.
+    fn try_take(&self) -> Result<Option<Work>, ()> {
+        match self.control_rx.try_recv() {
+            Ok(cmd) => return Ok(Some(Work::Control(cmd))),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(()),
+            Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+        Ok(self.location_rx.try_recv().ok().map(Work::Locations))
+    }
+
+    /// Work, waiting up to `wait` for some.
+    fn take(&self, wait: Duration) -> Result<Option<Work>, ()> {
+        if let Some(work) = self.try_take()? {
+            return Ok(Some(work));
+        }
+        select! {
+            recv(self.control_rx) -> msg => msg.map(|c| Some(Work::Control(c))).map_err(|_| ()),
+            recv(self.location_rx) -> msg => Ok(msg.ok().map(Work::Locations)),
+            default(wait) => Ok(None),
+        }
+    }
+
+    fn handle(&mut self, work: Work) {
+        match work {
+            Work::Control(cmd) => self.execute(cmd),
+            Work::Locations(batch) => self.apply_batch(batch),
+        }
+    }
+
+    /// The group commit: log and fsync the group's events, publish them, then reply. Returns
+    /// false if the log failed: the engine then stops rather than acknowledge what is not on
+    /// disk (pending callers get UNAVAILABLE).
+    fn commit(&mut self) -> bool {
         if self.dispatcher.has_events() {
-            self.bus.publish(self.dispatcher.take_events());
+            let events = self.dispatcher.take_events();
+            if let Some(log) = &mut self.log {
+                if let Err(e) = log.append(&events).and_then(|()| log.commit()) {
+                    tracing::error!(error = %e, "event log write failed; stopping the dispatcher");
+                    self.deferred.clear();
+                    self.bus.close();
+                    return false;
+                }
+            }
+            self.bus.publish(events);
+        }
+        for reply in self.deferred.drain(..) {
+            reply();
+        }
+        true
+    }
+
+    fn enforce_retention(&mut self, now: u64) {
+        let Some(log) = &mut self.log else {
+            return;
+        };
+        if now < self.next_retention_ms {
+            return;
+        }
+        self.next_retention_ms = now.saturating_add(RETENTION_CHECK_MS);
+        let keep_from = self.dispatcher.oldest_needed_offset();
+        match log.enforce_retention(keep_from) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                segments = n,
+                first_offset = log.first_offset(),
+                "event log retention"
+            ),
+            Err(e) => tracing::warn!(error = %e, "event log retention failed"),
         }
     }
 
@@ -347,20 +489,26 @@ impl Runner {
             }
         }
         // The gateway may have hung up; its summary is then moot.
-        let _ = batch.reply.send(outcome);
+        let reply = batch.reply;
+        self.deferred.push(Box::new(move || {
+            let _ = reply.send(outcome);
+        }));
     }
 
     fn execute(&mut self, cmd: Command) {
         let now = self.clock.now_ms();
         let d = &mut self.dispatcher;
         d.fire_due(now);
-        // Each arm computes its result, the events are published, then the reply goes out. A
-        // caller that stopped waiting (deadline, disconnect) makes `send` fail: nothing to do.
+        let deferred = &mut self.deferred;
+        // Each arm computes its result now; the reply waits for the group commit. A caller
+        // that stopped waiting (deadline, disconnect) makes `send` fail: nothing to do.
         macro_rules! answer {
             ($reply:expr, $result:expr) => {{
                 let result = $result;
-                self.publish();
-                let _ = $reply.send(result);
+                let reply = $reply;
+                deferred.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
             }};
         }
         match cmd {
@@ -387,6 +535,8 @@ impl Runner {
             Command::CancelTrip { trip, rider, reply } => {
                 answer!(reply, d.cancel_trip(now, trip, &rider))
             }
+            // The offset is read after this group's events are counted, so following from
+            // it misses nothing and repeats nothing.
             Command::GetTrip(trip, r) => answer!(r, d.trip(trip).map(|t| (t, d.next_offset()))),
             Command::GetDriver(id, r) => answer!(r, d.driver(id.as_str())),
             Command::Nearby {

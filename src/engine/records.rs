@@ -44,6 +44,8 @@ pub struct Driver {
     pub trips_day: u64,
     /// When the driver last became free (online or trip ended), ms since epoch.
     pub free_since_ms: u64,
+    /// Offset of the event that last put the driver online (recovery needs it).
+    pub online_offset: u64,
 }
 
 impl Driver {
@@ -62,7 +64,8 @@ pub(crate) fn day_of(now_ms: u64) -> u64 {
     now_ms / 86_400_000
 }
 
-/// A trip request and everything that happened to it.
+/// A trip request and everything that happened to it. Its id is the offset of its
+/// TripRequested event.
 #[derive(Clone, Debug)]
 pub struct Trip {
     /// Engine-issued id.

@@ -2,16 +2,20 @@
 //! made it, each with a gap-free offset. [`bus`] fans them out to subscribers.
 
 pub mod bus;
+pub mod log;
 
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::domain::{ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass};
 use crate::matching::ScoreBreakdown;
 
 pub use bus::{EventBus, Lagged};
+pub use log::{EventLog, FsyncPolicy, LogConfig, LogCursor, LogError};
 
 /// One state change, as published.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Position in the stream: 0, 1, 2... with no gaps.
     pub offset: u64,
@@ -22,7 +26,7 @@ pub struct Event {
 }
 
 /// Where a trip is in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TripStatus {
     /// Looking for a driver, no offer pending.
     Searching,
@@ -53,7 +57,7 @@ impl TripStatus {
 }
 
 /// Who cancelled a trip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CancelledBy {
     /// The rider.
     Rider,
@@ -62,7 +66,7 @@ pub enum CancelledBy {
 }
 
 /// Why an offer was withdrawn before the driver answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OfferCancelReason {
     /// The rider cancelled the trip.
     TripCancelled,
@@ -71,7 +75,7 @@ pub enum OfferCancelReason {
 }
 
 /// The matching policy that produced an offer or assignment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum MatchPolicy {
     /// Best driver at the instant of the request.
     #[default]
@@ -79,7 +83,7 @@ pub enum MatchPolicy {
 }
 
 /// An offer as sent to a driver (shared: it travels in events, snapshots and streams).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OfferDetails {
     /// The offer.
     pub offer: OfferId,
@@ -108,7 +112,7 @@ pub struct OfferDetails {
 }
 
 /// Identifies an offer and who it concerned, for events that end it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OfferRef {
     /// The offer.
     pub offer: OfferId,
@@ -121,7 +125,7 @@ pub struct OfferRef {
 }
 
 /// What changed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
     /// A driver went from offline to available.
     DriverOnline {

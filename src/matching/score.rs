@@ -56,7 +56,7 @@ pub struct CandidateFacts {
 }
 
 /// The weighted terms of a score and their sum.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ScoreBreakdown {
     /// Weighted ETA term.
     pub eta: f64,

@@ -41,7 +41,7 @@ pub async fn start_with(config: Config) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let clock = Arc::new(ManualClock::new(T0_MS));
-    let engine = Engine::start(&config, dispatch::index::default_index(), clock.clone());
+    let engine = Engine::start(&config, dispatch::index::default_index(), clock.clone()).unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn({
         let engine = engine.clone();
