@@ -3,7 +3,10 @@
 //! The server binary is looked up next to the load generator's own executable (cargo puts both
 //! in the same target directory) unless a path is given. It listens on a free loopback port
 //! picked by binding port 0 and releasing it; readiness is polled with QueryService.GetStats,
-//! which proves the real service (not just the socket) is up.
+//! which proves the real service (not just the socket) is up. It runs in a fresh temporary
+//! directory (removed afterwards), so anything it writes relative to its working directory
+//! (e.g. a `./data` event log) neither pollutes the caller's directory nor leaks state from an
+//! earlier run into this one.
 
 use crate::error::{Error, Result};
 use dispatch::pb;
@@ -21,8 +24,10 @@ pub struct ServerProcess {
     child: Child,
     /// The loopback address it listens on (`127.0.0.1:PORT`).
     pub addr: String,
-    /// Where its stderr goes.
+    /// Where its stderr goes (inside `work_dir`).
     pub log_path: PathBuf,
+    /// Its working directory, removed when it stops.
+    pub work_dir: PathBuf,
 }
 
 /// The `dispatchd` next to the running executable (or one directory up, for test binaries
@@ -56,12 +61,17 @@ impl ServerProcess {
     pub async fn start(bin: &Path) -> Result<ServerProcess> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
-        let log_path = std::env::temp_dir().join(format!("loadgen-dispatchd-{port}.log"));
-        let log = std::fs::File::create(&log_path).map_err(|source| Error::Io {
-            path: log_path.display().to_string(),
-            source,
-        })?;
+        let work_dir =
+            std::env::temp_dir().join(format!("loadgen-dispatchd-{}-{port}", std::process::id()));
+        let io_err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(&work_dir).map_err(io_err(&work_dir))?;
+        let log_path = work_dir.join("dispatchd.log");
+        let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
         let child = Command::new(bin)
+            .current_dir(&work_dir)
             .arg("--listen")
             .arg(&addr)
             .stdin(Stdio::null())
@@ -73,8 +83,19 @@ impl ServerProcess {
             child,
             addr,
             log_path,
+            work_dir,
         };
-        server.wait_ready().await?;
+        if let Err(e) = server.wait_ready().await {
+            // The log goes with the working directory when `server` drops: quote its end.
+            let log = std::fs::read_to_string(&server.log_path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            let why = match e {
+                Error::Server(why) => why,
+                other => other.to_string(),
+            };
+            return Err(Error::Server(format!("{why}; its log ends:\n{tail}")));
+        }
         Ok(server)
     }
 
@@ -84,8 +105,7 @@ impl ServerProcess {
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(Error::Server(format!(
-                    "dispatchd exited with {status} before becoming ready (log: {})",
-                    self.log_path.display()
+                    "dispatchd exited with {status} before becoming ready"
                 )));
             }
             if let Ok(mut client) = QueryServiceClient::connect(uri.clone()).await
@@ -95,9 +115,8 @@ impl ServerProcess {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Server(format!(
-                    "dispatchd on {} not ready within {READY_LIMIT:?} (log: {})",
-                    self.addr,
-                    self.log_path.display()
+                    "dispatchd on {} not ready within {READY_LIMIT:?}",
+                    self.addr
                 )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -113,6 +132,8 @@ impl ServerProcess {
         // Already exited is fine; there is nothing else to do about a failed kill.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Best effort: a leftover temporary directory is harmless.
+        let _ = std::fs::remove_dir_all(&self.work_dir);
     }
 }
 
