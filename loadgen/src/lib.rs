@@ -62,11 +62,16 @@ pub async fn run_until(
     config.validate().map_err(Error::Config)?;
     let channels = rpc::connect(target, config.connections).await?;
     let progress = Progress::new(config.progress);
+    let cpu_before = report::process_cpu_s();
     let report = match config.mode {
         Mode::City => sim::run(config, channels, stop, &progress).await,
         Mode::Ingest => ingest::run(config, channels, stop, &progress).await,
         Mode::Nearby => nearby::run(config, channels, stop, &progress).await,
     };
     progress.finish();
-    report
+    report.map(|mut r| {
+        r.loadgen_cpu_s = report::process_cpu_s() - cpu_before;
+        r.host_load_1m = report::load_average_1m();
+        r
+    })
 }

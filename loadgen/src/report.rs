@@ -161,6 +161,11 @@ pub struct Report {
     pub conflicts: u64,
     /// Up to 10 error messages, to help find the cause.
     pub error_examples: Vec<String>,
+    /// CPU seconds the load generator itself used (user + system, whole run, Linux only).
+    pub loadgen_cpu_s: f64,
+    /// The host's 1-minute load average at the end of the run (Linux only): on a 2-core
+    /// machine, figures taken above ~2 were shared with other work.
+    pub host_load_1m: f64,
     /// Raw samples behind the figures, for the charts (not in the JSON).
     #[serde(skip)]
     pub samples: Samples,
@@ -229,6 +234,13 @@ impl Report {
             "errors",
             format!("{} (conflicts {})", self.errors, self.conflicts),
         );
+        row(
+            "host",
+            format!(
+                "loadgen used {:.1} CPU s; 1-min load average {:.2}",
+                self.loadgen_cpu_s, self.host_load_1m
+            ),
+        );
         match self.mode.as_str() {
             "nearby" => {
                 row(
@@ -296,6 +308,29 @@ impl Report {
         }
         s
     }
+}
+
+/// CPU seconds (user + system) this process used so far; 0 where `/proc` is missing.
+pub fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The host's 1-minute load average; 0 where `/proc` is missing.
+pub fn load_average_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
