@@ -30,6 +30,10 @@ struct Cli {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Runtime threads for loadgen itself. 1 (a single-threaded runtime) keeps it on one core;
+    /// 2 lets the stream tasks that time-stamp offers run while the simulation loop is busy.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
