@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::events::LogConfig;
+use crate::events::{LogConfig, MatchPolicy};
 use crate::matching::{EtaConfig, ScoreWeights};
 use crate::surge::SurgeConfig;
 
@@ -58,6 +58,32 @@ pub struct DispatchConfig {
     pub trip_retention: Duration,
     /// How many ended offers are remembered to explain late answers precisely.
     pub ended_offer_memory: usize,
+    /// How requests are paired with drivers: greedy (each request at once) or batch.
+    pub policy: MatchPolicy,
+    /// With the batch policy, requests are collected for at most this long and matched
+    /// together; within [`BATCH_WINDOW_MIN`]..=[`BATCH_WINDOW_MAX`] (see
+    /// [`DispatchConfig::validate`]).
+    pub batch_window: Duration,
+}
+
+/// Shortest accepted batch window: shorter windows hold too few requests to gain anything.
+pub const BATCH_WINDOW_MIN: Duration = Duration::from_millis(100);
+/// Longest accepted batch window: a rider should not wait longer for a first offer.
+pub const BATCH_WINDOW_MAX: Duration = Duration::from_secs(10);
+
+impl DispatchConfig {
+    /// Checks the settings that have a valid range; the message names the offending setting.
+    /// Today: `batch_window` must be within 100 ms..=10 s (checked whatever the policy, so a
+    /// switch to batch cannot fail later).
+    pub fn validate(&self) -> Result<(), String> {
+        if !(BATCH_WINDOW_MIN..=BATCH_WINDOW_MAX).contains(&self.batch_window) {
+            return Err(format!(
+                "batch window must be within 100 ms..=10 s, got {} ms",
+                self.batch_window.as_millis()
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DispatchConfig {
@@ -70,6 +96,8 @@ impl Default for DispatchConfig {
             retry_interval: Duration::from_secs(2),
             trip_retention: Duration::from_secs(600),
             ended_offer_memory: 100_000,
+            policy: MatchPolicy::Greedy,
+            batch_window: Duration::from_secs(2),
         }
     }
 }
@@ -98,6 +126,21 @@ impl Default for LimitsConfig {
             max_batch_updates: 10_000,
             event_buffer: 1 << 20,
             max_message_bytes: 4 << 20,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_window_is_validated() {
+        let mut d = DispatchConfig::default();
+        assert!(d.validate().is_ok());
+        for (ms, ok) in [(99, false), (100, true), (10_000, true), (10_001, false)] {
+            d.batch_window = Duration::from_millis(ms);
+            assert_eq!(d.validate().is_ok(), ok, "{ms} ms");
         }
     }
 }

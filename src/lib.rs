@@ -9,7 +9,8 @@
 //! - [`domain`], [`error`]: validated values (`LatLng`, ids) and the core error type.
 //! - [`index`]: where every driver is; k-nearest-within-radius queries.
 //! - [`clock`]: time as an input (system clock, manual clock for tests).
-//! - [`matching`]: pickup ETA model and candidate scoring.
+//! - [`matching`]: pickup ETA model, candidate scoring, and the batch assignment solver
+//!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
 //! - [`surge`]: demand over supply per H3 hexagon.
 //! - [`events`]: the ordered dispatch events and their in-memory fan-out bus.
 //! - [`engine`]: the single-owner dispatcher thread and the handle to it.

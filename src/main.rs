@@ -2,10 +2,12 @@
 //! Ctrl-C or SIGTERM. Everything has an embedded default, so `dispatchd` alone runs the engine.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use dispatch::config::Config;
+use dispatch::events::{FsyncPolicy, MatchPolicy};
 use tokio::net::TcpListener;
 
 /// Real-time dispatch matching engine.
@@ -27,6 +29,35 @@ struct Flags {
     /// Seconds a trip may search before it ends as NO_DRIVERS.
     #[arg(long, default_value_t = 120)]
     dispatch_timeout_s: u64,
+    /// How requests are paired with drivers: `greedy` (each at once) or `batch` (requests of
+    /// a window matched together by a minimum-cost assignment).
+    #[arg(long, value_enum, default_value_t = PolicyFlag::Greedy)]
+    match_policy: PolicyFlag,
+    /// With `--match-policy batch`, the longest a request waits for its batch, ms
+    /// (100..=10000).
+    #[arg(long, default_value_t = 2000)]
+    batch_window_ms: u64,
+    /// Directory of the durable event log (recovered on start).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Run without the durable log: events live only in memory.
+    #[arg(long)]
+    ephemeral: bool,
+    /// When log writes reach the disk: always (fsync per command), batch (one fsync per group
+    /// of commands, before any is acknowledged) or never (leave it to the OS).
+    #[arg(long, default_value = "batch")]
+    fsync: FsyncPolicy,
+    /// On a corrupt record in the middle of the log, cut the log there instead of refusing to
+    /// start (events from that point on are lost).
+    #[arg(long)]
+    truncate_corrupt_log: bool,
+}
+
+/// `--match-policy` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PolicyFlag {
+    Greedy,
+    Batch,
 }
 
 impl Flags {
@@ -51,6 +82,18 @@ impl Flags {
         config.dispatch.max_candidates = self.max_candidates;
         config.dispatch.offer_timeout = Duration::from_secs(self.offer_timeout_s);
         config.dispatch.dispatch_timeout = Duration::from_secs(self.dispatch_timeout_s);
+        config.dispatch.policy = match self.match_policy {
+            PolicyFlag::Greedy => MatchPolicy::Greedy,
+            PolicyFlag::Batch => MatchPolicy::Batch,
+        };
+        config.dispatch.batch_window = Duration::from_millis(self.batch_window_ms);
+        config
+            .dispatch
+            .validate()
+            .map_err(|e| format!("--batch-window-ms: {e}"))?;
+        config.log.data_dir = (!self.ephemeral).then_some(self.data_dir);
+        config.log.fsync = self.fsync;
+        config.log.truncate_corrupt = self.truncate_corrupt_log;
         Ok(config)
     }
 }

@@ -231,6 +231,7 @@ fn empty_index_and_degenerate_queries_answer_nothing() {
     trio.check_query(ll(10.0, 10.0), 1_000.0, 0, 1);
     trio.check_query(ll(10.0, 10.0), f64::NAN, 3, 1);
     trio.check_query(ll(10.0, 10.0), -1.0, 3, 1);
+    trio.check_query(ll(10.0, 10.0), 1e7, usize::MAX, 1);
     let mut out = vec![];
     trio.grid
         .nearest(ll(10.0, 10.0), 1.0, 3, &mut |_| false, &mut out);
@@ -359,4 +360,45 @@ fn memory_is_accounted_and_default_index_is_the_grid() {
     index.upsert(DriverKey(5), ll(1.0, 2.0));
     assert_eq!(index.position(DriverKey(5)), Some(ll(1.0, 2.0)));
     assert_eq!(index.len(), 1);
+}
+
+/// The point `distance_m` from `from` on initial bearing `bearing_rad` (great circle).
+fn destination(from: LatLng, bearing_rad: f64, distance_m: f64) -> LatLng {
+    let delta = distance_m / dispatch::domain::EARTH_RADIUS_M;
+    let (lat1, lng1) = (from.lat_deg().to_radians(), from.lng_deg().to_radians());
+    let lat2 = (lat1.sin() * delta.cos() + lat1.cos() * delta.sin() * bearing_rad.cos()).asin();
+    let lng2 = lng1
+        + (bearing_rad.sin() * delta.sin() * lat1.cos())
+            .atan2(delta.cos() - lat1.sin() * lat2.sin());
+    ll(
+        lat2.to_degrees().clamp(-90.0, 90.0),
+        wrap_lng(lng2.to_degrees()),
+    )
+}
+
+#[test]
+fn near_ties_on_a_circle_are_ranked_exactly() {
+    // Drivers all within a centimetre of the same distance, in every direction: the trig-free
+    // proxy orders them differently from the haversine, so only the exact re-ranking (and a
+    // correct bound on the proxy's error) gets the k-th right.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for center in [
+        ll(60.0, 179.999),
+        ll(0.0, -179.9995),
+        ll(84.9, 30.0),
+        ll(40.7, -74.0),
+    ] {
+        for radius in [120.0, 300.0, 2_000.0] {
+            let mut trio = Trio::new(250.0);
+            for key in 0..400u32 {
+                let bearing = rng.random_range(0.0..std::f64::consts::TAU);
+                let d = radius + rng.random_range(-0.01..0.01);
+                trio.upsert(key, destination(center, bearing, d));
+            }
+            for k in [1, 10, 57, 200, 399] {
+                trio.check_query(center, 10_000.0, k, 1);
+                trio.check_query(center, radius, k, 2);
+            }
+        }
+    }
 }

@@ -11,9 +11,11 @@
 //! durable log through the same `apply`, so the log reproduces the state that wrote it.
 //!
 //! Child modules: `apply` (state transitions), `search` (candidates, scoring, surge, nearby),
-//! `invariants` (the cross-record checks tests run after every step).
+//! `batch` (the batch policy: pending batch, flush, assignment), `invariants` (the
+//! cross-record checks tests run after every step).
 
 mod apply;
+mod batch;
 mod invariants;
 mod search;
 
@@ -40,8 +42,6 @@ use search::Choice;
 const ACCEPTANCE_PRIOR: f64 = 0.8;
 /// Weight of the newest answer in the rolling acceptance rate.
 const ACCEPTANCE_ALPHA: f64 = 0.1;
-/// Supply counted for a GetSurge query stops here.
-const SURGE_SUPPLY_CAP: usize = 10_000;
 /// How often stale surge cells are swept, ms.
 const SURGE_SWEEP_MS: u64 = 60_000;
 
@@ -108,6 +108,8 @@ enum Timer {
     OfferDeadline(OfferId),
     Retry(TripId),
     Forget(TripId),
+    /// Match the pending batch (batch policy); at most one is armed at a time.
+    BatchFlush,
 }
 
 /// The single owner of the dispatch state. See the module docs.
@@ -119,6 +121,8 @@ pub struct Dispatcher {
     retry_interval_ms: u64,
     trip_retention_ms: u64,
     ended_offer_memory: usize,
+    policy: MatchPolicy,
+    batch_window_ms: u64,
 
     index: Box<dyn SpatialIndex>,
     eta: Box<dyn EtaModel>,
@@ -141,6 +145,11 @@ pub struct Dispatcher {
     stats: Stats,
     scratch: Vec<Neighbor>,
     choices: Vec<Choice>,
+    /// Batch policy: SEARCHING trips waiting for the next flush (scheduling state, like
+    /// `timers`; see `batch.rs`).
+    batch: Vec<TripId>,
+    /// When the armed flush fires, if one is armed.
+    batch_flush_at_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -167,6 +176,9 @@ impl Dispatcher {
             retry_interval_ms: (d.retry_interval.as_millis() as u64).max(1),
             trip_retention_ms: d.trip_retention.as_millis() as u64,
             ended_offer_memory: d.ended_offer_memory,
+            policy: d.policy,
+            // Validated at the edge (100 ms..=10 s); never 0 so a flush cannot spin.
+            batch_window_ms: (d.batch_window.as_millis() as u64).max(1),
             index,
             eta: Box::new(HaversineEta::new(config.eta.clone())),
             scorer: Scorer::new(config.scoring.clone()),
@@ -186,6 +198,8 @@ impl Dispatcher {
             stats: Stats::default(),
             scratch: Vec::with_capacity(64),
             choices: Vec::with_capacity(64),
+            batch: Vec::new(),
+            batch_flush_at_ms: None,
         }
     }
 
@@ -308,8 +322,9 @@ impl Dispatcher {
     // Trips
     // ---------------------------------------------------------------------------------------
 
-    /// Creates a trip and offers it to the best candidate, or ends it at once as NO_DRIVERS
-    /// when nobody is in range. Returns the trip and whether it was a deduplicated retry.
+    /// Creates a trip and offers it to the best candidate (greedy policy) or adds it to the
+    /// pending batch (batch policy), or ends it at once as NO_DRIVERS when nobody is in range.
+    /// Returns the trip and whether it was a deduplicated retry.
     pub fn request_trip(&mut self, now_ms: u64, req: TripRequest) -> Result<(Trip, bool), Error> {
         if let Some(request_id) = &req.request_id {
             let key = (req.rider.clone(), request_id.clone());
@@ -340,7 +355,7 @@ impl Dispatcher {
         // that recovery would have to rebuild.
         let id = TripId(self.next_offset);
         self.surge.record_request(req.pickup, now_ms);
-        let surge_multiplier = self.surge_reading(req.pickup, now_ms, None).multiplier;
+        let surge_multiplier = self.surge_reading(req.pickup, now_ms).multiplier;
         let (best, candidates) = self.find_best(req.pickup, req.class, &[], now_ms);
         self.emit(
             now_ms,
@@ -353,12 +368,13 @@ impl Dispatcher {
                 class: req.class,
                 surge_multiplier,
                 candidates,
-                policy: MatchPolicy::Greedy,
+                policy: self.policy,
             },
         );
-        match best {
-            Some(choice) => self.make_offer(id, choice, now_ms),
-            None => self.end_no_drivers(id, now_ms),
+        match (best, self.policy) {
+            (Some(choice), MatchPolicy::Greedy) => self.make_offer(id, choice, now_ms),
+            (Some(_), MatchPolicy::Batch) => self.join_batch(id, now_ms),
+            (None, _) => self.end_no_drivers(id, now_ms),
         }
         Ok((self.trips[&id].clone(), false))
     }
@@ -518,9 +534,9 @@ impl Dispatcher {
     // Queries
     // ---------------------------------------------------------------------------------------
 
-    /// The surge at a point, counting supply fully (up to 10,000 drivers).
+    /// The surge at a point.
     pub fn surge(&mut self, now_ms: u64, point: LatLng) -> SurgeReading {
-        self.surge_reading(point, now_ms, Some(SURGE_SUPPLY_CAP))
+        self.surge_reading(point, now_ms)
     }
 
     /// Counters describing the engine now.
@@ -550,7 +566,7 @@ impl Dispatcher {
     // ---------------------------------------------------------------------------------------
 
     /// Fires every deadline at or before `now_ms`: offer expiries (which cascade), search
-    /// retries, and forgetting ended trips past their retention.
+    /// retries, batch flushes (batch policy), and forgetting ended trips past their retention.
     pub fn fire_due(&mut self, now_ms: u64) {
         while let Some(&Reverse((at, timer))) = self.timers.peek() {
             if at > now_ms {
@@ -575,6 +591,7 @@ impl Dispatcher {
                     }
                 }
                 Timer::Forget(trip) => self.forget_trip(trip),
+                Timer::BatchFlush => self.flush_batch(now_ms),
             }
         }
         if now_ms >= self.next_sweep_ms {
@@ -682,8 +699,8 @@ impl Dispatcher {
         }
     }
 
-    /// After an offer failed: offer the next candidate, or wait and retry, or give up at the
-    /// dispatch deadline.
+    /// After an offer failed: offer the next candidate (greedy) or join the next batch (batch),
+    /// or wait and retry, or give up at the dispatch deadline.
     fn continue_search(&mut self, trip_id: TripId, now_ms: u64) {
         let Some(trip) = self.trips.get(&trip_id) else {
             return;
@@ -691,6 +708,10 @@ impl Dispatcher {
         let deadline = trip.dispatch_deadline_ms;
         if now_ms >= deadline {
             self.end_no_drivers(trip_id, now_ms);
+            return;
+        }
+        if trip.policy == MatchPolicy::Batch {
+            self.join_batch(trip_id, now_ms);
             return;
         }
         let (pickup, class) = (trip.pickup, trip.class);

@@ -87,9 +87,21 @@ impl Engine {
         let log = match &config.log.data_dir {
             None => None,
             Some(dir) => {
+                let mut first = true;
                 let (log, report) = EventLog::open(&config.log, dir, |event| {
+                    if std::mem::take(&mut first) {
+                        // Retention may have deleted the oldest segments.
+                        dispatcher
+                            .resume_at(event.offset)
+                            .map_err(|e| e.to_string())?;
+                    }
                     dispatcher.replay(&event).map_err(|e| e.to_string())
                 })?;
+                if report.events == 0 {
+                    // An empty log (possibly an empty segment after retention) goes on from its
+                    // next offset; nothing else has touched the fresh dispatcher.
+                    let _ = dispatcher.resume_at(log.next_offset());
+                }
                 for warning in &report.warnings {
                     tracing::warn!("{warning}");
                 }
@@ -435,13 +447,13 @@ impl Runner {
     fn commit(&mut self) -> bool {
         if self.dispatcher.has_events() {
             let events = self.dispatcher.take_events();
-            if let Some(log) = &mut self.log {
-                if let Err(e) = log.append(&events).and_then(|()| log.commit()) {
-                    tracing::error!(error = %e, "event log write failed; stopping the dispatcher");
-                    self.deferred.clear();
-                    self.bus.close();
-                    return false;
-                }
+            if let Some(log) = &mut self.log
+                && let Err(e) = log.append(&events).and_then(|()| log.commit())
+            {
+                tracing::error!(error = %e, "event log write failed; stopping the dispatcher");
+                self.deferred.clear();
+                self.bus.close();
+                return false;
             }
             self.bus.publish(events);
         }

@@ -277,17 +277,18 @@ impl EventLog {
                     last && bytes.len() < MAGIC.len(),
                 ));
             }
-            if let Some(expected) = next_offset {
-                if cut.is_none() && seg.first_offset != expected {
-                    return Err(LogError::Corrupt {
-                        segment: seg.path.clone(),
-                        byte: 0,
-                        why: format!(
-                            "segment starts at offset {} but {expected} was expected",
-                            seg.first_offset
-                        ),
-                    });
-                }
+            if let Some(expected) = next_offset
+                && cut.is_none()
+                && seg.first_offset != expected
+            {
+                return Err(LogError::Corrupt {
+                    segment: seg.path.clone(),
+                    byte: 0,
+                    why: format!(
+                        "segment starts at offset {} but {expected} was expected",
+                        seg.first_offset
+                    ),
+                });
             }
             let mut pos = MAGIC.len();
             let mut expected = next_offset.unwrap_or(seg.first_offset);

@@ -80,6 +80,8 @@ pub enum MatchPolicy {
     /// Best driver at the instant of the request.
     #[default]
     Greedy,
+    /// Requests of a short window paired with drivers together by a minimum-cost assignment.
+    Batch,
 }
 
 /// An offer as sent to a driver (shared: it travels in events, snapshots and streams).

@@ -126,6 +126,7 @@ fn pb_cancelled_by(c: CancelledBy) -> pb::CancelledBy {
 fn pb_policy(p: MatchPolicy) -> pb::MatchPolicy {
     match p {
         MatchPolicy::Greedy => pb::MatchPolicy::Greedy,
+        MatchPolicy::Batch => pb::MatchPolicy::Batch,
     }
 }
 

@@ -212,16 +212,15 @@ impl DriverService for DriverApi {
             .filter(|o| o.gateway == gateway)
             .map(|o| notice(Notice::Offer(pb_offer(o))))
             .collect();
-        let stream =
-            follow(
-                self.engine.bus().clone(),
-                from,
-                initial,
-                move |event| match offer_notice(&event.kind, gateway.as_ref()) {
-                    Some(n) => Step::Send(n),
-                    None => Step::Skip,
-                },
-            );
+        let stream = follow(
+            &self.engine,
+            from,
+            initial,
+            move |event| match offer_notice(&event.kind, gateway.as_ref()) {
+                Some(n) => Step::Send(n),
+                None => Step::Skip,
+            },
+        );
         Ok(Response::new(stream))
     }
 

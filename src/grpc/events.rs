@@ -36,15 +36,14 @@ impl EventService for EventApi {
             .iter()
             .map(|&k| convert::event_kind(k))
             .collect::<Result<Vec<_>, _>>()?;
-        let bus = self.engine.bus().clone();
-        let head = bus.next_offset();
+        let head = self.engine.bus().next_offset();
         let from = req.from_offset.unwrap_or(head);
         if from > head {
             return Err(Status::out_of_range(format!(
                 "from_offset {from} is beyond the head of the stream (next offset: {head})"
             )));
         }
-        let stream = follow(bus, from, Vec::new(), move |event| {
+        let stream = follow(&self.engine, from, Vec::new(), move |event| {
             if kinds.is_empty() || kinds.contains(&pb_event_kind(&event.kind)) {
                 Step::Send(pb_event(event))
             } else {

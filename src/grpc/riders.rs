@@ -68,7 +68,7 @@ impl RiderService for RiderApi {
             let _ = tx.try_send(Ok(first));
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
-        let stream = follow(self.engine.bus().clone(), from, vec![first], move |event| {
+        let stream = follow(&self.engine, from, vec![first], move |event| {
             if event.kind.trip() != Some(id) {
                 return Step::Skip;
             }

@@ -2,20 +2,22 @@
 //! whole Earth.
 //!
 //! Why a grid: drivers report every few seconds and almost every report lands in the cell the
-//! driver was already in, so a move is one slot write, with no tree to rebalance. A nearest query
-//! looks at a handful of cells around the rider.
+//! driver was already in, so a move is a table probe and one slot write, with no tree to
+//! rebalance. A nearest query looks at a handful of cells around the rider.
 //!
 //! # Layout
 //! - Latitude is cut into *bands* of a fixed height (`cell_m` metres of latitude). Each band is
 //!   cut into `cols` equal longitude columns, `cols` chosen per band so that cells stay roughly
 //!   square in metres (few columns near the poles, many at the equator). A cell is named by
 //!   `(band, col)`, so any coordinate on Earth has a cell: there is no city box.
-//! - Only occupied cells exist: a hash map from cell key to a slot in a cell slab; a cell holds a
-//!   compact array of `(position, key)` (removal is a swap-remove).
-//! - `DriverKey` is dense, so driver -> (cell, slot-in-cell) is a `Vec` indexed by key.
+//! - Only occupied cells exist: an open-addressing table (`table.rs`) from cell key to the
+//!   cell's compact array of `(position, key)` (removal is a swap-remove).
+//! - `DriverKey` is dense, so driver -> (cell, slot-in-cell) is a `Vec` indexed by key (memory
+//!   grows with the largest key ever upserted, 16 bytes per key).
 //!
 //! # Exact nearest queries
-//! The query visits windows of cells that grow by one ring of `cell_m` metres at a time. After
+//! The query (`search.rs`) visits windows of cells that grow by one ring of `cell_m` metres at
+//! a time; each ring's cells are looked up together so their cache misses overlap. After
 //! ring `r` every unvisited driver is provably farther than `D_r = r * cell_m`: bands come from
 //! `distance >= R * |delta latitude|`, and each band's column window from the haversine formula
 //! with a lower bound of `cos(latitude)` over the band, which stays correct next to the poles
@@ -23,17 +25,20 @@
 //!
 //! Candidates are ranked first by a trig-free proxy `dlat^2 + cos(lat_q) cos_min(band) dlng^2`
 //! that is a proven lower bound of the distance and, close to the query, within a factor
-//! [`RHO2`] of it. Only candidates that can still be among the k best by that bound get an exact
+//! `RHO2` of it. Only candidates that can still be among the k best by that bound get an exact
 //! [`LatLng::distance_m`], so a query does about k haversines. Far from the query (more than a
 //! degree) or very near a pole the proxy is not tight enough and the exact distance is used.
 //! If the windows would grow past the number of occupied cells (a huge radius over a sparse
 //! index) the query switches to a scan of all occupied cells with a per-cell lower bound.
 
-use super::{Neighbor, SpatialIndex, neighbor_order};
+use super::{Neighbor, SpatialIndex};
 use crate::domain::{DriverKey, EARTH_RADIUS_M, LatLng};
-use rustc_hash::FxHashMap;
-use std::cell::RefCell;
 use std::f64::consts::PI;
+use table::{CellTable, EMPTY};
+
+mod count;
+mod search;
+mod table;
 
 /// Cell edge length used by [`GridIndex::new`], metres. Chosen by measurement (see the
 /// `index` benchmark): 150, 250, 400 and 600 m were compared.
@@ -52,7 +57,9 @@ const SLACK: f64 = 1e-9;
 /// Extra longitude, in degrees, added to each side of a column window (rounding of col_of).
 const EPS_DEG: f64 = 1e-9;
 /// `Slot::cell` of a key that is not in the index.
-const ABSENT: u32 = u32::MAX;
+const ABSENT: u64 = EMPTY;
+/// Most empty cell vectors kept for reuse by new cells.
+const SPARE_MAX: usize = 1024;
 
 /// One latitude band of the grid.
 #[derive(Clone, Copy, Debug)]
@@ -63,10 +70,10 @@ struct Band {
     cos_min: f32,
 }
 
-/// Where a driver is stored: `cells[cell].entries[idx]`.
+/// Where a driver is stored: index `idx` of cell `cell` (a cell key, [`ABSENT`] if none).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    cell: u32,
+    cell: u64,
     idx: u32,
 }
 
@@ -75,36 +82,6 @@ struct Slot {
 struct Entry {
     pos: LatLng,
     key: DriverKey,
-}
-
-/// An occupied cell (or a free slab slot, with no entries).
-#[derive(Debug, Default)]
-struct Cell {
-    key: u64,
-    entries: Vec<Entry>,
-}
-
-/// A column window already visited in one band during a ring search.
-#[derive(Clone, Copy, Debug, Default)]
-struct Win {
-    /// Whether the band has been entered (lo/hi valid).
-    entered: bool,
-    /// The whole band has been visited.
-    full: bool,
-    /// Visited unwrapped columns `lo..=hi`.
-    lo: i64,
-    hi: i64,
-    /// Unwrapped column of the query's longitude in this band.
-    qcol: i64,
-    /// Minimum latitude gap between the query and the band, radians.
-    gap_rad: f64,
-    /// The proxy may be used in this band (tight cos bound, within FAST_SPAN_DEG in latitude).
-    fast_lat: bool,
-}
-
-thread_local! {
-    /// Reused column-window vectors of ring searches (bands at and above, below the query).
-    static SCRATCH: RefCell<(Vec<Win>, Vec<Win>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The default [`SpatialIndex`]: a hashed grid over the whole Earth with O(1) in-cell moves.
@@ -131,9 +108,9 @@ pub struct GridIndex {
     fast_lo: usize,
     fast_hi: usize,
     slots: Vec<Slot>,
-    cells: Vec<Cell>,
-    free_cells: Vec<u32>,
-    cell_of_key: FxHashMap<u64, u32>,
+    cells: CellTable,
+    /// Emptied cell vectors, reused by new cells to spare allocator churn.
+    spare: Vec<Vec<Entry>>,
     len: usize,
     /// `sigma^2 (pi/360)^2`: proxy (degrees^2) to a lower bound of haversine `h`.
     lb_coef: f64,
@@ -145,15 +122,11 @@ impl Default for GridIndex {
     }
 }
 
-/// A lower bound of `sin(x)^2` for `0 <= x <= pi/2`, without trig (`sin x >= x - x^3/6`).
-#[inline]
-fn sin2_lower(x: f64) -> f64 {
-    let s = (x - x * x * x / 6.0).max(0.0);
-    s * s
-}
-
 impl GridIndex {
     /// An empty index with [`DEFAULT_CELL_M`] cells.
+    ///
+    /// # Runtime
+    /// O(number of bands), as [`GridIndex::with_cell_m`].
     pub fn new() -> Self {
         Self::with_cell_m(DEFAULT_CELL_M)
     }
@@ -221,15 +194,17 @@ impl GridIndex {
             fast_lo,
             fast_hi,
             slots: Vec::new(),
-            cells: Vec::new(),
-            free_cells: Vec::new(),
-            cell_of_key: FxHashMap::default(),
+            cells: CellTable::new(),
+            spare: Vec::new(),
             len: 0,
             lb_coef,
         }
     }
 
     /// The cell edge length this index was built with, metres.
+    ///
+    /// # Runtime
+    /// O(1).
     pub fn cell_m(&self) -> f64 {
         self.cell_m
     }
@@ -243,23 +218,20 @@ impl GridIndex {
         use std::mem::size_of;
         let entries: usize = self
             .cells
+            .buckets()
             .iter()
-            .map(|c| c.entries.capacity() * size_of::<Entry>())
-            .sum();
-        // hashbrown: buckets are a power of two with a 7/8 load factor; one control byte per
-        // bucket plus a 16-byte group tail.
-        let map = if self.cell_of_key.capacity() == 0 {
-            0
-        } else {
-            let buckets = (self.cell_of_key.capacity() * 8 / 7).next_power_of_two();
-            buckets * (size_of::<(u64, u32)>() + 1) + 16
-        };
+            .map(|b| b.entries.capacity() * size_of::<Entry>())
+            .sum::<usize>()
+            + self
+                .spare
+                .iter()
+                .map(|v| v.capacity() * size_of::<Entry>())
+                .sum::<usize>();
         self.bands.capacity() * size_of::<Band>()
             + self.slots.capacity() * size_of::<Slot>()
-            + self.cells.capacity() * size_of::<Cell>()
-            + self.free_cells.capacity() * size_of::<u32>()
+            + std::mem::size_of_val(self.cells.buckets())
+            + self.spare.capacity() * size_of::<Vec<Entry>>()
             + entries
-            + map
     }
 
     #[inline]
@@ -272,7 +244,11 @@ impl GridIndex {
     /// `cols` columns. Monotone in `lng_deg`; the one formula every caller uses.
     #[inline]
     fn col_of(lng_deg: f64, cols: u32) -> i64 {
-        ((lng_deg + 180.0) * (f64::from(cols) * (1.0 / 360.0))).floor() as i64
+        let x = (lng_deg + 180.0) * (f64::from(cols) * (1.0 / 360.0));
+        // floor without a libm call (baseline x86-64 has no rounding instruction): truncate,
+        // then step down for negative non-integers. |x| is far below 2^63.
+        let t = x as i64;
+        if (t as f64) > x { t - 1 } else { t }
     }
 
     #[inline]
@@ -289,375 +265,28 @@ impl GridIndex {
 
     /// Removes the entry at `slot` from its cell, fixing the slot of the entry swapped in.
     fn detach(&mut self, slot: Slot) {
-        let cell = &mut self.cells[slot.cell as usize];
-        cell.entries.swap_remove(slot.idx as usize);
-        if let Some(moved) = cell.entries.get(slot.idx as usize) {
+        // A present driver's cell always exists: cells are freed only when emptied.
+        let i = self.cells.find(slot.cell).expect("a driver's cell exists");
+        let entries = &mut self.cells.bucket_mut(i).entries;
+        entries.swap_remove(slot.idx as usize);
+        if let Some(moved) = entries.get(slot.idx as usize) {
             self.slots[moved.key.0 as usize].idx = slot.idx;
-        } else if cell.entries.is_empty() {
-            // Keep the allocation: the slab slot is reused by the next new cell.
-            self.cell_of_key.remove(&cell.key);
-            self.free_cells.push(slot.cell);
+        } else if entries.is_empty() {
+            let spare = self.cells.remove_at(i);
+            if self.spare.len() < SPARE_MAX && spare.capacity() <= 64 {
+                self.spare.push(spare);
+            }
         }
     }
 
     /// Appends `entry` to the cell `ck`, creating the cell if needed; returns its slot.
     fn attach(&mut self, ck: u64, entry: Entry) -> Slot {
-        let cell = match self.cell_of_key.get(&ck) {
-            Some(&c) => c,
-            None => {
-                let c = match self.free_cells.pop() {
-                    Some(c) => c,
-                    None => {
-                        self.cells.push(Cell::default());
-                        (self.cells.len() - 1) as u32
-                    }
-                };
-                self.cells[c as usize].key = ck;
-                self.cell_of_key.insert(ck, c);
-                c
-            }
-        };
-        let entries = &mut self.cells[cell as usize].entries;
+        let i = self.cells.find_or_insert(ck, &mut self.spare);
+        let entries = &mut self.cells.bucket_mut(i).entries;
         entries.push(entry);
         Slot {
-            cell,
+            cell: ck,
             idx: (entries.len() - 1) as u32,
-        }
-    }
-}
-
-/// Per-query constants.
-struct Query {
-    lat: f64,
-    lng: f64,
-    /// cos(lat), rounded down a little.
-    cos_lat: f64,
-    /// Proxy threshold for the radius (inclusive, with slack).
-    radius_p: f64,
-    /// `1 / (4 R^2 lb_coef)`: distance^2 (m^2) to proxy units.
-    m2_to_p: f64,
-}
-
-impl Query {
-    #[inline]
-    fn dist_to_p(&self, d_m: f64) -> f64 {
-        d_m * d_m * self.m2_to_p
-    }
-}
-
-/// The best-k candidate buffer (kept in the caller's `out`, `distance_m` holding the proxy).
-struct Best<'a> {
-    out: &'a mut Vec<Neighbor>,
-    k: usize,
-    /// Candidates with a proxy above this cannot be in the answer (+inf until k are known).
-    cut_p: f64,
-    /// Compact when the buffer reaches this length.
-    compact_at: usize,
-    /// Entries were pushed since the last compaction.
-    dirty: bool,
-}
-
-impl Best<'_> {
-    /// Recomputes `cut_p` from the k-th smallest proxy and drops what cannot make the answer.
-    fn compact(&mut self) {
-        self.dirty = false;
-        if self.out.len() < self.k {
-            return;
-        }
-        let kth = *self
-            .out
-            .select_nth_unstable_by(self.k - 1, |a, b| a.distance_m.total_cmp(&b.distance_m))
-            .1;
-        self.cut_p = self.cut_p.min(kth.distance_m * RHO2 * (1.0 + SLACK));
-        let cut = self.cut_p;
-        self.out.retain(|n| n.distance_m <= cut);
-        self.compact_at = (self.out.len() * 2).max(self.k + 32);
-    }
-
-    #[inline]
-    fn push(&mut self, key: DriverKey, position: LatLng, p: f64) {
-        self.out.push(Neighbor {
-            key,
-            position,
-            distance_m: p,
-        });
-        self.dirty = true;
-        if self.out.len() >= self.compact_at {
-            self.compact();
-        }
-    }
-}
-
-impl GridIndex {
-    /// Scans one occupied cell into `best`. `w` is the proxy's longitude weight, `None` when
-    /// the proxy may not be used for this cell.
-    #[inline]
-    fn scan_cell(
-        &self,
-        cell: &Cell,
-        q: &Query,
-        w: Option<f64>,
-        center: LatLng,
-        filter: &mut dyn FnMut(DriverKey) -> bool,
-        best: &mut Best<'_>,
-    ) {
-        match w {
-            Some(w) => {
-                for e in &cell.entries {
-                    let dlat = e.pos.lat_deg() - q.lat;
-                    let mut dlng = e.pos.lng_deg() - q.lng;
-                    if dlng > 180.0 {
-                        dlng -= 360.0;
-                    } else if dlng < -180.0 {
-                        dlng += 360.0;
-                    }
-                    let p = dlat * dlat + w * dlng * dlng;
-                    if p <= q.radius_p && p <= best.cut_p && filter(e.key) {
-                        best.push(e.key, e.pos, p);
-                    }
-                }
-            }
-            None => {
-                for e in &cell.entries {
-                    let p = q.dist_to_p(center.distance_m(e.pos)) * (1.0 - SLACK);
-                    if p <= q.radius_p && p <= best.cut_p && filter(e.key) {
-                        best.push(e.key, e.pos, p);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Visits cell `(band, col)` if occupied; returns the number of drivers it held.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    fn visit(
-        &self,
-        band: usize,
-        win: &Win,
-        col: i64,
-        q: &Query,
-        center: LatLng,
-        filter: &mut dyn FnMut(DriverKey) -> bool,
-        best: &mut Best<'_>,
-    ) -> usize {
-        let b = self.bands[band];
-        let Some(&ci) = self.cell_of_key.get(&Self::cell_key(band, col, b.cols)) else {
-            return 0;
-        };
-        let cell = &self.cells[ci as usize];
-        let width = 360.0 / f64::from(b.cols);
-        let fast = win.fast_lat && ((col - win.qcol).abs() + 1) as f64 * width <= FAST_SPAN_DEG;
-        let w = fast.then(|| q.cos_lat * f64::from(b.cos_min));
-        self.scan_cell(cell, q, w, center, filter, best);
-        cell.entries.len()
-    }
-
-    /// Ring search; returns false if it gave up (too many cells) and the caller must scan.
-    fn nearest_rings(
-        &self,
-        center: LatLng,
-        q: &Query,
-        filter: &mut dyn FnMut(DriverKey) -> bool,
-        best: &mut Best<'_>,
-        up: &mut Vec<Win>,
-        down: &mut Vec<Win>,
-    ) -> bool {
-        let nb = self.bands.len();
-        let b0 = self.band_of(q.lat);
-        up.clear();
-        down.clear();
-        let occupied = self.cells.len() - self.free_cells.len();
-        let budget = occupied + 64;
-        let mut cells_visited = 0usize;
-        let mut seen = 0usize;
-        let two_r = 2.0 * EARTH_RADIUS_M;
-        let mut ring = 0usize;
-        loop {
-            let d_m = ring as f64 * self.cell_m;
-            // Windows are computed for a slightly larger distance than the one claimed.
-            let dw_m = d_m * (1.0 + SLACK) + 1e-6;
-            let dw_deg = dw_m / M_PER_DEG;
-            let blo = self.band_of((q.lat - dw_deg).max(-90.0));
-            let bhi = self.band_of((q.lat + dw_deg).min(90.0));
-            // up[b - b0] for bands b >= b0, down[b0 - 1 - b] below; the range only grows.
-            up.resize(up.len().max(bhi + 1 - b0), Win::default());
-            down.resize(down.len().max(b0 - blo), Win::default());
-            let half = dw_m / two_r;
-            let half2 = half * half;
-            let mut all_full = blo == 0 && bhi == nb - 1;
-            for band in blo..=bhi {
-                let b = self.bands[band];
-                let win = if band >= b0 {
-                    &mut up[band - b0]
-                } else {
-                    &mut down[b0 - 1 - band]
-                };
-                if !win.entered {
-                    let lo_deg = band as f64 * self.band_deg - 90.0 - EPS_DEG;
-                    let hi_deg = (band + 1) as f64 * self.band_deg - 90.0 + EPS_DEG;
-                    let gap_deg = if band == b0 {
-                        0.0
-                    } else if band > b0 {
-                        (lo_deg - q.lat).max(0.0)
-                    } else {
-                        (q.lat - hi_deg).max(0.0)
-                    };
-                    let span_deg = (q.lat - lo_deg).abs().max((hi_deg - q.lat).abs());
-                    win.gap_rad = gap_deg.to_radians();
-                    win.fast_lat =
-                        (self.fast_lo..=self.fast_hi).contains(&band) && span_deg <= FAST_SPAN_DEG;
-                    win.qcol = Self::col_of(q.lng, b.cols);
-                }
-                if win.full {
-                    continue;
-                }
-                // Half-width L of the longitude window: any point of this band with
-                // |dlng| > L has haversine h > sin^2(dw/2R), i.e. is farther than dw.
-                let s2 = half2 - sin2_lower(win.gap_rad / 2.0);
-                let wc = q.cos_lat * f64::from(b.cos_min);
-                let (full, lo, hi) = if s2 <= 0.0 {
-                    (false, win.qcol, win.qcol)
-                } else if wc <= 0.0 || s2 >= wc {
-                    (true, 0, 0)
-                } else {
-                    let x2 = s2 / wc;
-                    // 2 asin(x) <= 2 x / sqrt(1 - x^2)
-                    let l_deg =
-                        (2.0 * (x2 / (1.0 - x2)).sqrt()).to_degrees() * (1.0 + SLACK) + EPS_DEG;
-                    if l_deg >= 180.0 {
-                        (true, 0, 0)
-                    } else {
-                        let lo = Self::col_of(q.lng - l_deg, b.cols);
-                        let hi = Self::col_of(q.lng + l_deg, b.cols);
-                        (hi - lo + 1 >= i64::from(b.cols), lo, hi)
-                    }
-                };
-                let win_copy;
-                {
-                    let cols = i64::from(b.cols);
-                    let (from_a, to_a, from_b, to_b);
-                    if full {
-                        if win.entered {
-                            (from_a, to_a) = (win.hi + 1, win.lo + cols - 1);
-                        } else {
-                            (from_a, to_a) = (win.qcol, win.qcol + cols - 1);
-                        }
-                        (from_b, to_b) = (1, 0);
-                        win.full = true;
-                    } else if win.entered {
-                        let (lo, hi) = (lo.min(win.lo), hi.max(win.hi));
-                        (from_a, to_a) = (lo, win.lo - 1);
-                        (from_b, to_b) = (win.hi + 1, hi);
-                        win.lo = lo;
-                        win.hi = hi;
-                    } else {
-                        (from_a, to_a) = (lo, hi);
-                        (from_b, to_b) = (1, 0);
-                        win.lo = lo;
-                        win.hi = hi;
-                    }
-                    win.entered = true;
-                    win_copy = *win;
-                    for col in (from_a..=to_a).chain(from_b..=to_b) {
-                        cells_visited += 1;
-                        seen += self.visit(band, &win_copy, col, q, center, filter, best);
-                    }
-                }
-                all_full &= win_copy.full;
-            }
-            // Everything unvisited is now farther than d_m.
-            if seen == self.len || all_full {
-                return true;
-            }
-            let d_p = q.dist_to_p(d_m);
-            if d_p > q.radius_p {
-                return true;
-            }
-            if best.out.len() >= best.k {
-                if best.dirty {
-                    best.compact();
-                }
-                if d_p > best.cut_p {
-                    return true;
-                }
-            }
-            if cells_visited > budget {
-                return false;
-            }
-            ring += 1;
-        }
-    }
-
-    /// Scans every occupied cell, skipping cells whose lower-bound distance is too large.
-    /// Fills `out` with the exact answer.
-    fn nearest_scan(
-        &self,
-        center: LatLng,
-        q: &Query,
-        radius_m: f64,
-        k: usize,
-        filter: &mut dyn FnMut(DriverKey) -> bool,
-        out: &mut Vec<Neighbor>,
-    ) {
-        out.clear();
-        let two_r = 2.0 * EARTH_RADIUS_M;
-        let limit = |out: &Vec<Neighbor>| {
-            let kth = if out.len() == k {
-                out[k - 1].distance_m
-            } else {
-                f64::INFINITY
-            };
-            kth.min(radius_m)
-        };
-        for cell in &self.cells {
-            if cell.entries.is_empty() {
-                continue;
-            }
-            let band = (cell.key >> 32) as usize;
-            let col = (cell.key & 0xffff_ffff) as i64;
-            let b = self.bands[band];
-            let lo_deg = band as f64 * self.band_deg - 90.0 - EPS_DEG;
-            let hi_deg = (band + 1) as f64 * self.band_deg - 90.0 + EPS_DEG;
-            let gap_lat = (lo_deg - q.lat).max(q.lat - hi_deg).max(0.0);
-            let width = 360.0 / f64::from(b.cols);
-            let c_lo = col as f64 * width - 180.0 - EPS_DEG;
-            let c_hi = (col + 1) as f64 * width - 180.0 + EPS_DEG;
-            // Angle from the cell's west edge east to the query, then the gap on the circle.
-            let east = (q.lng - c_lo).rem_euclid(360.0);
-            let span = c_hi - c_lo;
-            let gap_lng = if east <= span {
-                0.0
-            } else {
-                (east - span).min(360.0 - east).clamp(0.0, 180.0)
-            };
-            let h_lb = sin2_lower(gap_lat.to_radians() / 2.0)
-                + q.cos_lat * f64::from(b.cos_min) * sin2_lower(gap_lng.to_radians() / 2.0);
-            // asin(y) >= y
-            let d_lb = two_r * h_lb.sqrt() * (1.0 - SLACK);
-            if d_lb > limit(out) {
-                continue;
-            }
-            for e in &cell.entries {
-                let d = center.distance_m(e.pos);
-                if d > radius_m {
-                    continue;
-                }
-                let n = Neighbor {
-                    key: e.key,
-                    position: e.pos,
-                    distance_m: d,
-                };
-                if out.len() == k && neighbor_order(&n, &out[k - 1]).is_ge() {
-                    continue;
-                }
-                if !filter(e.key) {
-                    continue;
-                }
-                let at = out.partition_point(|o| neighbor_order(o, &n).is_lt());
-                out.insert(at, n);
-                out.truncate(k);
-            }
         }
     }
 }
@@ -682,9 +311,10 @@ impl SpatialIndex for GridIndex {
         }
         let slot = self.slots[k];
         if slot.cell != ABSENT {
-            let cell = &mut self.cells[slot.cell as usize];
-            if cell.key == ck {
-                cell.entries[slot.idx as usize].pos = position;
+            if slot.cell == ck {
+                // The driver's cell exists while the driver is in it.
+                let i = self.cells.find(ck).expect("a driver's cell exists");
+                self.cells.bucket_mut(i).entries[slot.idx as usize].pos = position;
                 return;
             }
             self.detach(slot);
@@ -716,11 +346,22 @@ impl SpatialIndex for GridIndex {
         if slot.cell == ABSENT {
             return None;
         }
-        Some(self.cells[slot.cell as usize].entries[slot.idx as usize].pos)
+        let i = self.cells.find(slot.cell)?;
+        Some(self.cells.bucket(i).entries[slot.idx as usize].pos)
     }
 
+    /// # Runtime
+    /// O(1).
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// Counts whole cells whose centre is within the radius (see `grid/count.rs`).
+    ///
+    /// # Runtime
+    /// O(cells in the radius' window), independent of the drivers they hold.
+    fn count_near(&self, center: LatLng, radius_m: f64) -> usize {
+        self.count_cells_near(center, radius_m)
     }
 
     /// # Runtime
@@ -735,50 +376,6 @@ impl SpatialIndex for GridIndex {
         filter: &mut dyn FnMut(DriverKey) -> bool,
         out: &mut Vec<Neighbor>,
     ) {
-        out.clear();
-        // `radius_m.is_nan() || radius_m < 0.0` also refuses NaN.
-        if k == 0 || self.len == 0 || radius_m.is_nan() || radius_m < 0.0 {
-            return;
-        }
-        let m2_to_p = 1.0 / (4.0 * EARTH_RADIUS_M * EARTH_RADIUS_M * self.lb_coef);
-        let q = Query {
-            lat: center.lat_deg(),
-            lng: center.lng_deg(),
-            cos_lat: (center.lat_deg().to_radians().cos() * (1.0 - 1e-12) - 1e-15).max(0.0),
-            radius_p: radius_m * radius_m * m2_to_p * (1.0 + SLACK) + 1e-300,
-            m2_to_p,
-        };
-        let mut best = Best {
-            out: &mut *out,
-            k,
-            cut_p: f64::INFINITY,
-            compact_at: (2 * k).max(k + 32),
-            dirty: false,
-        };
-        // Window scratch per thread, so a query allocates nothing once warm. A filter that
-        // queries another index on the same thread finds it borrowed and gets fresh vectors.
-        let finished = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut s) => {
-                let (up, down) = &mut *s;
-                self.nearest_rings(center, &q, filter, &mut best, up, down)
-            }
-            Err(_) => {
-                let (mut up, mut down) = (Vec::new(), Vec::new());
-                self.nearest_rings(center, &q, filter, &mut best, &mut up, &mut down)
-            }
-        });
-        if !finished {
-            self.nearest_scan(center, &q, radius_m, k, filter, out);
-            return;
-        }
-        if best.dirty {
-            best.compact();
-        }
-        for n in out.iter_mut() {
-            n.distance_m = center.distance_m(n.position);
-        }
-        out.retain(|n| n.distance_m <= radius_m);
-        out.sort_unstable_by(neighbor_order);
-        out.truncate(k);
+        self.search(center, radius_m, k, filter, out);
     }
 }

@@ -23,6 +23,9 @@ pub use grid::{DEFAULT_CELL_M, GridIndex};
 pub use rtree::RTreeIndex;
 
 /// The index the engine uses: a [`GridIndex`] with [`DEFAULT_CELL_M`] cells.
+///
+/// # Runtime
+/// O(number of grid bands): builds the grid's band table (about 640 KB).
 pub fn default_index() -> Box<dyn SpatialIndex> {
     Box::new(GridIndex::new())
 }
@@ -57,6 +60,15 @@ pub trait SpatialIndex: Send {
     /// Whether the index is empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// About how many drivers are within `radius_m` of `center`: for signals that need a
+    /// count rather than who (surge supply). Implementations may count at cell granularity;
+    /// this default counts exactly.
+    fn count_near(&self, center: LatLng, radius_m: f64) -> usize {
+        let mut out = Vec::new();
+        self.nearest(center, radius_m, usize::MAX, &mut |_| true, &mut out);
+        out.len()
     }
 
     /// Clears `out` and fills it with up to `k` drivers within `radius_m` metres (inclusive) of

@@ -51,6 +51,9 @@ pub struct RTreeIndex {
 
 impl RTreeIndex {
     /// An empty index.
+    ///
+    /// # Runtime
+    /// O(1).
     pub fn new() -> Self {
         Self::default()
     }
@@ -94,6 +97,8 @@ impl SpatialIndex for RTreeIndex {
         self.positions.get(key.0 as usize).copied().flatten()
     }
 
+    /// # Runtime
+    /// O(1).
     fn len(&self) -> usize {
         self.tree.size()
     }

@@ -38,9 +38,13 @@ pub async fn start() -> TestServer {
 }
 
 pub async fn start_with(config: Config) -> TestServer {
+    start_with_clock(config, Arc::new(ManualClock::new(T0_MS))).await
+}
+
+/// A server on an existing clock (a restart keeps the clock of the run before it).
+pub async fn start_with_clock(config: Config, clock: Arc<ManualClock>) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let clock = Arc::new(ManualClock::new(T0_MS));
     let engine = Engine::start(&config, dispatch::index::default_index(), clock.clone()).unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn({

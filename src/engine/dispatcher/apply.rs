@@ -33,6 +33,18 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Starts a fresh dispatcher's offsets at `offset`: recovery from a log whose oldest
+    /// segments retention has deleted begins there. Refused once anything has happened.
+    pub fn resume_at(&mut self, offset: u64) -> Result<(), Error> {
+        if !self.drivers.is_empty() || !self.trips.is_empty() || self.has_events() {
+            return Err(Error::FailedPrecondition(
+                "resume_at is only for a fresh dispatcher".into(),
+            ));
+        }
+        self.next_offset = offset;
+        Ok(())
+    }
+
     /// Ends a recovery: trips that were searching search again at `now_ms`. Call `fire_due`
     /// afterwards so offers that expired while the engine was down expire and cascade.
     pub fn finish_recovery(&mut self, now_ms: u64) {
