@@ -21,6 +21,10 @@ struct Cli {
     /// The `dispatchd` binary to start (default: the one next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// An extra flag for the `dispatchd` loadgen starts (repeatable), e.g.
+    /// `--server-arg=--match-policy=batch` or `--server-arg=--ephemeral`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -69,7 +73,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 "no --target and no dispatchd next to loadgen; build it (cargo build -p dispatch) or pass --server-bin",
             )?;
             eprintln!("loadgen: starting {}", bin.display());
-            let server = ServerProcess::start(&bin).await?;
+            let server = ServerProcess::start(&bin, &cli.server_args).await?;
             // The server dies with the run; taking every driver offline first would only cost
             // time.
             config.leave_online = true;

@@ -57,8 +57,8 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl ServerProcess {
-    /// Starts `bin --listen 127.0.0.1:PORT` and waits until it answers GetStats.
-    pub async fn start(bin: &Path) -> Result<ServerProcess> {
+    /// Starts `bin --listen 127.0.0.1:PORT [args]` and waits until it answers GetStats.
+    pub async fn start(bin: &Path, args: &[String]) -> Result<ServerProcess> {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let work_dir =
@@ -74,6 +74,7 @@ impl ServerProcess {
             .current_dir(&work_dir)
             .arg("--listen")
             .arg(&addr)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
