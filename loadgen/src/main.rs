@@ -1,3 +1,113 @@
-fn main() {
-    println!("loadgen: not built yet (see issue 4)");
+//! `loadgen`: flags -> config -> (start `dispatchd` unless `--target`) -> run -> report.
+
+use clap::Parser;
+use loadgen::server::{ServerProcess, default_server_bin};
+use loadgen::{Config, plots};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Simulates drivers and riders against the dispatch engine over gRPC and reports latency,
+/// throughput and dispatch quality.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    /// A running server (`host:port`). Without it, loadgen starts `dispatchd` on a free
+    /// 127.0.0.1 port and stops it at the end.
+    #[arg(long)]
+    target: Option<String>,
+    /// The `dispatchd` binary to start (default: the one next to this executable).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// An extra flag for the `dispatchd` loadgen starts (repeatable), e.g.
+    /// `--server-arg=--match-policy=batch` or `--server-arg=--ephemeral`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Write SVG charts into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Runtime threads for loadgen itself. 1 (a single-threaded runtime) keeps it on one core;
+    /// 2 lets the stream tasks that time-stamp offers run while the simulation loop is busy.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = cli.config;
+    config.progress = !cli.no_progress && std::io::stderr().is_terminal();
+    config.validate().map_err(loadgen::Error::Config)?;
+
+    let (server, target) = match cli.target {
+        Some(t) => (None, t),
+        None => {
+            let bin = cli.server_bin.or_else(default_server_bin).ok_or(
+                "no --target and no dispatchd next to loadgen; build it (cargo build -p dispatch) or pass --server-bin",
+            )?;
+            eprintln!("loadgen: starting {}", bin.display());
+            let server = ServerProcess::start(&bin, &cli.server_args).await?;
+            // The server dies with the run; taking every driver offline first would only cost
+            // time.
+            config.leave_online = true;
+            let addr = server.addr.clone();
+            eprintln!("loadgen: dispatchd listening on {addr}");
+            (Some(server), addr)
+        }
+    };
+
+    let stop = async {
+        // Without a signal handler Ctrl-C would kill the run without a report; if installing
+        // one fails, never stop early.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        eprintln!("loadgen: interrupted, reporting what was measured");
+    };
+    let result = loadgen::run_until(&config, &target, stop).await;
+    if let Some(server) = server {
+        server.stop();
+    }
+    let report = result?;
+
+    println!("loadgen report ({target})");
+    print!("{}", report.table());
+    if let Some(path) = &cli.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    if let Some(dir) = &cli.plots {
+        for f in plots::write(&report, dir)? {
+            println!("chart written to {}", f.display());
+        }
+    }
+    Ok(())
 }

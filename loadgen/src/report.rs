@@ -1,0 +1,424 @@
+//! What a run found: the JSON report (field names are a contract with whoever reads it), the
+//! summary table for people, and the small statistics behind them (percentiles, Gini).
+//!
+//! Latencies are recorded in microseconds in HdrHistograms (3 significant digits) at the
+//! client and reported in milliseconds.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// Longest latency a histogram records, microseconds (10 minutes); longer values saturate.
+const MAX_LATENCY_US: u64 = 600_000_000;
+
+/// A latency histogram in microseconds.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+        .expect("bounds 1..600e6 with 3 significant figures are valid") // constant arguments
+}
+
+/// Records one latency, saturating instead of failing on outliers.
+pub fn record_us(h: &mut Histogram<u64>, us: u64) {
+    h.saturating_record(us.clamp(1, MAX_LATENCY_US));
+}
+
+/// Percentiles of a latency distribution, milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest value seen.
+    pub max: f64,
+    /// Number of samples.
+    pub count: u64,
+}
+
+impl Percentiles {
+    /// Percentiles of a histogram of microseconds; all zero when it is empty.
+    pub fn from_us(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Percentiles {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            p999: ms(0.999),
+            max: h.max() as f64 / 1000.0,
+            count: h.len(),
+        }
+    }
+
+    /// Whether p50 <= p90 <= p99 <= p999 <= max.
+    pub fn is_monotone(&self) -> bool {
+        self.p50 <= self.p90
+            && self.p90 <= self.p99
+            && self.p99 <= self.p999
+            && self.p999 <= self.max
+    }
+}
+
+/// Gini coefficient of non-negative counts: 0 when everyone has the same, towards 1 when one
+/// has everything. 0 for an empty or all-zero input.
+pub fn gini(counts: &[u32]) -> f64 {
+    let n = counts.len();
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    if n == 0 || total == 0 {
+        return 0.0;
+    }
+    let mut sorted = counts.to_vec();
+    sorted.sort_unstable();
+    // G = 2 * sum(i * x_i) / (n * sum x) - (n + 1) / n, with i from 1 over ascending x.
+    let weighted: f64 = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| (i as f64 + 1.0) * f64::from(c))
+        .sum();
+    let n = n as f64;
+    2.0 * weighted / (n * total as f64) - (n + 1.0) / n
+}
+
+/// Everything a run measured. The first block of fields is the contract named in issue 4; the
+/// rest explain them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// `city`, `ingest` or `nearby`.
+    pub mode: String,
+    /// Length of the measured window, seconds (warm-up excluded).
+    pub duration_s: f64,
+    /// Simulated drivers.
+    pub drivers: u64,
+    /// Location updates the server confirmed as applied (LocationSummary.accepted).
+    pub location_updates: u64,
+    /// `location_updates / duration_s`.
+    pub location_updates_per_s: f64,
+    /// Trips created (RequestTrip returned a trip).
+    pub requests: u64,
+    /// `requests / duration_s`.
+    pub requests_per_s: f64,
+    /// Requests whose trip a driver accepted.
+    pub matched: u64,
+    /// `matched / (matched + no_drivers + cancelled)`: the share of decided requests that
+    /// found a driver (requests still open at the end are not counted either way).
+    pub match_rate: f64,
+    /// Requests that ended NO_DRIVERS.
+    pub no_drivers: u64,
+    /// Requests the rider cancelled before a driver accepted.
+    pub cancelled: u64,
+    /// Requests neither matched, nor no_drivers, nor cancelled at the end.
+    pub still_open: u64,
+    /// Offers received on the gateway streams for this run's trips.
+    pub offers: u64,
+    /// `offers / requests`.
+    pub offers_per_trip: f64,
+    /// Offers that expired unanswered (the 15 s window).
+    pub offer_timeouts: u64,
+    /// Failed RPCs and unexpected statuses (expected races are in `conflicts`).
+    pub errors: u64,
+    /// From sending RequestTrip to the first offer reaching the driver gateway.
+    pub request_to_offer_ms: Percentiles,
+    /// From sending RequestTrip to the driver's accept being confirmed.
+    pub request_to_accept_ms: Percentiles,
+    /// NearbyDrivers queries per second (nearby mode).
+    pub nearby_queries_per_s: f64,
+    /// NearbyDrivers latency (nearby mode).
+    pub nearby_ms: Percentiles,
+    /// Mean pickup ETA of accepted offers, seconds.
+    pub mean_pickup_eta_s: f64,
+    /// Gini coefficient of trips assigned per simulated driver.
+    pub driver_trips_gini: f64,
+
+    /// The run's seed.
+    pub seed: u64,
+    /// Seconds spent bringing drivers online before the measured window.
+    pub warmup_s: f64,
+    /// RequestTrip calls sent (`requests` plus the ones that failed).
+    pub requests_sent: u64,
+    /// Location updates sent.
+    pub location_updates_sent: u64,
+    /// Location updates the server did not apply, by any reason.
+    pub location_rejected: u64,
+    /// Of those, updates in batches the server shed under overload.
+    pub location_shed: u64,
+    /// Location batches the load generator itself dropped because a stream was backed up.
+    pub location_batches_dropped: u64,
+    /// Offers the simulated drivers declined.
+    pub declines: u64,
+    /// Trips driven to the drop-off and completed.
+    pub trips_completed: u64,
+    /// Driver online/offline transitions during the measured window.
+    pub driver_churn: u64,
+    /// NearbyDrivers queries answered.
+    pub nearby_queries: u64,
+    /// Expected races answered FAILED_PRECONDITION (e.g. an accept crossing a rider cancel).
+    pub conflicts: u64,
+    /// Up to 10 error messages, to help find the cause.
+    pub error_examples: Vec<String>,
+    /// CPU seconds the load generator itself used (user + system, whole run, Linux only).
+    pub loadgen_cpu_s: f64,
+    /// The host's 1-minute load average at the end of the run (Linux only): on a 2-core
+    /// machine, figures taken above ~2 were shared with other work.
+    pub host_load_1m: f64,
+    /// Raw samples behind the figures, for the charts (not in the JSON).
+    #[serde(skip)]
+    pub samples: Samples,
+}
+
+/// The raw distributions a run collected, kept for `--plots`.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    /// Request -> first offer, microseconds.
+    pub request_to_offer_us: Option<Histogram<u64>>,
+    /// Request -> accept, microseconds.
+    pub request_to_accept_us: Option<Histogram<u64>>,
+    /// NearbyDrivers latency, microseconds.
+    pub nearby_us: Option<Histogram<u64>>,
+    /// Pickup ETA of each accepted offer, seconds.
+    pub pickup_etas_s: Vec<f64>,
+    /// Trips assigned to each simulated driver.
+    pub trips_per_driver: Vec<u32>,
+}
+
+impl Report {
+    /// Fills the derived rates from the counts and the duration.
+    pub fn finish_rates(&mut self) {
+        let per_s = |n: u64, d: f64| if d > 0.0 { n as f64 / d } else { 0.0 };
+        self.location_updates_per_s = per_s(self.location_updates, self.duration_s);
+        self.requests_per_s = per_s(self.requests, self.duration_s);
+        self.nearby_queries_per_s = per_s(self.nearby_queries, self.duration_s);
+        let decided = self.matched + self.no_drivers + self.cancelled;
+        self.match_rate = if decided > 0 {
+            self.matched as f64 / decided as f64
+        } else {
+            0.0
+        };
+        self.offers_per_trip = if self.requests > 0 {
+            self.offers as f64 / self.requests as f64
+        } else {
+            0.0
+        };
+    }
+
+    /// Whether every request is accounted for exactly once.
+    pub fn accounted(&self) -> bool {
+        self.matched + self.no_drivers + self.cancelled + self.still_open == self.requests
+    }
+
+    /// A readable summary for stdout.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let mut row = |k: &str, v: String| {
+            // Writing to a String cannot fail.
+            let _ = writeln!(s, "  {k:<24} {v}");
+        };
+        let lat = |p: &Percentiles| {
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  (n={})",
+                p.p50, p.p90, p.p99, p.p999, p.max, p.count
+            )
+        };
+        row("mode", self.mode.clone());
+        row(
+            "duration",
+            format!("{:.1} s (warm-up {:.1} s)", self.duration_s, self.warmup_s),
+        );
+        row("drivers", self.drivers.to_string());
+        row(
+            "errors",
+            format!("{} (conflicts {})", self.errors, self.conflicts),
+        );
+        row(
+            "host",
+            format!(
+                "loadgen used {:.1} CPU s; 1-min load average {:.2}",
+                self.loadgen_cpu_s, self.host_load_1m
+            ),
+        );
+        match self.mode.as_str() {
+            "nearby" => {
+                row(
+                    "nearby queries",
+                    format!(
+                        "{} ({:.0}/s)",
+                        self.nearby_queries, self.nearby_queries_per_s
+                    ),
+                );
+                row("nearby latency", lat(&self.nearby_ms));
+            }
+            _ => {
+                row(
+                    "location updates",
+                    format!(
+                        "{} confirmed ({:.0}/s), {} sent, {} rejected ({} shed), {} batches dropped locally",
+                        self.location_updates,
+                        self.location_updates_per_s,
+                        self.location_updates_sent,
+                        self.location_rejected,
+                        self.location_shed,
+                        self.location_batches_dropped
+                    ),
+                );
+            }
+        }
+        if self.mode == "city" {
+            row(
+                "requests",
+                format!(
+                    "{} ({:.1}/s), {} sent",
+                    self.requests, self.requests_per_s, self.requests_sent
+                ),
+            );
+            row(
+                "outcomes",
+                format!(
+                    "matched {}  no_drivers {}  cancelled {}  still_open {}",
+                    self.matched, self.no_drivers, self.cancelled, self.still_open
+                ),
+            );
+            row("match rate", format!("{:.4}", self.match_rate));
+            row(
+                "offers",
+                format!(
+                    "{} ({:.2}/trip), {} declined, {} expired",
+                    self.offers, self.offers_per_trip, self.declines, self.offer_timeouts
+                ),
+            );
+            row("request -> offer", lat(&self.request_to_offer_ms));
+            row("request -> accept", lat(&self.request_to_accept_ms));
+            row(
+                "mean pickup ETA",
+                format!("{:.1} s", self.mean_pickup_eta_s),
+            );
+            row("trips completed", self.trips_completed.to_string());
+            row(
+                "driver trips gini",
+                format!("{:.3}", self.driver_trips_gini),
+            );
+            row("driver churn", self.driver_churn.to_string());
+        }
+        for e in &self.error_examples {
+            row("error example", e.clone());
+        }
+        s
+    }
+}
+
+/// CPU seconds (user + system) this process used so far; 0 where `/proc` is missing.
+pub fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start at state (field 3);
+    // utime and stime are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The host's 1-minute load average; 0 where `/proc` is missing.
+pub fn load_average_1m() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gini_of_equal_counts_is_zero_and_of_one_winner_is_near_one() {
+        assert_eq!(gini(&[]), 0.0);
+        assert_eq!(gini(&[0, 0, 0]), 0.0);
+        assert!(gini(&[3, 3, 3, 3]).abs() < 1e-12);
+        let mut v = vec![0u32; 99];
+        v.push(10);
+        assert!((gini(&v) - 0.99).abs() < 1e-9);
+        // Known value: [1, 2, 3, 4] -> 0.25.
+        assert!((gini(&[4, 1, 3, 2]) - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn percentiles_are_monotone_and_in_milliseconds() {
+        let mut h = latency_histogram();
+        for us in 1..=10_000u64 {
+            record_us(&mut h, us);
+        }
+        record_us(&mut h, 0);
+        record_us(&mut h, u64::MAX);
+        let p = Percentiles::from_us(&h);
+        assert!(p.is_monotone(), "{p:?}");
+        assert!((p.p50 - 5.0).abs() < 0.01, "{p:?}");
+        assert!((p.p99 - 9.9).abs() < 0.02, "{p:?}");
+        assert_eq!(p.count, 10_002);
+        assert_eq!(
+            Percentiles::from_us(&latency_histogram()),
+            Percentiles::default()
+        );
+    }
+
+    #[test]
+    fn json_has_the_contract_field_names() {
+        let mut r = Report {
+            mode: "city".into(),
+            duration_s: 10.0,
+            requests: 100,
+            matched: 90,
+            no_drivers: 5,
+            cancelled: 2,
+            still_open: 3,
+            offers: 120,
+            location_updates: 5000,
+            ..Report::default()
+        };
+        r.finish_rates();
+        assert!(r.accounted());
+        assert!((r.match_rate - 90.0 / 97.0).abs() < 1e-12);
+        assert_eq!(r.offers_per_trip, 1.2);
+        assert_eq!(r.location_updates_per_s, 500.0);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for k in [
+            "mode",
+            "duration_s",
+            "drivers",
+            "location_updates",
+            "location_updates_per_s",
+            "requests",
+            "requests_per_s",
+            "matched",
+            "match_rate",
+            "no_drivers",
+            "cancelled",
+            "still_open",
+            "offers",
+            "offers_per_trip",
+            "offer_timeouts",
+            "errors",
+            "request_to_offer_ms",
+            "request_to_accept_ms",
+            "nearby_queries_per_s",
+            "nearby_ms",
+            "mean_pickup_eta_s",
+            "driver_trips_gini",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        for k in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(v["request_to_offer_ms"].get(k).is_some(), "missing {k}");
+        }
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back.matched, 90);
+        assert!(r.table().contains("still_open 3"));
+    }
+}

@@ -1,0 +1,152 @@
+//! Short scenarios of every mode against an in-process `dispatch` server on 127.0.0.1:0,
+//! checking the report's invariants: every request accounted for, no errors in a healthy run,
+//! monotone percentiles. Each stops by itself within a few seconds.
+
+use dispatch::pb;
+use dispatch::pb::query_service_client::QueryServiceClient;
+use loadgen::{Config, Mode, Report};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A running in-process server; dropping it shuts the server down.
+struct TestServer {
+    addr: String,
+    _shutdown: oneshot::Sender<()>,
+}
+
+async fn start_server() -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+    tokio::spawn(dispatch::server::serve(
+        listener,
+        dispatch::config::Config::default(),
+        shutdown,
+    ));
+    TestServer {
+        addr,
+        _shutdown: tx,
+    }
+}
+
+fn small_city(mode: Mode) -> Config {
+    Config {
+        mode,
+        drivers: 500,
+        requests_per_sec: 20.0,
+        duration: Duration::from_secs(4),
+        drain: Duration::from_secs(2),
+        trip_time_scale: 60.0,
+        city_km: 10.0,
+        connections: 2,
+        gateways: 2,
+        clients: 2,
+        batch_size: 100,
+        seed: 42,
+        id_prefix: format!("t{}-", mode.as_str()),
+        ..Config::default()
+    }
+}
+
+fn assert_monotone(name: &str, r: &Report) {
+    for (what, p) in [
+        ("request_to_offer_ms", r.request_to_offer_ms),
+        ("request_to_accept_ms", r.request_to_accept_ms),
+        ("nearby_ms", r.nearby_ms),
+    ] {
+        assert!(p.is_monotone(), "{name}: {what} not monotone: {p:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_city_run_accounts_for_every_request_without_errors() {
+    let server = start_server().await;
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        loadgen::run(&small_city(Mode::City), &server.addr),
+    )
+    .await
+    .expect("the run stops by itself")
+    .expect("the run completes");
+    println!("{}", report.table());
+    assert_eq!(report.errors, 0, "{:?}", report.error_examples);
+    assert!(report.accounted(), "{report:?}");
+    assert!(
+        report.requests >= 60,
+        "about 20/s for 4 s: {}",
+        report.requests
+    );
+    assert_eq!(report.requests_sent, report.requests);
+    assert!(report.matched > 0 && report.offers >= report.matched);
+    assert!(report.match_rate > 0.8, "{}", report.match_rate);
+    // Every driver reports about every 4 s for 4 s; the server confirms them.
+    assert!(
+        report.location_updates >= 300,
+        "{}",
+        report.location_updates
+    );
+    // Only a driver going offline while its update is in flight is refused.
+    assert!(report.location_rejected <= report.driver_churn);
+    // Nearly every trip gets an offer at once (a few may wait for a busy driver to free up).
+    assert!(report.request_to_offer_ms.count <= report.requests);
+    assert!(report.request_to_offer_ms.count * 10 >= report.requests * 9);
+    assert!(report.request_to_offer_ms.p50 > 0.0);
+    assert!(report.mean_pickup_eta_s > 0.0);
+    assert!((0.0..=1.0).contains(&report.driver_trips_gini));
+    assert_monotone("city", &report);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["mode"], "city");
+    // The run took its drivers offline at the end (all but those on a trip).
+    let mut q = QueryServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let stats = q
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stats.drivers_available + stats.drivers_offered < 25,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_ingest_run_counts_confirmed_updates() {
+    let server = start_server().await;
+    let cfg = Config {
+        duration: Duration::from_secs(2),
+        ..small_city(Mode::Ingest)
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), loadgen::run(&cfg, &server.addr))
+        .await
+        .expect("the run stops by itself")
+        .expect("the run completes");
+    println!("{}", report.table());
+    assert_eq!(report.errors, 0, "{:?}", report.error_examples);
+    assert!(report.location_updates > 0);
+    assert!(report.location_updates + report.location_rejected <= report.location_updates_sent);
+    assert!(report.location_updates_per_s > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_nearby_run_measures_queries() {
+    let server = start_server().await;
+    let cfg = Config {
+        duration: Duration::from_secs(2),
+        ..small_city(Mode::Nearby)
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), loadgen::run(&cfg, &server.addr))
+        .await
+        .expect("the run stops by itself")
+        .expect("the run completes");
+    println!("{}", report.table());
+    assert_eq!(report.errors, 0, "{:?}", report.error_examples);
+    assert!(report.nearby_queries > 0);
+    assert_eq!(report.nearby_ms.count, report.nearby_queries);
+    assert_monotone("nearby", &report);
+}
