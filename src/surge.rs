@@ -2,9 +2,9 @@
 //!
 //! Demand is counted per H3 hexagon (resolution 8, ~0.7 km²) over a sliding window, summed over
 //! the pickup's hexagon and its six neighbours so a request on a hexagon edge counts on both
-//! sides. Supply is the number of available drivers near the pickup right now; the dispatcher
-//! reads it from the spatial index when asked, because computing an H3 cell for every location
-//! update would cost more than all the rest of ingest.
+//! sides. Supply is the number of available drivers near the pickup right now, counted by the
+//! spatial index at cell granularity (`SpatialIndex::count_near`) when asked, because computing
+//! an H3 cell for every location update would cost more than all the rest of ingest.
 
 use std::collections::VecDeque;
 use std::time::Duration;

@@ -42,8 +42,6 @@ use search::Choice;
 const ACCEPTANCE_PRIOR: f64 = 0.8;
 /// Weight of the newest answer in the rolling acceptance rate.
 const ACCEPTANCE_ALPHA: f64 = 0.1;
-/// Supply counted for a GetSurge query stops here.
-const SURGE_SUPPLY_CAP: usize = 10_000;
 /// How often stale surge cells are swept, ms.
 const SURGE_SWEEP_MS: u64 = 60_000;
 
@@ -357,7 +355,7 @@ impl Dispatcher {
         // that recovery would have to rebuild.
         let id = TripId(self.next_offset);
         self.surge.record_request(req.pickup, now_ms);
-        let surge_multiplier = self.surge_reading(req.pickup, now_ms, None).multiplier;
+        let surge_multiplier = self.surge_reading(req.pickup, now_ms).multiplier;
         let (best, candidates) = self.find_best(req.pickup, req.class, &[], now_ms);
         self.emit(
             now_ms,
@@ -536,9 +534,9 @@ impl Dispatcher {
     // Queries
     // ---------------------------------------------------------------------------------------
 
-    /// The surge at a point, counting supply fully (up to 10,000 drivers).
+    /// The surge at a point.
     pub fn surge(&mut self, now_ms: u64, point: LatLng) -> SurgeReading {
-        self.surge_reading(point, now_ms, Some(SURGE_SUPPLY_CAP))
+        self.surge_reading(point, now_ms)
     }
 
     /// Counters describing the engine now.

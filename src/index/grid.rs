@@ -36,6 +36,7 @@ use crate::domain::{DriverKey, EARTH_RADIUS_M, LatLng};
 use std::f64::consts::PI;
 use table::{CellTable, EMPTY};
 
+mod count;
 mod search;
 mod table;
 
@@ -353,6 +354,14 @@ impl SpatialIndex for GridIndex {
     /// O(1).
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// Counts whole cells whose centre is within the radius (see `grid/count.rs`).
+    ///
+    /// # Runtime
+    /// O(cells in the radius' window), independent of the drivers they hold.
+    fn count_near(&self, center: LatLng, radius_m: f64) -> usize {
+        self.count_cells_near(center, radius_m)
     }
 
     /// # Runtime

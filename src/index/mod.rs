@@ -62,6 +62,15 @@ pub trait SpatialIndex: Send {
         self.len() == 0
     }
 
+    /// About how many drivers are within `radius_m` of `center`: for signals that need a
+    /// count rather than who (surge supply). Implementations may count at cell granularity;
+    /// this default counts exactly.
+    fn count_near(&self, center: LatLng, radius_m: f64) -> usize {
+        let mut out = Vec::new();
+        self.nearest(center, radius_m, usize::MAX, &mut |_| true, &mut out);
+        out.len()
+    }
+
     /// Clears `out` and fills it with up to `k` drivers within `radius_m` metres (inclusive) of
     /// `center` for which `filter` returns true, in ascending distance (ties: ascending key).
     fn nearest(

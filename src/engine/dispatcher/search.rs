@@ -110,24 +110,9 @@ impl Dispatcher {
             .collect()
     }
 
-    /// The surge at `point`. Supply is counted up to `cap`; with `None` it stops at the
-    /// demand, past which the multiplier is 1 whatever the count (the cheap trip-request path).
-    pub(super) fn surge_reading(
-        &mut self,
-        point: LatLng,
-        now_ms: u64,
-        cap: Option<usize>,
-    ) -> SurgeReading {
-        let (_, demand) = self.surge.demand(point, now_ms);
-        let cap = cap.unwrap_or(demand as usize + 1);
-        self.index.nearest(
-            point,
-            self.surge.supply_radius_m(),
-            cap,
-            &mut |_| true,
-            &mut self.scratch,
-        );
-        let supply = self.scratch.len() as u64;
+    /// The surge at `point`, with supply counted by the index around it.
+    pub(super) fn surge_reading(&mut self, point: LatLng, now_ms: u64) -> SurgeReading {
+        let supply = self.index.count_near(point, self.surge.supply_radius_m()) as u64;
         self.surge.reading(point, supply, now_ms)
     }
 }
