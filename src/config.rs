@@ -1,15 +1,26 @@
 //! The engine's settings with their embedded defaults: `Config::default()` is a complete,
 //! working configuration, so `dispatchd` runs with no file and no external service.
+//!
+//! Every section derives serde, so the whole struct is read from TOML and overridden key by key
+//! from the environment and flags by [`crate::config_load`] with no per-key code: a new field
+//! is configurable once it derives `Serialize`/`Deserialize` (durations with
+//! `#[serde(with = "humantime_serde")]`, read as `15s`, `2m`). Sections are
+//! `deny_unknown_fields`, so a misspelt key fails start-up naming it. [`Config::validate`]
+//! checks what types cannot.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::events::{LogConfig, MatchPolicy};
 use crate::matching::{EtaConfig, ScoreWeights};
 use crate::surge::SurgeConfig;
 
 /// Everything the server needs to run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the gRPC server listens on.
     pub listen: SocketAddr,
@@ -23,6 +34,12 @@ pub struct Config {
     pub surge: SurgeConfig,
     /// Queue and message bounds.
     pub limits: LimitsConfig,
+    /// Metrics endpoint and log format.
+    pub telemetry: TelemetryConfig,
+    /// Bearer tokens and their roles; empty means authentication is off.
+    pub auth: AuthConfig,
+    /// Optional TLS for the gRPC listener.
+    pub tls: TlsConfig,
     /// The durable event log (off unless `data_dir` is set; `dispatchd` sets `./data`).
     pub log: LogConfig,
 }
@@ -36,25 +53,33 @@ impl Default for Config {
             scoring: ScoreWeights::default(),
             surge: SurgeConfig::default(),
             limits: LimitsConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
             log: LogConfig::default(),
         }
     }
 }
 
 /// How trips are matched and how long each step may take.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DispatchConfig {
     /// Candidates are available drivers within this distance of the pickup, metres.
     pub search_radius_m: f64,
     /// At most this many candidates are scored per search.
     pub max_candidates: usize,
     /// How long a driver has to answer an offer.
+    #[serde(with = "humantime_serde")]
     pub offer_timeout: Duration,
     /// How long a trip may search before it ends as NO_DRIVERS.
+    #[serde(with = "humantime_serde")]
     pub dispatch_timeout: Duration,
     /// When every candidate was tried, search again after this long.
+    #[serde(with = "humantime_serde")]
     pub retry_interval: Duration,
     /// How long an ended trip stays readable (GetTrip, idempotent retries).
+    #[serde(with = "humantime_serde")]
     pub trip_retention: Duration,
     /// How many ended offers are remembered to explain late answers precisely.
     pub ended_offer_memory: usize,
@@ -63,6 +88,7 @@ pub struct DispatchConfig {
     /// With the batch policy, requests are collected for at most this long and matched
     /// together; within [`BATCH_WINDOW_MIN`]..=[`BATCH_WINDOW_MAX`] (see
     /// [`DispatchConfig::validate`]).
+    #[serde(with = "humantime_serde")]
     pub batch_window: Duration,
 }
 
@@ -103,7 +129,8 @@ impl Default for DispatchConfig {
 }
 
 /// Bounds that keep memory and latency in check under overload.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Control commands (requests, answers, queries) waiting for the dispatcher; beyond this
     /// calls fail fast with RESOURCE_EXHAUSTED.
@@ -116,6 +143,16 @@ pub struct LimitsConfig {
     pub event_buffer: usize,
     /// Largest gRPC message accepted, bytes.
     pub max_message_bytes: usize,
+    /// Unary calls in flight across all connections; beyond this calls fail fast with
+    /// RESOURCE_EXHAUSTED. Health and reflection are exempt, and so is the long-lived
+    /// ReportLocations stream (its ingest is bounded by `location_queue`).
+    pub max_concurrent_requests: usize,
+    /// Calls in flight on one connection; further calls on it wait (back-pressure on that
+    /// client only).
+    pub max_concurrent_requests_per_connection: usize,
+    /// On shutdown, how long in-flight calls may take to finish before the server stops anyway.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -126,6 +163,264 @@ impl Default for LimitsConfig {
             max_batch_updates: 10_000,
             event_buffer: 1 << 20,
             max_message_bytes: 4 << 20,
+            max_concurrent_requests: 4_096,
+            max_concurrent_requests_per_connection: 1_024,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Metrics and logs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Where Prometheus scrapes `/metrics` (plain HTTP); `"off"` disables the endpoint.
+    #[serde(with = "optional_addr")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// `human` (default) or `json` log lines on stderr.
+    pub log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax) used when `RUST_LOG` is not set.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            log_format: LogFormat::Human,
+            log_filter: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// What a bearer token may call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// DriverService.
+    DriverGateway,
+    /// RiderService.
+    RiderGateway,
+    /// EventService.
+    Subscriber,
+    /// QueryService, and every other service.
+    Admin,
+}
+
+/// Bearer-token authentication. With no tokens, every call is allowed (and start-up warns).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The accepted tokens.
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One accepted bearer token.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (appears in logs; the token never does).
+    pub name: String,
+    /// The secret, sent as `authorization: Bearer <token>`.
+    pub token: String,
+    /// What it may call.
+    pub roles: Vec<Role>,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    // Hand-written so the secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+/// TLS for the gRPC listener: both paths (PEM) or neither.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_path: Option<PathBuf>,
+    /// Private key, PEM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Checks what the types cannot; the error names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        fn check(ok: bool, key: &str, why: &str) -> Result<(), String> {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("`{key}` {why}"))
+            }
+        }
+        let d = &self.dispatch;
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        d.validate()
+            .map_err(|why| format!("`dispatch.batch_window`: {why}"))?;
+        check(
+            positive(d.search_radius_m),
+            "dispatch.search_radius_m",
+            "must be > 0",
+        )?;
+        check(
+            d.max_candidates >= 1,
+            "dispatch.max_candidates",
+            "must be >= 1",
+        )?;
+        check(
+            !d.offer_timeout.is_zero(),
+            "dispatch.offer_timeout",
+            "must be > 0",
+        )?;
+        check(
+            !d.dispatch_timeout.is_zero(),
+            "dispatch.dispatch_timeout",
+            "must be > 0",
+        )?;
+        check(
+            !d.retry_interval.is_zero(),
+            "dispatch.retry_interval",
+            "must be > 0",
+        )?;
+        let e = &self.eta;
+        check(
+            e.detour_factor >= 1.0 && e.detour_factor.is_finite(),
+            "eta.detour_factor",
+            "must be >= 1",
+        )?;
+        check(
+            e.speed_mps_by_hour.iter().all(|&v| positive(v)),
+            "eta.speed_mps_by_hour",
+            "must all be > 0",
+        )?;
+        check(
+            (-12..=14).contains(&e.utc_offset_hours),
+            "eta.utc_offset_hours",
+            "must be within -12..=14",
+        )?;
+        let w = &self.scoring;
+        for (key, v) in [
+            ("scoring.eta", w.eta),
+            ("scoring.rating", w.rating),
+            ("scoring.acceptance", w.acceptance),
+            ("scoring.fairness", w.fairness),
+        ] {
+            check(v.is_finite() && v >= 0.0, key, "must be >= 0")?;
+        }
+        check(
+            positive(w.eta_horizon_s),
+            "scoring.eta_horizon_s",
+            "must be > 0",
+        )?;
+        check(
+            positive(w.idle_horizon_s),
+            "scoring.idle_horizon_s",
+            "must be > 0",
+        )?;
+        check(!self.surge.window.is_zero(), "surge.window", "must be > 0")?;
+        check(
+            positive(self.surge.supply_radius_m),
+            "surge.supply_radius_m",
+            "must be > 0",
+        )?;
+        check(
+            self.surge.max_multiplier >= 1.0,
+            "surge.max_multiplier",
+            "must be >= 1",
+        )?;
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.control_queue", l.control_queue),
+            ("limits.location_queue", l.location_queue),
+            ("limits.max_batch_updates", l.max_batch_updates),
+            ("limits.event_buffer", l.event_buffer),
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.max_concurrent_requests", l.max_concurrent_requests),
+            (
+                "limits.max_concurrent_requests_per_connection",
+                l.max_concurrent_requests_per_connection,
+            ),
+        ] {
+            check(v >= 1, key, "must be >= 1")?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            check(
+                !t.name.is_empty(),
+                &format!("{key}.name"),
+                "must not be empty",
+            )?;
+            check(
+                t.token.len() >= 16,
+                &format!("{key}.token"),
+                "must be at least 16 characters",
+            )?;
+            check(
+                !t.roles.is_empty(),
+                &format!("{key}.roles"),
+                "must name at least one role",
+            )?;
+            check(
+                seen.insert(t.token.as_str()),
+                &format!("{key}.token"),
+                "is used twice",
+            )?;
+        }
+        check(
+            self.tls.cert_path.is_some() == self.tls.key_path.is_some(),
+            "tls.cert_path",
+            "and `tls.key_path` must be set together",
+        )?;
+        Ok(())
+    }
+}
+
+/// `Option<SocketAddr>` as a string, with `"off"` for `None` (TOML has no null).
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.trim() {
+            "off" | "" => Ok(None),
+            t => t.parse().map(Some).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not an address like 127.0.0.1:9464 or \"off\": {e}"
+                ))
+            }),
         }
     }
 }

@@ -16,8 +16,8 @@ pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// A WGS84 position in degrees. Always finite, latitude in `-90..=90`, longitude in
 /// `-180..=180`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "(f64, f64)", into = "(f64, f64)")]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "(f64, f64)")]
 pub struct LatLng {
     lat_deg: f64,
     lng_deg: f64,
@@ -82,9 +82,9 @@ impl TryFrom<(f64, f64)> for LatLng {
     }
 }
 
-impl From<LatLng> for (f64, f64) {
-    fn from(p: LatLng) -> Self {
-        (p.lat_deg, p.lng_deg)
+impl Serialize for LatLng {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.lat_deg, self.lng_deg).serialize(s)
     }
 }
 
@@ -99,20 +99,21 @@ pub const MAX_ID_LEN: usize = 64;
 
 /// A caller-chosen id (driver, rider, request, gateway): 1..=64 bytes of printable ASCII.
 /// Cheap to clone (shared), so events and records can carry it freely.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct ExternalId(Arc<str>);
+
+/// Serialized as the plain string, without copying it first.
+impl Serialize for ExternalId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl TryFrom<String> for ExternalId {
     type Error = Error;
     fn try_from(raw: String) -> Result<Self, Error> {
         ExternalId::new("id", &raw)
-    }
-}
-
-impl From<ExternalId> for String {
-    fn from(id: ExternalId) -> Self {
-        id.0.to_string()
     }
 }
 
@@ -227,20 +228,20 @@ impl VehicleClass {
 }
 
 /// A driver's average rating, validated to `1.0..=5.0`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "f64", into = "f64")]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(try_from = "f64")]
 pub struct Rating(f64);
+
+impl Serialize for Rating {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0)
+    }
+}
 
 impl TryFrom<f64> for Rating {
     type Error = Error;
     fn try_from(value: f64) -> Result<Self, Error> {
         Rating::new(value)
-    }
-}
-
-impl From<Rating> for f64 {
-    fn from(r: Rating) -> Self {
-        r.0
     }
 }
 

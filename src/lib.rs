@@ -15,8 +15,12 @@
 //! - [`events`]: the ordered dispatch events and their in-memory fan-out bus.
 //! - [`engine`]: the single-owner dispatcher thread and the handle to it.
 //! - [`config`]: settings and their embedded defaults.
+//! - [`config_load`]: defaults < TOML file < `DISPATCH_*` environment < flags, validated.
+//! - [`telemetry`]: Prometheus metrics (registry, `/metrics` endpoint) and trip log lines,
+//!   derived from the event bus and the edge.
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
-//! - [`server`]: wires engine, services, health and reflection onto a listener.
+//! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,
+//!   TLS, metrics and graceful drain.
 //!
 //! Request flow: a gRPC call is validated in `grpc`, becomes a command on the engine's bounded
 //! channel, is executed by the dispatcher thread with `now` from the clock, and its events are
@@ -31,6 +35,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod config_load;
 pub mod domain;
 pub mod engine;
 pub mod error;
@@ -40,6 +45,7 @@ pub mod index;
 pub mod matching;
 pub mod server;
 pub mod surge;
+pub mod telemetry;
 
 pub use domain::LatLng;
 pub use error::Error;

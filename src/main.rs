@@ -1,160 +1,309 @@
-//! `dispatchd`: parses flags into a [`Config`], binds the listener and runs the server until
-//! Ctrl-C or SIGTERM. Everything has an embedded default, so `dispatchd` alone runs the engine.
+//! `dispatchd`: reads the configuration (defaults < `--config` TOML < `DISPATCH_*` environment <
+//! flags), binds the gRPC and metrics listeners and runs the server until Ctrl-C or SIGTERM.
+//! Everything has an embedded default, so `dispatchd` alone runs the engine.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
-use dispatch::config::Config;
-use dispatch::events::{FsyncPolicy, MatchPolicy};
+use clap::Parser;
+use dispatch::config::{Config, LogFormat, TelemetryConfig};
+use dispatch::config_load::{self, Override};
+use dispatch::server::Listeners;
 use tokio::net::TcpListener;
 
+/// Where the event log lives unless configured otherwise.
+const DEFAULT_DATA_DIR: &str = "./data";
+
 /// Real-time dispatch matching engine.
+///
+/// Every setting can also be given in a TOML file (--config) or as an environment variable
+/// DISPATCH_SECTION__KEY (e.g. DISPATCH_DISPATCH__OFFER_TIMEOUT=20s); flags win over the
+/// environment, which wins over the file. --print-config shows the result.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Flags {
-    /// Address to serve gRPC on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
-    /// Candidates are available drivers within this many metres of the pickup.
-    #[arg(long, default_value_t = 5000.0)]
-    search_radius_m: f64,
-    /// At most this many candidates are scored per search.
-    #[arg(long, default_value_t = 20)]
-    max_candidates: usize,
-    /// Seconds a driver has to answer an offer.
-    #[arg(long, default_value_t = 15)]
-    offer_timeout_s: u64,
-    /// Seconds a trip may search before it ends as NO_DRIVERS.
-    #[arg(long, default_value_t = 120)]
-    dispatch_timeout_s: u64,
+    /// TOML configuration file (also: DISPATCH_CONFIG).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Address to serve gRPC on (port 0 picks a free port). [default: 127.0.0.1:50051]
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address for Prometheus `/metrics`, or `off`. [default: 127.0.0.1:9464]
+    #[arg(long, value_name = "ADDR|off")]
+    metrics_listen: Option<String>,
+    /// Log format: human or json. [default: human]
+    #[arg(long, value_name = "human|json")]
+    log_format: Option<String>,
+    /// Candidates are available drivers within this many metres of the pickup. [default: 5000]
+    #[arg(long)]
+    search_radius_m: Option<f64>,
+    /// At most this many candidates are scored per search. [default: 20]
+    #[arg(long)]
+    max_candidates: Option<usize>,
+    /// Seconds a driver has to answer an offer. [default: 15]
+    #[arg(long)]
+    offer_timeout_s: Option<u64>,
+    /// Seconds a trip may search before it ends as NO_DRIVERS. [default: 120]
+    #[arg(long)]
+    dispatch_timeout_s: Option<u64>,
+    /// Control commands that may wait for the dispatcher. [default: 16384]
+    #[arg(long)]
+    control_queue: Option<usize>,
+    /// Unary calls in flight across all connections. [default: 4096]
+    #[arg(long)]
+    max_concurrent_requests: Option<usize>,
+    /// How long shutdown waits for in-flight calls, e.g. 10s. [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    drain_timeout: Option<String>,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    tls_key: Option<PathBuf>,
     /// How requests are paired with drivers: `greedy` (each at once) or `batch` (requests of
-    /// a window matched together by a minimum-cost assignment).
-    #[arg(long, value_enum, default_value_t = PolicyFlag::Greedy)]
-    match_policy: PolicyFlag,
+    /// a window matched together by a minimum-cost assignment). [default: greedy]
+    #[arg(long, value_name = "greedy|batch")]
+    match_policy: Option<String>,
     /// With `--match-policy batch`, the longest a request waits for its batch, ms
-    /// (100..=10000).
-    #[arg(long, default_value_t = 2000)]
-    batch_window_ms: u64,
-    /// Directory of the durable event log (recovered on start).
-    #[arg(long, default_value = "./data")]
-    data_dir: PathBuf,
+    /// (100..=10000). [default: 2000]
+    #[arg(long)]
+    batch_window_ms: Option<u64>,
+    /// Directory of the durable event log, recovered on start. [default: ./data]
+    #[arg(long, value_name = "PATH")]
+    data_dir: Option<PathBuf>,
     /// Run without the durable log: events live only in memory.
     #[arg(long)]
     ephemeral: bool,
     /// When log writes reach the disk: always (fsync per command), batch (one fsync per group
-    /// of commands, before any is acknowledged) or never (leave it to the OS).
-    #[arg(long, default_value = "batch")]
-    fsync: FsyncPolicy,
+    /// of commands, before any is acknowledged) or never (leave it to the OS). [default: batch]
+    #[arg(long, value_name = "always|batch|never")]
+    fsync: Option<String>,
     /// On a corrupt record in the middle of the log, cut the log there instead of refusing to
     /// start (events from that point on are lost).
     #[arg(long)]
     truncate_corrupt_log: bool,
-}
-
-/// `--match-policy` values.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum PolicyFlag {
-    Greedy,
-    Batch,
+    /// Any other key, e.g. --set surge.max_multiplier=2.5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 impl Flags {
-    fn into_config(self) -> Result<Config, String> {
-        if !(self.search_radius_m.is_finite() && self.search_radius_m > 0.0) {
-            return Err(format!(
-                "--search-radius-m must be positive, got {}",
-                self.search_radius_m
-            ));
-        }
-        if self.max_candidates == 0 {
-            return Err("--max-candidates must be at least 1".into());
-        }
-        if self.offer_timeout_s == 0 {
-            return Err("--offer-timeout-s must be at least 1".into());
-        }
-        let mut config = Config {
-            listen: self.listen,
-            ..Config::default()
+    /// The flags that were given, as overrides of dotted config keys.
+    fn overrides(&self) -> Result<Vec<Override>, String> {
+        let mut out = Vec::new();
+        let mut add = |key: &str, value: Option<String>, flag: &str| {
+            if let Some(value) = value {
+                out.push(Override {
+                    key: key.into(),
+                    value,
+                    origin: flag.into(),
+                });
+            }
         };
-        config.dispatch.search_radius_m = self.search_radius_m;
-        config.dispatch.max_candidates = self.max_candidates;
-        config.dispatch.offer_timeout = Duration::from_secs(self.offer_timeout_s);
-        config.dispatch.dispatch_timeout = Duration::from_secs(self.dispatch_timeout_s);
-        config.dispatch.policy = match self.match_policy {
-            PolicyFlag::Greedy => MatchPolicy::Greedy,
-            PolicyFlag::Batch => MatchPolicy::Batch,
-        };
-        config.dispatch.batch_window = Duration::from_millis(self.batch_window_ms);
-        config
-            .dispatch
-            .validate()
-            .map_err(|e| format!("--batch-window-ms: {e}"))?;
-        config.log.data_dir = (!self.ephemeral).then_some(self.data_dir);
-        config.log.fsync = self.fsync;
-        config.log.truncate_corrupt = self.truncate_corrupt_log;
-        Ok(config)
+        let text = |v: &Option<PathBuf>| v.as_ref().map(|p| p.display().to_string());
+        add("listen", self.listen.map(|a| a.to_string()), "--listen");
+        add(
+            "telemetry.metrics_listen",
+            self.metrics_listen.clone(),
+            "--metrics-listen",
+        );
+        add(
+            "telemetry.log_format",
+            self.log_format.clone(),
+            "--log-format",
+        );
+        add(
+            "dispatch.search_radius_m",
+            self.search_radius_m.map(|v| format!("{v:?}")),
+            "--search-radius-m",
+        );
+        add(
+            "dispatch.max_candidates",
+            self.max_candidates.map(|v| v.to_string()),
+            "--max-candidates",
+        );
+        add(
+            "dispatch.offer_timeout",
+            self.offer_timeout_s.map(|v| format!("{v}s")),
+            "--offer-timeout-s",
+        );
+        add(
+            "dispatch.dispatch_timeout",
+            self.dispatch_timeout_s.map(|v| format!("{v}s")),
+            "--dispatch-timeout-s",
+        );
+        add(
+            "limits.control_queue",
+            self.control_queue.map(|v| v.to_string()),
+            "--control-queue",
+        );
+        add(
+            "limits.max_concurrent_requests",
+            self.max_concurrent_requests.map(|v| v.to_string()),
+            "--max-concurrent-requests",
+        );
+        add(
+            "limits.drain_timeout",
+            self.drain_timeout.clone(),
+            "--drain-timeout",
+        );
+        add(
+            "dispatch.policy",
+            self.match_policy.clone(),
+            "--match-policy",
+        );
+        add(
+            "dispatch.batch_window",
+            self.batch_window_ms.map(|ms| format!("{ms}ms")),
+            "--batch-window-ms",
+        );
+        add("log.data_dir", text(&self.data_dir), "--data-dir");
+        add("log.fsync", self.fsync.clone(), "--fsync");
+        add(
+            "log.truncate_corrupt",
+            self.truncate_corrupt_log.then(|| "true".into()),
+            "--truncate-corrupt-log",
+        );
+        add("tls.cert_path", text(&self.tls_cert), "--tls-cert");
+        add("tls.key_path", text(&self.tls_key), "--tls-key");
+        for kv in &self.set {
+            let (key, value) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("--set {kv}: expected KEY=VALUE"))?;
+            add(key.trim(), Some(value.to_string()), &format!("--set {key}"));
+        }
+        Ok(out)
+    }
+
+    fn load(self) -> Result<(Config, bool), String> {
+        let overrides = self.overrides()?;
+        let file = config_load::config_file(self.config);
+        // The daemon is durable by default; `Config::default()` (tests, tools) is not.
+        let mut base = Config::default();
+        base.log.data_dir = Some(PathBuf::from(DEFAULT_DATA_DIR));
+        let mut config =
+            config_load::load_over(base, file.as_deref(), std::env::vars(), &overrides)
+                .map_err(|e| e.to_string())?;
+        if self.ephemeral {
+            config.log.data_dir = None;
+        }
+        Ok((config, self.print_config))
+    }
+}
+
+fn init_logs(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.telemetry.log_format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().init(),
     }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let config = match Flags::parse().into_config() {
+    let (config, print) = match Flags::parse().load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dispatchd: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    let listener = match TcpListener::bind(config.listen).await {
+    if print {
+        print!("{}", config_load::to_toml(&config));
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logs(&config);
+    let shutdown = shutdown_signal();
+    let grpc = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("dispatchd: cannot listen on {}: {e}", config.listen);
+            eprintln!(
+                "dispatchd: cannot listen on {} (listen): {e}",
+                config.listen
+            );
             return std::process::ExitCode::from(1);
         }
     };
-    let addr = listener.local_addr().map_or(config.listen, |a| a);
-    tracing::info!(%addr, "dispatchd listening (gRPC, health, reflection)");
+    let default_metrics = TelemetryConfig::default().metrics_listen;
+    let metrics = match config.telemetry.metrics_listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            // The default port may be taken by another dispatchd on this machine (tests, a
+            // second shard): serve without metrics rather than refuse to start. A configured
+            // address is a promise to the operator, so failing to bind it stops start-up.
+            Err(e) if Some(addr) == default_metrics => {
+                tracing::warn!(%addr, error = %e,
+                    "metrics endpoint not started: the default address is in use; set \
+                     telemetry.metrics_listen (or --metrics-listen) to serve metrics");
+                None
+            }
+            Err(e) => {
+                eprintln!("dispatchd: cannot listen on {addr} (telemetry.metrics_listen): {e}");
+                return std::process::ExitCode::from(1);
+            }
+        },
+    };
+    let addr = grpc.local_addr().map_or(config.listen, |a| a);
+    let tls = config.tls.cert_path.is_some();
+    tracing::info!(%addr, tls, "dispatchd listening (gRPC, health, reflection)");
     println!("dispatchd listening on {addr}");
-    match dispatch::server::serve(listener, config, shutdown_signal()).await {
+    if let Some(m) = metrics.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(addr = %m, "metrics on http://{m}/metrics");
+        println!("dispatchd metrics on {m}");
+    }
+    let listeners = Listeners { grpc, metrics };
+    match dispatch::server::serve_with(listeners, config, shutdown).await {
         Ok(()) => {
             tracing::info!("dispatchd stopped");
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
+            tracing::error!(error = %e, "dispatchd failed");
             eprintln!("dispatchd: {e}");
             std::process::ExitCode::from(1)
         }
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Installs the SIGINT and SIGTERM handlers now (so a signal that arrives before the server
+/// polls the future is not fatal) and returns a future completing on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        async move {
+            // A handler that could not be installed never fires.
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(term.take()) => tracing::info!("SIGTERM received"),
+                () = wait(int.take()) => tracing::info!("SIGINT received"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         // If the handler cannot be installed we simply never see Ctrl-C.
         let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("Ctrl-C received");
     }
-    tracing::info!("shutdown requested; draining");
 }

@@ -15,9 +15,11 @@ use rustc_hash::FxHashMap;
 use crate::domain::LatLng;
 
 /// Settings of the surge signal.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SurgeConfig {
     /// How far back trip requests count as demand.
+    #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Available drivers within this distance of the pickup count as supply, metres.
     pub supply_radius_m: f64,

@@ -6,12 +6,15 @@
 //! - `command`: the bounded-channel messages, one variant per operation.
 //!
 //! The runner thread loops: fire due deadlines, then take a group of ready commands (control
-//! commands before location batches) and execute each with `now` from the [`Clock`]. Then the
-//! group commit: the group's events are appended to the durable [`EventLog`] and made durable
-//! with one fsync, published to the [`EventBus`], and only then are the replies sent. So an
-//! acknowledged call is on disk, and a caller that gets an answer and then subscribes from the
-//! trip's offset misses nothing. Both channels are bounded: when full, calls fail fast with
-//! `RESOURCE_EXHAUSTED` and location batches are shed, counted.
+//! commands before location batches) and execute each with `now` from the [`Clock`]. The
+//! group's events and pending replies then go to the commit stage, in order. Without a log that
+//! is immediate: publish to the [`EventBus`], reply. With a log it is a writer thread (`writer`),
+//! so the dispatcher goes on deciding while the disk syncs: the writer appends everything that
+//! queued up, makes it durable with one fsync, publishes, and only then replies. So an
+//! acknowledged call is on disk, subscribers never see an event that could be lost, and a caller
+//! that gets an answer and then subscribes from the trip's offset misses nothing. All channels
+//! are bounded: when full, calls fail fast with `RESOURCE_EXHAUSTED`, location batches are shed
+//! (counted), and a writer that falls behind holds the dispatcher back.
 //!
 //! On start, the engine replays the log into the dispatcher (see `dispatcher::apply`), then
 //! fires what fell due while it was down: offers that expired meanwhile expire and cascade.
@@ -19,6 +22,7 @@
 mod command;
 pub mod dispatcher;
 pub mod records;
+mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -131,14 +135,17 @@ impl Engine {
         } else {
             GROUP_MAX
         };
+        let sink = match log {
+            None => Sink::Memory(bus.clone()),
+            Some(log) => Sink::Log(writer::Writer::start(log, bus.clone())),
+        };
         let runner = Runner {
             dispatcher,
             control_rx,
             location_rx,
-            bus: bus.clone(),
             clock,
             stop: stop.clone(),
-            log,
+            sink,
             group_max,
             deferred: Vec::with_capacity(group_max),
             next_retention_ms: 0,
@@ -173,6 +180,11 @@ impl Engine {
     /// Shed counters.
     pub fn counters(&self) -> &EngineCounters {
         &self.inner.counters
+    }
+
+    /// Messages waiting for the dispatcher: (control commands, location batches).
+    pub fn queue_depth(&self) -> (usize, usize) {
+        (self.inner.control_tx.len(), self.inner.location_tx.len())
     }
 
     /// Stops the dispatcher thread and waits for it; subscribers' streams end. Blocking: call
@@ -345,7 +357,15 @@ fn stopped() -> Error {
 }
 
 /// A reply waiting for its command group to be committed.
-type Deferred = Box<dyn FnOnce() + Send>;
+pub(crate) type Deferred = Box<dyn FnOnce() + Send>;
+
+/// Where a command group's events and replies go.
+enum Sink {
+    /// No log: publish and reply at once.
+    Memory(Arc<EventBus>),
+    /// The log writer thread: append, fsync, publish, reply.
+    Log(writer::Writer),
+}
 
 /// Work taken from the channels.
 enum Work {
@@ -358,10 +378,9 @@ struct Runner {
     dispatcher: Dispatcher,
     control_rx: Receiver<Command>,
     location_rx: Receiver<LocationBatch>,
-    bus: Arc<EventBus>,
     clock: Arc<dyn Clock>,
     stop: Arc<AtomicBool>,
-    log: Option<EventLog>,
+    sink: Sink,
     group_max: usize,
     deferred: Vec<Deferred>,
     next_retention_ms: u64,
@@ -410,6 +429,11 @@ impl Runner {
             self.enforce_retention(now);
         }
         self.commit();
+        match self.sink {
+            // Wait until everything handed over is durable and answered.
+            Sink::Log(writer) => writer.finish(),
+            Sink::Memory(bus) => bus.close(),
+        }
     }
 
     /// Ready work without waiting: control first. `Err` once the engine handle is gone.
@@ -441,46 +465,39 @@ impl Runner {
         }
     }
 
-    /// The group commit: log and fsync the group's events, publish them, then reply. Returns
-    /// false if the log failed: the engine then stops rather than acknowledge what is not on
-    /// disk (pending callers get UNAVAILABLE).
+    /// Hands the group's events and replies to the commit stage. Returns false once the log
+    /// writer has failed: the engine then stops rather than acknowledge what is not on disk.
     fn commit(&mut self) -> bool {
-        if self.dispatcher.has_events() {
-            let events = self.dispatcher.take_events();
-            if let Some(log) = &mut self.log
-                && let Err(e) = log.append(&events).and_then(|()| log.commit())
-            {
-                tracing::error!(error = %e, "event log write failed; stopping the dispatcher");
-                self.deferred.clear();
-                self.bus.close();
-                return false;
+        let events = self.dispatcher.take_events();
+        let replies = std::mem::take(&mut self.deferred);
+        match &self.sink {
+            Sink::Memory(bus) => {
+                if !events.is_empty() {
+                    bus.publish(events);
+                }
+                for reply in replies {
+                    reply();
+                }
+                true
             }
-            self.bus.publish(events);
+            Sink::Log(writer) => {
+                if events.is_empty() && replies.is_empty() {
+                    return true;
+                }
+                writer.submit(events, replies)
+            }
         }
-        for reply in self.deferred.drain(..) {
-            reply();
-        }
-        true
     }
 
     fn enforce_retention(&mut self, now: u64) {
-        let Some(log) = &mut self.log else {
+        let Sink::Log(writer) = &self.sink else {
             return;
         };
         if now < self.next_retention_ms {
             return;
         }
         self.next_retention_ms = now.saturating_add(RETENTION_CHECK_MS);
-        let keep_from = self.dispatcher.oldest_needed_offset();
-        match log.enforce_retention(keep_from) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                segments = n,
-                first_offset = log.first_offset(),
-                "event log retention"
-            ),
-            Err(e) => tracing::warn!(error = %e, "event log retention failed"),
-        }
+        writer.retain_from(self.dispatcher.oldest_needed_offset());
     }
 
     fn apply_batch(&mut self, batch: LocationBatch) {
@@ -500,11 +517,9 @@ impl Runner {
                 }
             }
         }
-        // The gateway may have hung up; its summary is then moot.
-        let reply = batch.reply;
-        self.deferred.push(Box::new(move || {
-            let _ = reply.send(outcome);
-        }));
+        // Positions are not logged, so the summary need not wait for a commit. The gateway may
+        // have hung up; its summary is then moot.
+        let _ = batch.reply.send(outcome);
     }
 
     fn execute(&mut self, cmd: Command) {

@@ -113,6 +113,11 @@ impl EventBus {
         self.next_tx.subscribe()
     }
 
+    /// How many followers (streams and internal tasks) are watching the bus.
+    pub fn follower_count(&self) -> usize {
+        self.next_tx.receiver_count()
+    }
+
     /// Closes the bus: every subscriber's stream ends (server shutdown).
     pub fn close(&self) {
         self.next_tx.send_replace(None);

@@ -65,8 +65,10 @@ impl std::str::FromStr for FsyncPolicy {
 
 /// Settings of the durable log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Directory holding the log; `None` runs without durability (events live only in memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// When appended events reach the disk.
     pub fsync: FsyncPolicy,
@@ -75,6 +77,7 @@ pub struct LogConfig {
     /// Old segments are deleted while the log is larger than this, bytes...
     pub retention_bytes: u64,
     /// ...or older than this; but never a segment still needed to rebuild the state.
+    #[serde(with = "humantime_serde")]
     pub retention_age: Duration,
     /// Truncate at a corrupt record in the middle of the log instead of refusing to start.
     pub truncate_corrupt: bool,

@@ -76,6 +76,7 @@ pub enum OfferCancelReason {
 
 /// The matching policy that produced an offer or assignment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MatchPolicy {
     /// Best driver at the instant of the request.
     #[default]

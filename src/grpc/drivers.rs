@@ -16,6 +16,7 @@ use crate::domain::{ExternalId, LatLng};
 use crate::engine::{Engine, GoOnline, TripAction};
 use crate::events::{EventKind, OfferCancelReason};
 use crate::pb::{self, driver_notice::Notice, driver_service_server::DriverService};
+use crate::telemetry::Metrics;
 
 /// Examples of rejected updates kept per stream.
 const MAX_EXAMPLES: usize = 10;
@@ -25,12 +26,23 @@ const MAX_EXAMPLES: usize = 10;
 pub struct DriverApi {
     engine: Engine,
     config: Arc<Config>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl DriverApi {
     /// A service talking to `engine`.
     pub fn new(engine: Engine, config: Arc<Config>) -> Self {
-        DriverApi { engine, config }
+        DriverApi {
+            engine,
+            config,
+            metrics: None,
+        }
+    }
+
+    /// Counts rejected location updates by reason in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn trip_action(
@@ -54,6 +66,7 @@ impl DriverApi {
 /// Running totals of one ReportLocations stream.
 #[derive(Default)]
 struct Summary {
+    metrics: Option<Arc<Metrics>>,
     batches: u64,
     accepted: u64,
     rejected: BTreeMap<i32, u64>,
@@ -69,6 +82,9 @@ impl Summary {
     ) {
         if count == 0 {
             return;
+        }
+        if let Some(m) = &self.metrics {
+            m.location_rejected(reason.as_str_name(), count);
         }
         *self.rejected.entry(reason as i32).or_default() += count;
         if self.examples.len() < MAX_EXAMPLES {
@@ -142,7 +158,10 @@ impl DriverService for DriverApi {
     ) -> Result<Response<pb::LocationSummary>, Status> {
         use pb::LocationRejection as R;
         let mut stream = request.into_inner();
-        let mut summary = Summary::default();
+        let mut summary = Summary {
+            metrics: self.metrics.clone(),
+            ..Summary::default()
+        };
         let max = self.config.limits.max_batch_updates;
         while let Some(batch) = stream.message().await? {
             summary.batches += 1;

@@ -3,10 +3,14 @@
 //! goes deeper than this module, and every core [`Error`] becomes a `Status` here, in one place.
 //!
 //! One file per service (by caller): [`drivers`], [`riders`], [`queries`], [`events`];
-//! `convert` holds the conversions and validation, `follow` the streaming of events to clients.
+//! `convert` holds the conversions and validation, `follow` the streaming of events to clients,
+//! `auth` the bearer tokens and roles, [`edge`] the admission layer (auth, concurrency limit,
+//! edge metrics) in front of all of them.
 
+mod auth;
 mod convert;
 pub mod drivers;
+pub mod edge;
 pub mod events;
 mod follow;
 pub mod queries;
@@ -17,6 +21,7 @@ use tonic::Status;
 use crate::error::Error;
 
 pub use drivers::DriverApi;
+pub use edge::EdgeLayer;
 pub use events::EventApi;
 pub use queries::QueryApi;
 pub use riders::RiderApi;
@@ -30,5 +35,34 @@ pub(crate) fn status(error: Error) -> Status {
         Error::PermissionDenied(m) => Status::permission_denied(m),
         Error::ResourceExhausted(m) => Status::resource_exhausted(m),
         Error::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+/// The status of a call refused by authentication. Never names the token, only its holder.
+pub(crate) fn auth_status(error: auth::AuthError) -> Status {
+    match error {
+        auth::AuthError::Missing => {
+            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
+        }
+        auth::AuthError::Unknown => Status::unauthenticated("unknown bearer token"),
+        auth::AuthError::Forbidden { name, needed } => Status::permission_denied(format!(
+            "token `{name}` lacks the `{}` role this service requires",
+            role_name(needed)
+        )),
+    }
+}
+
+/// The status of a call refused by the global concurrency limit.
+pub(crate) fn overloaded_status() -> Status {
+    Status::resource_exhausted("the server is at its concurrent-call limit; retry with backoff")
+}
+
+fn role_name(role: crate::config::Role) -> &'static str {
+    use crate::config::Role;
+    match role {
+        Role::DriverGateway => "driver-gateway",
+        Role::RiderGateway => "rider-gateway",
+        Role::Subscriber => "subscriber",
+        Role::Admin => "admin",
     }
 }

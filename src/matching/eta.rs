@@ -13,7 +13,8 @@ pub trait EtaModel: Send + std::fmt::Debug {
 }
 
 /// Settings of [`HaversineEta`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EtaConfig {
     /// Road distance over great-circle distance (1.3 is typical for a street grid).
     pub detour_factor: f64,

@@ -11,7 +11,8 @@
 //! driver won.
 
 /// Weights and horizons of the score.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ScoreWeights {
     /// Weight of the ETA term.
     pub eta: f64,

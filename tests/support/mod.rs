@@ -1,11 +1,12 @@
 //! Test harness: a real server on 127.0.0.1:0 driven by a manual clock, plus clients.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch::clock::ManualClock;
+use dispatch::clock::{Clock, ManualClock};
 use dispatch::config::Config;
 use dispatch::engine::Engine;
 use dispatch::pb;
@@ -26,6 +27,8 @@ pub const DROPOFF: (f64, f64) = (40.7700, -73.9700);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The `/metrics` endpoint, when started with [`start_custom`] and `metrics: true`.
+    pub metrics_addr: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub engine: Engine,
     pub channel: Channel,
@@ -43,33 +46,60 @@ pub async fn start_with(config: Config) -> TestServer {
 
 /// A server on an existing clock (a restart keeps the clock of the run before it).
 pub async fn start_with_clock(config: Config, clock: Arc<ManualClock>) -> TestServer {
+    start_custom(config, clock.clone(), clock, false).await
+}
+
+/// A server whose dispatcher reads `engine_clock` (which may wrap `clock`, e.g. a
+/// [`GateClock`]), optionally with a metrics endpoint on 127.0.0.1:0.
+pub async fn start_custom(
+    config: Config,
+    engine_clock: Arc<dyn Clock>,
+    clock: Arc<ManualClock>,
+    metrics: bool,
+) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let engine = Engine::start(&config, dispatch::index::default_index(), clock.clone()).unwrap();
+    let metrics_listener = if metrics {
+        Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    } else {
+        None
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().unwrap());
+    let engine = Engine::start(&config, dispatch::index::default_index(), engine_clock).unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn({
         let engine = engine.clone();
         async move {
-            dispatch::server::serve_engine(listener, config, engine, async {
+            let listeners = dispatch::server::Listeners {
+                grpc: listener,
+                metrics: metrics_listener,
+            };
+            dispatch::server::serve_engine_with(listeners, config, engine, async {
                 let _ = rx.await;
             })
             .await
             .unwrap();
         }
     });
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect(addr).await;
     TestServer {
         addr,
+        metrics_addr,
         clock,
         engine,
         channel,
         shutdown: Some(tx),
         handle: Some(handle),
     }
+}
+
+/// A new plaintext connection (its own HTTP/2 connection, so its own per-connection limit).
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 impl TestServer {
@@ -90,6 +120,17 @@ impl TestServer {
     pub async fn advance(&self, by: Duration) {
         self.clock.advance(by);
         self.engine.tick().await.unwrap();
+    }
+
+    /// Scrapes `/metrics` over HTTP and parses it: `name{labels}` -> value.
+    pub async fn scrape(&self) -> HashMap<String, f64> {
+        let addr = self.metrics_addr.expect("started with metrics");
+        parse_metrics(&http_get(addr, "/metrics").await)
+    }
+
+    /// The gRPC health of the whole server (service "").
+    pub async fn health(&self) -> i32 {
+        health_of(connect(self.addr).await).await
     }
 
     pub async fn stop(mut self) {
@@ -177,4 +218,108 @@ pub fn offer_of(n: pb::DriverNotice) -> pb::Offer {
 
 pub fn status(trip: &pb::Trip) -> pb::TripStatus {
     pb::TripStatus::try_from(trip.status).unwrap()
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The overall serving status reported by gRPC health on `channel`.
+pub async fn health_of(channel: Channel) -> i32 {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// `GET path` over plain HTTP/1.1; returns the body (panics unless 200).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut text))
+        .await
+        .expect("an HTTP answer within 10 s")
+        .unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// Prometheus text -> `name{labels}` -> value (comments skipped).
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("`name value`");
+            (name.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// A clock whose gate, once closed, parks the dispatcher thread the next time it reads the
+/// time: a deterministic way to make the dispatcher stall so queues fill.
+#[derive(Debug)]
+pub struct GateClock {
+    inner: Arc<ManualClock>,
+    state: std::sync::Mutex<(bool, bool)>, // (closed, dispatcher parked)
+    changed: std::sync::Condvar,
+}
+
+impl GateClock {
+    pub fn new(inner: Arc<ManualClock>) -> Arc<Self> {
+        Arc::new(GateClock {
+            inner,
+            state: std::sync::Mutex::new((false, false)),
+            changed: std::sync::Condvar::new(),
+        })
+    }
+
+    /// Closes the gate and waits until the dispatcher is parked on it.
+    pub async fn close_and_wait_parked(self: &Arc<Self>) {
+        self.state.lock().unwrap().0 = true;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = me.state.lock().unwrap();
+            while !s.1 {
+                s = me.changed.wait(s).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Lets the dispatcher run again.
+    pub fn open(&self) {
+        self.state.lock().unwrap().0 = false;
+        self.changed.notify_all();
+    }
+}
+
+impl Clock for GateClock {
+    fn now_ms(&self) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        while s.0 {
+            s.1 = true;
+            self.changed.notify_all();
+            s = self.changed.wait(s).unwrap();
+        }
+        s.1 = false;
+        drop(s);
+        self.inner.now_ms()
+    }
 }
