@@ -101,6 +101,9 @@ impl DispatchConfig {
     /// Checks the settings that have a valid range; the message names the offending setting.
     /// Today: `batch_window` must be within 100 ms..=10 s (checked whatever the policy, so a
     /// switch to batch cannot fail later).
+    ///
+    /// # Runtime
+    /// O(1).
     pub fn validate(&self) -> Result<(), String> {
         if !(BATCH_WINDOW_MIN..=BATCH_WINDOW_MAX).contains(&self.batch_window) {
             return Err(format!(

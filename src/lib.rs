@@ -13,7 +13,8 @@
 //!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
 //! - [`surge`]: demand over supply per H3 hexagon.
 //! - [`events`]: the ordered dispatch events and their in-memory fan-out bus.
-//! - [`engine`]: the single-owner dispatcher thread and the handle to it.
+//! - [`engine`]: the single-owner dispatcher thread (greedy or batched matching) and the handle
+//!   to it.
 //! - [`config`]: settings and their embedded defaults.
 //! - [`config_load`]: defaults < TOML file < `DISPATCH_*` environment < flags, validated.
 //! - [`telemetry`]: Prometheus metrics (registry, `/metrics` endpoint) and trip log lines,

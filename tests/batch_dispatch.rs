@@ -274,3 +274,27 @@ fn waiting_trips_end_at_the_dispatch_deadline() {
     }
     assert_eq!(d.next_deadline_ms().map(|at| at > now), Some(true));
 }
+
+#[test]
+fn a_trip_waiting_in_a_batch_at_a_crash_is_matched_after_recovery() {
+    let mut d = dispatcher(MatchPolicy::Batch);
+    let (r1, r2) = two_by_two(&mut d);
+    let events = d.take_events();
+
+    // Crash before the flush: the pending batch is not durable, the SEARCHING trips are.
+    let mut recovered = dispatcher(MatchPolicy::Batch);
+    for e in &events {
+        recovered.replay(e).unwrap();
+    }
+    let restart = T0 + 5_000;
+    recovered.finish_recovery(restart);
+    recovered.fire_due(restart);
+    assert!(
+        offers(&recovered.take_events()).is_empty(),
+        "waits for a window"
+    );
+    recovered.fire_due(restart + WINDOW_MS);
+    assert_eq!(offered_to(&recovered, r1).as_deref(), Some("b"));
+    assert_eq!(offered_to(&recovered, r2).as_deref(), Some("a"));
+    recovered.check_invariants().unwrap();
+}

@@ -163,16 +163,7 @@ async fn offers_answered_wrongly_are_refused() {
         Code::FailedPrecondition,
         "already ended",
     );
-    let t = s
-        .riders()
-        .get_trip(pb::GetTripRequest {
-            trip_id: trip.trip_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    let t = get_trip(&s, &trip.trip_id).await;
     assert_eq!(status(&t), pb::TripStatus::Accepted);
     assert_eq!(t.driver_id, "d-1");
     s.stop().await;

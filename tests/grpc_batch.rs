@@ -17,14 +17,7 @@ async fn a_batched_request_is_offered_when_its_window_closes() {
     config.dispatch.batch_window = Duration::from_millis(2_000);
     let s = start_with(config).await;
     online(&s, "d-near", 300.0, 4.9, "gw-1").await;
-    let mut offers = s
-        .drivers()
-        .subscribe_offers(pb::SubscribeOffersRequest {
-            gateway_id: "gw-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut offers = offer_stream(&s, "gw-1").await;
 
     let trip = request(&s, "r-1", "req-1").await;
     assert_eq!(status(&trip), pb::TripStatus::Searching);
@@ -36,18 +29,7 @@ async fn a_batched_request_is_offered_when_its_window_closes() {
     assert_eq!(offer.driver_id, "d-near");
     assert_eq!(offer.expires_at_ms, T0_MS + 2_000 + 15_000);
 
-    let accepted = s
-        .drivers()
-        .respond_to_offer(pb::RespondToOfferRequest {
-            offer_id: offer.offer_id,
-            driver_id: "d-near".into(),
-            accept: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    let accepted = answer(&s, &offer.offer_id, "d-near", true).await;
     assert_eq!(status(&accepted), pb::TripStatus::Accepted);
     assert_eq!(accepted.policy(), pb::MatchPolicy::Batch);
     s.stop().await;

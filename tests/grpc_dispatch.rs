@@ -15,14 +15,7 @@ async fn happy_path_from_request_to_completion() {
     let s = start().await;
     online(&s, "d-near", 300.0, 4.9, "gw-1").await;
     online(&s, "d-far", 2_000.0, 4.9, "gw-1").await;
-    let mut offers = s
-        .drivers()
-        .subscribe_offers(pb::SubscribeOffersRequest {
-            gateway_id: "gw-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut offers = offer_stream(&s, "gw-1").await;
 
     let trip = request(&s, "r-1", "req-1").await;
     assert_eq!(status(&trip), pb::TripStatus::Offered);
@@ -131,18 +124,7 @@ async fn decline_cascades_to_the_second_best_driver() {
     let trip = request(&s, "r-1", "").await;
     assert_eq!(trip.driver_id, "d-1");
 
-    let after = s
-        .drivers()
-        .respond_to_offer(pb::RespondToOfferRequest {
-            offer_id: trip.offer_id.clone(),
-            driver_id: "d-1".into(),
-            accept: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    let after = answer(&s, &trip.offer_id, "d-1", false).await;
     assert_eq!(status(&after), pb::TripStatus::Offered);
     assert_eq!(after.driver_id, "d-2");
     assert_eq!(after.offers_made, 2);
@@ -151,18 +133,7 @@ async fn decline_cascades_to_the_second_best_driver() {
     // The decliner is a candidate for other trips again, but never for this one.
     let d1 = s.engine.driver(id("d-1")).await.unwrap();
     assert_eq!(d1.status, dispatch::engine::DriverStatus::Available);
-    let after = s
-        .drivers()
-        .respond_to_offer(pb::RespondToOfferRequest {
-            offer_id: after.offer_id.clone(),
-            driver_id: "d-2".into(),
-            accept: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    let after = answer(&s, &after.offer_id, "d-2", false).await;
     assert_eq!(after.driver_id, "d-3");
     s.stop().await;
 }
@@ -172,14 +143,7 @@ async fn an_unanswered_offer_expires_after_15_s_and_cascades() {
     let s = start().await;
     online(&s, "d-1", 200.0, 4.8, "gw").await;
     online(&s, "d-2", 900.0, 4.8, "gw").await;
-    let mut offers = s
-        .drivers()
-        .subscribe_offers(pb::SubscribeOffersRequest {
-            gateway_id: "gw".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut offers = offer_stream(&s, "gw").await;
     let trip = request(&s, "r-1", "").await;
     let first = offer_of(next(&mut offers).await);
     assert_eq!(first.driver_id, "d-1");
@@ -219,16 +183,7 @@ async fn an_unanswered_offer_expires_after_15_s_and_cascades() {
         .unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
     assert!(late.message().contains("Expired"), "{}", late.message());
-    let t = s
-        .riders()
-        .get_trip(pb::GetTripRequest {
-            trip_id: trip.trip_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    let t = get_trip(&s, &trip.trip_id).await;
     assert_eq!(t.driver_id, "d-2");
     s.stop().await;
 }
@@ -282,14 +237,7 @@ async fn after_every_candidate_declines_the_trip_searches_until_the_dispatch_dea
 async fn rider_cancel_while_offered_withdraws_the_offer() {
     let s = start().await;
     online(&s, "d-1", 200.0, 4.8, "gw").await;
-    let mut offers = s
-        .drivers()
-        .subscribe_offers(pb::SubscribeOffersRequest {
-            gateway_id: "gw".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut offers = offer_stream(&s, "gw").await;
     let trip = request(&s, "r-1", "").await;
     let offer = offer_of(next(&mut offers).await);
     let cancelled = s
@@ -340,14 +288,7 @@ async fn rider_cancel_while_offered_withdraws_the_offer() {
 async fn rider_cancel_while_assigned_releases_the_driver() {
     let s = start().await;
     online(&s, "d-1", 200.0, 4.8, "gw").await;
-    let mut offers = s
-        .drivers()
-        .subscribe_offers(pb::SubscribeOffersRequest {
-            gateway_id: "gw".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut offers = offer_stream(&s, "gw").await;
     let trip = request(&s, "r-1", "").await;
     let offer = offer_of(next(&mut offers).await);
     accept(&s, &offer.offer_id, "d-1").await;
@@ -603,14 +544,7 @@ async fn a_reconnecting_gateway_gets_its_pending_offers_first() {
     online(&s, "d-2", 200.0, 4.8, "gw-b").await;
     let t1 = request(&s, "r-1", "").await;
     let t2 = request(&s, "r-2", "").await;
-    let mut a = s
-        .drivers()
-        .subscribe_offers(pb::SubscribeOffersRequest {
-            gateway_id: "gw-a".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut a = offer_stream(&s, "gw-a").await;
     let offer = offer_of(next(&mut a).await);
     let mine = if t1.driver_id == "d-1" { &t1 } else { &t2 };
     assert_eq!(offer.trip_id, mine.trip_id);
@@ -734,57 +668,4 @@ async fn surge_rises_where_demand_exceeds_supply() {
 
 fn id(raw: &str) -> dispatch::domain::ExternalId {
     dispatch::domain::ExternalId::new("id", raw).unwrap()
-}
-
-async fn get_trip(s: &TestServer, trip_id: &str) -> pb::Trip {
-    s.riders()
-        .get_trip(pb::GetTripRequest {
-            trip_id: trip_id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap()
-}
-
-async fn driver_state(s: &TestServer, driver: &str) -> pb::DriverState {
-    s.queries()
-        .get_driver(pb::GetDriverRequest {
-            driver_id: driver.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .driver
-        .unwrap()
-        .state()
-}
-
-async fn accept(s: &TestServer, offer: &str, driver: &str) -> pb::Trip {
-    s.drivers()
-        .respond_to_offer(pb::RespondToOfferRequest {
-            offer_id: offer.into(),
-            driver_id: driver.into(),
-            accept: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap()
-}
-
-async fn decline(s: &TestServer, offer: &str, driver: &str) -> pb::Trip {
-    s.drivers()
-        .respond_to_offer(pb::RespondToOfferRequest {
-            offer_id: offer.into(),
-            driver_id: driver.into(),
-            accept: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap()
 }

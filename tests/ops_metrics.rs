@@ -33,14 +33,7 @@ async fn metrics_follow_a_trip_from_request_to_completion() {
     assert_eq!(get(&before, "dispatch_open_trips"), 0.0);
 
     online(&s, "d-1", 500.0, 4.8, "gw-1").await;
-    let mut offers = s
-        .drivers()
-        .subscribe_offers(pb::SubscribeOffersRequest {
-            gateway_id: "gw-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut offers = offer_stream(&s, "gw-1").await;
     let trip = request(&s, "r-1", "req-1").await;
     let offer = offer_of(next(&mut offers).await);
 

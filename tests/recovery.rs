@@ -85,17 +85,7 @@ async fn a_restart_brings_back_every_trip_in_its_acknowledged_state() {
     let trips_before: Vec<pb::Trip> = {
         let mut v = Vec::new();
         for t in [&t1, &t2, &t3] {
-            v.push(
-                s.riders()
-                    .get_trip(pb::GetTripRequest {
-                        trip_id: t.trip_id.clone(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .trip
-                    .unwrap(),
-            );
+            v.push(get_trip(&s, &t.trip_id).await);
         }
         v
     };
@@ -121,16 +111,7 @@ async fn a_restart_brings_back_every_trip_in_its_acknowledged_state() {
 
     let s = start_with_clock(durable(dir.path()), clock.clone()).await;
     for before in &trips_before {
-        let after = s
-            .riders()
-            .get_trip(pb::GetTripRequest {
-                trip_id: before.trip_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .trip
-            .unwrap();
+        let after = get_trip(&s, &before.trip_id).await;
         assert_eq!(&after, before);
     }
     for before in &drivers_before {
@@ -169,18 +150,7 @@ async fn a_restart_brings_back_every_trip_in_its_acknowledged_state() {
     assert!(retry.deduplicated);
     assert_eq!(retry.trip.unwrap().trip_id, t2.trip_id);
     // The offered driver can still accept the offer made before the restart.
-    let t = s
-        .drivers()
-        .respond_to_offer(pb::RespondToOfferRequest {
-            offer_id: t2.offer_id.clone(),
-            driver_id: t2.driver_id.clone(),
-            accept: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    let t = answer(&s, &t2.offer_id, &t2.driver_id, true).await;
     assert_eq!(status(&t), pb::TripStatus::Accepted);
     // New events continue the offsets without a gap.
     let evs = collect_events(&s, stats_before.next_event_offset, 2).await;
@@ -204,16 +174,7 @@ async fn an_offer_that_expired_while_down_expires_at_start_and_cascades() {
     clock.advance(Duration::from_secs(20));
     let s = start_with_clock(durable(dir.path()), clock.clone()).await;
     s.engine.tick().await.unwrap();
-    let t = s
-        .riders()
-        .get_trip(pb::GetTripRequest {
-            trip_id: trip.trip_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    let t = get_trip(&s, &trip.trip_id).await;
     assert_eq!(status(&t), pb::TripStatus::Offered);
     assert_eq!(t.driver_id, "d-2");
     assert_eq!(t.offers_made, 2);

@@ -13,7 +13,9 @@
 //!   which makes every instance feasible and lets rows stay unmatched;
 //! - the rows and columns are first split into connected components (union-find over the
 //!   edges); each component is solved on its own, so a city-wide batch is many small problems;
-//! - each component is solved by successive shortest augmenting paths with dual potentials
+//! - each component starts with a row reduction (every row's potential is its cheapest edge,
+//!   and rows whose cheapest column is free take it), then the remaining rows are placed by
+//!   successive shortest augmenting paths with dual potentials
 //!   (the Hungarian method in the Jonker-Volgenant / Crouse form): one Dijkstra-like search per
 //!   row over reduced costs, visiting only the edges it reaches, with arrays reset only where
 //!   they were touched. Minimum scans are linear over the reached columns, which beats a heap
@@ -282,7 +284,29 @@ impl Solver {
         let n_cols = c + k;
         self.reset(k, n_cols);
 
+        // Row reduction: each row's potential is its cheapest edge (its unassigned column
+        // included), which keeps every reduced cost non-negative; a row whose cheapest column
+        // is still free takes it at once (a tight edge). Most rows of a batch are placed here
+        // and only the contested ones need a search.
+        for r in 0..k {
+            let (mut best, mut best_cost) = ((c + r) as u32, penalty);
+            for at in comp.row_start[r]..comp.row_start[r + 1] {
+                let cost = comp.adj_cost[at] - shift;
+                if cost < best_cost {
+                    (best, best_cost) = (comp.adj_col[at], cost);
+                }
+            }
+            self.u[r] = best_cost;
+            if self.row_for_col[best as usize] == FREE {
+                self.row_for_col[best as usize] = r as u32;
+                self.col_for_row[r] = best;
+            }
+        }
+
         for cur in 0..k {
+            if self.col_for_row[cur] != FREE {
+                continue;
+            }
             let mut min_val = 0.0;
             let mut i = cur;
             let sink = loop {

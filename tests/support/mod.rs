@@ -323,3 +323,64 @@ impl Clock for GateClock {
         self.inner.now_ms()
     }
 }
+
+/// A trip as GetTrip returns it.
+pub async fn get_trip(s: &TestServer, trip_id: &str) -> pb::Trip {
+    s.riders()
+        .get_trip(pb::GetTripRequest {
+            trip_id: trip_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trip
+        .unwrap()
+}
+
+/// A gateway's offer stream.
+pub async fn offer_stream(s: &TestServer, gateway: &str) -> tonic::Streaming<pb::DriverNotice> {
+    s.drivers()
+        .subscribe_offers(pb::SubscribeOffersRequest {
+            gateway_id: gateway.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A driver's state as GetDriver returns it.
+pub async fn driver_state(s: &TestServer, driver: &str) -> pb::DriverState {
+    s.queries()
+        .get_driver(pb::GetDriverRequest {
+            driver_id: driver.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .driver
+        .unwrap()
+        .state()
+}
+
+/// Answers an offer; the trip after the answer.
+pub async fn answer(s: &TestServer, offer: &str, driver: &str, accept: bool) -> pb::Trip {
+    s.drivers()
+        .respond_to_offer(pb::RespondToOfferRequest {
+            offer_id: offer.into(),
+            driver_id: driver.into(),
+            accept,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trip
+        .unwrap()
+}
+
+pub async fn accept(s: &TestServer, offer: &str, driver: &str) -> pb::Trip {
+    answer(s, offer, driver, true).await
+}
+
+pub async fn decline(s: &TestServer, offer: &str, driver: &str) -> pb::Trip {
+    answer(s, offer, driver, false).await
+}
