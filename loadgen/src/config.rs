@@ -107,6 +107,10 @@ pub struct Config {
     /// when loadgen started the server itself).
     #[arg(long)]
     pub leave_online: bool,
+    /// A file holding the bearer token to send (for a server with `auth.tokens`; it needs the
+    /// driver-gateway, rider-gateway and subscriber roles, and admin for nearby mode).
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -136,6 +140,7 @@ impl Default for Config {
             progress: false,
             id_prefix: String::new(),
             leave_online: false,
+            token_file: None,
         }
     }
 }

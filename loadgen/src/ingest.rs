@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::report::Report;
+use crate::rpc::Conn;
 use crate::rpc::{self, Ids};
 use crate::sim::add_summary;
 use crate::warmup::bring_online;
@@ -23,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 /// How long one stream stays open before it is closed for its summary.
 const SEGMENT: Duration = Duration::from_secs(2);
@@ -48,7 +48,7 @@ struct StreamResult {
 
 #[allow(clippy::too_many_arguments)]
 async fn push_stream(
-    channel: Channel,
+    channel: Conn,
     drivers: Vec<(String, f64, f64)>,
     batch_size: usize,
     seed: u64,
@@ -120,7 +120,7 @@ async fn push_stream(
 /// Runs ingest mode.
 pub(crate) async fn run(
     cfg: &Config,
-    channels: Vec<Channel>,
+    channels: Vec<Conn>,
     stop: impl Future<Output = ()>,
     progress: &Progress,
 ) -> Result<Report> {

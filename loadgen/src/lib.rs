@@ -60,7 +60,15 @@ pub async fn run_until(
     stop: impl Future<Output = ()>,
 ) -> Result<Report> {
     config.validate().map_err(Error::Config)?;
-    let channels = rpc::connect(target, config.connections).await?;
+    let token = match &config.token_file {
+        None => None,
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })?),
+    };
+    let auth = rpc::Auth::new(token.as_deref())?;
+    let channels = rpc::connect(target, config.connections, auth).await?;
     let progress = Progress::new(config.progress);
     let cpu_before = report::process_cpu_s();
     let report = match config.mode {

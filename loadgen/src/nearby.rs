@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::report::{Percentiles, Report, latency_histogram, record_us};
+use crate::rpc::Conn;
 use crate::rpc::{self, Ids};
 use crate::warmup::bring_online;
 use dispatch::pb;
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 /// Distinct query points (cycled through).
 const POINTS: usize = 4096;
@@ -35,7 +35,7 @@ struct ClientResult {
 }
 
 async fn query_loop(
-    channel: Channel,
+    channel: Conn,
     points: Arc<Vec<pb::LatLng>>,
     first: usize,
     deadline: Instant,
@@ -86,7 +86,7 @@ async fn query_loop(
 /// Runs nearby mode.
 pub(crate) async fn run(
     cfg: &Config,
-    channels: Vec<Channel>,
+    channels: Vec<Conn>,
     stop: impl Future<Output = ()>,
     progress: &Progress,
 ) -> Result<Report> {

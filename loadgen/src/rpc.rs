@@ -14,13 +14,59 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// Calls one worker keeps in flight at most; further calls wait in its queue.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
-/// Opens `n` HTTP/2 connections to `addr` (`host:port` or a full `http://` URI).
-pub async fn connect(addr: &str, n: usize) -> Result<Vec<Channel>> {
+/// Adds `authorization: Bearer <token>` to every call when the server wants a token.
+#[derive(Clone)]
+pub struct Auth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Auth {
+    // Hand-written so the token never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("token", &self.header.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Auth {
+    /// Sends `token` as a bearer token, or nothing when `None`.
+    pub fn new(token: Option<&str>) -> Result<Auth> {
+        let header = match token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| Error::Config("the token is not printable ASCII".into()))?,
+            ),
+        };
+        Ok(Auth { header })
+    }
+}
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to the server that authenticates every call (cheap to clone).
+pub type Conn = InterceptedService<Channel, Auth>;
+
+/// Opens `n` HTTP/2 connections to `addr` (`host:port` or a full `http://` URI), each sending
+/// `auth` with every call.
+pub async fn connect(addr: &str, n: usize, auth: Auth) -> Result<Vec<Conn>> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -43,7 +89,7 @@ pub async fn connect(addr: &str, n: usize) -> Result<Vec<Channel>> {
             addr: addr.to_string(),
             source,
         })?;
-        channels.push(ch);
+        channels.push(InterceptedService::new(ch, auth.clone()));
     }
     Ok(channels)
 }
@@ -198,8 +244,8 @@ pub enum CallKind {
 
 /// Makes one call and describes its outcome.
 async fn execute(
-    mut drivers: DriverServiceClient<Channel>,
-    mut riders: RiderServiceClient<Channel>,
+    mut drivers: DriverServiceClient<Conn>,
+    mut riders: RiderServiceClient<Conn>,
     call: Call,
 ) -> Done {
     let sent_at = Instant::now();
@@ -271,7 +317,7 @@ async fn execute(
 /// result to `done_tx`. Ends when `calls_rx` is closed and every call in flight finished, or
 /// when `done_tx` is closed.
 pub async fn worker(
-    channel: Channel,
+    channel: Conn,
     mut calls_rx: mpsc::UnboundedReceiver<Call>,
     done_tx: mpsc::UnboundedSender<Done>,
 ) {

@@ -109,10 +109,20 @@ impl ServerProcess {
                     "dispatchd exited with {status} before becoming ready"
                 )));
             }
-            if let Ok(mut client) = QueryServiceClient::connect(uri.clone()).await
-                && client.get_stats(pb::GetStatsRequest {}).await.is_ok()
-            {
-                return Ok(());
+            if let Ok(mut client) = QueryServiceClient::connect(uri.clone()).await {
+                match client.get_stats(pb::GetStatsRequest {}).await {
+                    Ok(_) => return Ok(()),
+                    // The service answered; it only wants a token this probe does not send.
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                        ) =>
+                    {
+                        return Ok(());
+                    }
+                    Err(_) => {}
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Server(format!(

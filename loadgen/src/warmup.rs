@@ -6,6 +6,7 @@
 
 use crate::city::City;
 use crate::fleet::{mix3, mix64, unit};
+use crate::rpc::Conn;
 use crate::rpc::{self, Ids};
 use dispatch::pb;
 use dispatch::pb::driver_service_client::DriverServiceClient;
@@ -13,7 +14,6 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tonic::transport::Channel;
 
 /// GoOnline calls in flight at most.
 const IN_FLIGHT: usize = 512;
@@ -33,7 +33,7 @@ pub(crate) struct Warmup {
 
 /// Puts `n` drivers online at seeded positions (half around demand hotspots, half uniform).
 pub(crate) async fn bring_online(
-    channels: &[Channel],
+    channels: &[Conn],
     city: &City,
     ids: &Ids,
     n: usize,
@@ -42,7 +42,7 @@ pub(crate) async fn bring_online(
     let mut rng = ChaCha8Rng::seed_from_u64(mix64(seed ^ 0x0A11_0E11));
     let fleet = crate::fleet::Fleet::new(city, n, seed, 4.0, &mut rng);
     let positions: Vec<(f64, f64)> = fleet.legs.iter().map(|l| city.to_lat_lng(l.from)).collect();
-    let clients: Vec<DriverServiceClient<Channel>> = channels
+    let clients: Vec<DriverServiceClient<Conn>> = channels
         .iter()
         .cloned()
         .map(DriverServiceClient::new)
@@ -86,8 +86,8 @@ pub(crate) async fn bring_online(
 
 /// Takes `drivers` offline after a run, with a bounded number of calls in flight. Returns how
 /// many calls failed (drivers on a trip refuse; that is expected and not reported).
-pub(crate) async fn take_offline(channels: &[Channel], ids: &Ids, drivers: &[usize]) -> u64 {
-    let clients: Vec<DriverServiceClient<Channel>> = channels
+pub(crate) async fn take_offline(channels: &[Conn], ids: &Ids, drivers: &[usize]) -> u64 {
+    let clients: Vec<DriverServiceClient<Conn>> = channels
         .iter()
         .cloned()
         .map(DriverServiceClient::new)

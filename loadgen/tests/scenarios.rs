@@ -16,17 +16,17 @@ struct TestServer {
 }
 
 async fn start_server() -> TestServer {
+    start_server_with(dispatch::config::Config::default()).await
+}
+
+async fn start_server_with(config: dispatch::config::Config) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = rx.await;
     };
-    tokio::spawn(dispatch::server::serve(
-        listener,
-        dispatch::config::Config::default(),
-        shutdown,
-    ));
+    tokio::spawn(dispatch::server::serve(listener, config, shutdown));
     TestServer {
         addr,
         _shutdown: tx,
@@ -149,4 +149,54 @@ async fn a_short_nearby_run_measures_queries() {
     assert!(report.nearby_queries > 0);
     assert_eq!(report.nearby_ms.count, report.nearby_queries);
     assert_monotone("nearby", &report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_tokens_is_driven_with_a_token_file() {
+    use dispatch::config::{AuthConfig, Role, TokenConfig};
+    let secret = "loadgen-test-secret";
+    let config = dispatch::config::Config {
+        auth: AuthConfig {
+            tokens: vec![TokenConfig {
+                name: "loadgen".into(),
+                token: secret.into(),
+                roles: vec![
+                    Role::DriverGateway,
+                    Role::RiderGateway,
+                    Role::Subscriber,
+                    Role::Admin,
+                ],
+            }],
+        },
+        ..dispatch::config::Config::default()
+    };
+    let server = start_server_with(config).await;
+    let token_file = std::env::temp_dir().join(format!("loadgen-token-{}", std::process::id()));
+    std::fs::write(&token_file, format!("{secret}\n")).unwrap();
+    let cfg = Config {
+        drivers: 100,
+        duration: Duration::from_secs(1),
+        drain: Duration::from_millis(200),
+        token_file: Some(token_file.clone()),
+        id_prefix: "tauth-".into(),
+        ..small_city(Mode::City)
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), loadgen::run(&cfg, &server.addr))
+        .await
+        .expect("the run stops by itself")
+        .expect("the run completes with the token");
+    assert_eq!(report.errors, 0, "{:?}", report.error_examples);
+    assert!(report.requests > 0);
+    // Without the token the server refuses the gateway streams, and the run says so.
+    let refused = Config {
+        token_file: None,
+        id_prefix: "tnoauth-".into(),
+        ..cfg
+    };
+    let err = loadgen::run(&refused, &server.addr).await.unwrap_err();
+    assert!(
+        err.to_string().contains("Unauthenticated") || err.to_string().contains("token"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&token_file);
 }

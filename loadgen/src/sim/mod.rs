@@ -16,6 +16,7 @@ use crate::fleet::{Fleet, Phase, mix3, mix64, unit};
 use crate::ledger::Ledger;
 use crate::progress::Progress;
 use crate::report::{Percentiles, Report, gini};
+use crate::rpc::Conn;
 use crate::rpc::{self, Call, CallKind, Done, Ids, TripAction};
 use dispatch::pb;
 use dispatch::pb::driver_notice::Notice;
@@ -31,7 +32,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::transport::Channel;
 
 mod react;
 mod streams;
@@ -211,7 +211,7 @@ impl Sim {
 /// `stop` resolves.
 pub(crate) async fn run(
     cfg: &Config,
-    channels: Vec<Channel>,
+    channels: Vec<Conn>,
     stop: impl Future<Output = ()>,
     progress: &Progress,
 ) -> Result<Report> {

@@ -5,7 +5,7 @@ use super::*;
 
 /// Opens the gateway offer streams and forwards every notice, stamped on arrival.
 pub(super) async fn open_offer_streams(
-    channels: &[Channel],
+    channels: &[Conn],
     ids: &Ids,
     gateways: usize,
     obs_tx: &mpsc::UnboundedSender<Observed>,
@@ -54,7 +54,7 @@ pub(super) async fn open_offer_streams(
 
 /// Subscribes to NO_DRIVERS dispatch events (from the next one on).
 pub(super) async fn open_event_stream(
-    channel: Channel,
+    channel: Conn,
     obs_tx: &mpsc::UnboundedSender<Observed>,
 ) -> Result<JoinHandle<()>> {
     let mut client = EventServiceClient::new(channel);
@@ -100,7 +100,7 @@ pub(super) type SummaryTask = JoinHandle<Result<pb::LocationSummary, tonic::Stat
 
 /// Opens one location stream per gateway; each task returns the stream's summary.
 pub(super) fn open_location_streams(
-    channels: &[Channel],
+    channels: &[Conn],
     gateways: usize,
 ) -> (Vec<mpsc::Sender<pb::LocationBatch>>, Vec<SummaryTask>) {
     let mut senders = Vec::with_capacity(gateways);
