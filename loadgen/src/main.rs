@@ -25,6 +25,13 @@ struct Cli {
     /// `--server-arg=--match-policy=batch` or `--server-arg=--ephemeral`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// The matching policy of the `dispatchd` loadgen starts: `greedy` or `batch` (the engine's
+    /// default is greedy). Recorded in the report, so greedy and batch runs compare side by side.
+    #[arg(long, value_parser = ["greedy", "batch"])]
+    policy: Option<String>,
+    /// With `--policy batch`: the batch window, milliseconds (engine default 2000).
+    #[arg(long)]
+    batch_window_ms: Option<u64>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -43,6 +50,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
         .enable_all()
         .build()
     {
@@ -66,14 +74,28 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.progress = !cli.no_progress && std::io::stderr().is_terminal();
     config.validate().map_err(loadgen::Error::Config)?;
 
+    let mut server_args = cli.server_args.clone();
+    if let Some(policy) = &cli.policy {
+        server_args.push(format!("--match-policy={policy}"));
+    }
+    if let Some(ms) = cli.batch_window_ms {
+        server_args.push(format!("--batch-window-ms={ms}"));
+    }
     let (server, target) = match cli.target {
+        Some(_) if cli.policy.is_some() || cli.batch_window_ms.is_some() => {
+            return Err(
+                "--policy and --batch-window-ms configure the dispatchd loadgen starts; \
+                        with --target, start that server with --match-policy instead"
+                    .into(),
+            );
+        }
         Some(t) => (None, t),
         None => {
             let bin = cli.server_bin.or_else(default_server_bin).ok_or(
                 "no --target and no dispatchd next to loadgen; build it (cargo build -p dispatch) or pass --server-bin",
             )?;
             eprintln!("loadgen: starting {}", bin.display());
-            let server = ServerProcess::start(&bin, &cli.server_args).await?;
+            let server = ServerProcess::start(&bin, &server_args).await?;
             // The server dies with the run; taking every driver offline first would only cost
             // time.
             config.leave_online = true;
@@ -95,7 +117,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(server) = server {
         server.stop();
     }
-    let report = result?;
+    let mut report = result?;
+    report.policy = cli.policy.clone();
 
     println!("loadgen report ({target})");
     print!("{}", report.table());

@@ -91,6 +91,9 @@ pub fn gini(counts: &[u32]) -> f64 {
 pub struct Report {
     /// `city`, `ingest` or `nearby`.
     pub mode: String,
+    /// The matching policy of the engine loadgen started (`greedy`, `batch`), when it set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// Length of the measured window, seconds (warm-up excluded).
     pub duration_s: f64,
     /// Simulated drivers.
