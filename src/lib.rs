@@ -12,7 +12,8 @@
 //! - [`matching`]: pickup ETA model, candidate scoring, and the batch assignment solver
 //!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
 //! - [`surge`]: demand over supply per H3 hexagon.
-//! - [`events`]: the ordered dispatch events and their in-memory fan-out bus.
+//! - [`events`]: the ordered dispatch events, their in-memory fan-out bus, and the durable
+//!   log they are committed to before any call is acknowledged (`events::log`).
 //! - [`engine`]: the single-owner dispatcher thread (greedy or batched matching) and the handle
 //!   to it.
 //! - [`config`]: settings and their embedded defaults.
@@ -24,8 +25,10 @@
 //!   TLS, metrics and graceful drain.
 //!
 //! Request flow: a gRPC call is validated in `grpc`, becomes a command on the engine's bounded
-//! channel, is executed by the dispatcher thread with `now` from the clock, and its events are
-//! published to the bus (subscribers, offer streams, trip watchers) before the reply returns.
+//! channel, is executed by the dispatcher thread with `now` from the clock (its state changes
+//! only by applying the events it emits), and its events are committed to the durable log,
+//! then published to the bus (subscribers, offer streams, trip watchers), before the reply
+//! returns. On start the engine replays the log to rebuild its state.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
