@@ -3,7 +3,8 @@
 //! Pins: greedy strands a request that batching serves (two requests, two drivers); a trip
 //! waits at most one window for its first offer; a lone trip gets its best driver; a failed
 //! offer sends the trip to the next batch, not the greedy path; cancelled trips drop out;
-//! unpaired trips wait for the next window; events say which policy matched.
+//! a request left unpaired at its first window is told at once, a trip whose offer failed waits
+//! for the next window; events say which policy matched.
 
 use std::time::Duration;
 
@@ -234,9 +235,9 @@ fn nobody_in_range_ends_at_once_as_in_greedy() {
 }
 
 #[test]
-fn unpaired_trips_wait_for_the_next_window() {
-    // Two riders, one driver: the solver pairs one; the other waits and gets the driver who
-    // comes online before the next window closes.
+fn a_request_left_unpaired_at_its_first_window_is_told_at_once() {
+    // Two riders, one driver: the solver pairs one; the other gets its answer when the window
+    // closes (NO_DRIVERS), not several windows later.
     let mut d = dispatcher(MatchPolicy::Batch);
     online(&mut d, T0, "a", 0.0);
     let r1 = request(&mut d, T0, "r1", 500.0);
@@ -247,11 +248,31 @@ fn unpaired_trips_wait_for_the_next_window() {
         Some("a"),
         "the nearer rider wins"
     );
-    assert_eq!(offered_to(&d, r2), None);
-    assert_eq!(d.trip(r2).unwrap().status, TripStatus::Searching);
-    online(&mut d, T0 + 3_000, "c", 2_100.0);
-    d.fire_due(T0 + 2 * WINDOW_MS);
-    assert_eq!(offered_to(&d, r2).as_deref(), Some("c"));
+    let t2 = d.trip(r2).unwrap();
+    assert_eq!(t2.status, TripStatus::NoDrivers);
+    assert_eq!(t2.ended_at_ms, T0 + WINDOW_MS);
+    d.check_invariants().unwrap();
+}
+
+#[test]
+fn a_trip_whose_offer_failed_waits_for_a_later_window_when_unpaired() {
+    let mut d = dispatcher(MatchPolicy::Batch);
+    online(&mut d, T0, "a", 0.0);
+    let r1 = request(&mut d, T0, "r1", 500.0);
+    d.fire_due(T0 + WINDOW_MS);
+    let offer = d.trip(r1).unwrap().offer.unwrap();
+    d.respond(T0 + WINDOW_MS + 10, offer, &id("a"), false)
+        .unwrap();
+    // Declined: r1 is back in a batch, but its only candidate already said no.
+    d.fire_due(T0 + 2 * WINDOW_MS + 10);
+    assert_eq!(d.trip(r1).unwrap().status, TripStatus::Searching);
+    online(&mut d, T0 + 3 * WINDOW_MS, "c", 2_100.0);
+    let mut now = T0 + 2 * WINDOW_MS + 10;
+    while offered_to(&d, r1).is_none() && now < T0 + 20_000 {
+        now += 100;
+        d.fire_due(now);
+    }
+    assert_eq!(offered_to(&d, r1).as_deref(), Some("c"));
     d.check_invariants().unwrap();
 }
 
