@@ -573,9 +573,13 @@ impl Runner {
                 class,
                 reply,
             } => {
-                answer!(reply, Ok(d.nearby(now, center, radius_m, limit, class)))
+                // Positions and surge demand are never logged, so these answers need not wait
+                // for a commit (and skip a hop through the log writer).
+                let _ = reply.send(Ok(d.nearby(now, center, radius_m, limit, class)));
             }
-            Command::Surge(point, r) => answer!(r, Ok(d.surge(now, point))),
+            Command::Surge(point, r) => {
+                let _ = r.send(Ok(d.surge(now, point)));
+            }
             Command::Stats(r) => answer!(r, Ok(d.stats())),
             Command::PendingOffers(gateway, r) => {
                 answer!(r, Ok((d.pending_offers(gateway.as_ref()), d.next_offset())))
