@@ -5,7 +5,6 @@
 //! `LocationSummary.accepted` counts, so every stream is closed every [`SEGMENT`] and reopened:
 //! that yields confirmed figures while running and bounds what an interrupted run loses.
 
-use crate::city::City;
 use crate::config::Config;
 use crate::error::Result;
 use crate::progress::Progress;
@@ -13,7 +12,7 @@ use crate::report::Report;
 use crate::rpc::Conn;
 use crate::rpc::{self, Ids};
 use crate::sim::add_summary;
-use crate::warmup::bring_online;
+use crate::warmup::{city_for, warm_up_report};
 use dispatch::pb;
 use dispatch::pb::driver_service_client::DriverServiceClient;
 use rand::{Rng, SeedableRng};
@@ -126,30 +125,13 @@ pub(crate) async fn run(
 ) -> Result<Report> {
     let ids = Ids::new(&cfg.id_prefix);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let city = City::new(
-        cfg.centre_lat,
-        cfg.centre_lng,
-        cfg.city_km,
-        cfg.block_m,
-        cfg.hotspots,
-        &mut rng,
-    );
-    let mut report = Report {
-        mode: "ingest".into(),
-        drivers: cfg.drivers as u64,
-        seed: cfg.seed,
-        ..Report::default()
-    };
-    progress.phase(&format!("bringing {} drivers online", cfg.drivers));
-    let warm_start = Instant::now();
-    let warm = bring_online(&channels, &city, &ids, cfg.drivers, cfg.seed).await;
-    report.warmup_s = warm_start.elapsed().as_secs_f64();
-    report.errors += warm.errors;
-    report.error_examples.extend(warm.examples);
+    let city = city_for(cfg, &mut rng);
+    let (mut report, positions) =
+        warm_up_report(cfg, "ingest", &channels, &city, &ids, progress).await;
 
     let streams = cfg.clients;
     let mut shares: Vec<Vec<(String, f64, f64)>> = vec![Vec::new(); streams];
-    for (i, &(lat, lng)) in warm.positions.iter().enumerate() {
+    for (i, &(lat, lng)) in positions.iter().enumerate() {
         shares[i % streams].push((ids.driver(i), lat, lng));
     }
     let stop_flag = Arc::new(AtomicBool::new(false));

@@ -4,14 +4,13 @@
 //! is the server's plus loopback, not a queue inside the load generator) at points drawn from
 //! the demand distribution, and keeps its own HdrHistogram; they are merged at the end.
 
-use crate::city::City;
 use crate::config::Config;
 use crate::error::Result;
 use crate::progress::Progress;
 use crate::report::{Percentiles, Report, latency_histogram, record_us};
 use crate::rpc::Conn;
 use crate::rpc::{self, Ids};
-use crate::warmup::bring_online;
+use crate::warmup::{city_for, warm_up_report};
 use dispatch::pb;
 use dispatch::pb::query_service_client::QueryServiceClient;
 use hdrhistogram::Histogram;
@@ -92,26 +91,8 @@ pub(crate) async fn run(
 ) -> Result<Report> {
     let ids = Ids::new(&cfg.id_prefix);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let city = City::new(
-        cfg.centre_lat,
-        cfg.centre_lng,
-        cfg.city_km,
-        cfg.block_m,
-        cfg.hotspots,
-        &mut rng,
-    );
-    let mut report = Report {
-        mode: "nearby".into(),
-        drivers: cfg.drivers as u64,
-        seed: cfg.seed,
-        ..Report::default()
-    };
-    progress.phase(&format!("bringing {} drivers online", cfg.drivers));
-    let warm_start = Instant::now();
-    let warm = bring_online(&channels, &city, &ids, cfg.drivers, cfg.seed).await;
-    report.warmup_s = warm_start.elapsed().as_secs_f64();
-    report.errors += warm.errors;
-    report.error_examples.extend(warm.examples);
+    let city = city_for(cfg, &mut rng);
+    let (mut report, _) = warm_up_report(cfg, "nearby", &channels, &city, &ids, progress).await;
 
     let points: Arc<Vec<pb::LatLng>> = Arc::new(
         (0..POINTS)

@@ -5,7 +5,10 @@
 //! connections; this takes a few seconds and is reported as `warmup_s`, outside the window.
 
 use crate::city::City;
+use crate::config::Config;
 use crate::fleet::{mix3, mix64, unit};
+use crate::progress::Progress;
+use crate::report::Report;
 use crate::rpc::Conn;
 use crate::rpc::{self, Ids};
 use dispatch::pb;
@@ -17,6 +20,43 @@ use rand_chacha::ChaCha8Rng;
 
 /// GoOnline calls in flight at most.
 const IN_FLIGHT: usize = 512;
+
+/// The seeded city every mode runs in: the same seed gives the same streets and hotspots.
+pub(crate) fn city_for(cfg: &Config, rng: &mut ChaCha8Rng) -> City {
+    City::new(
+        cfg.centre_lat,
+        cfg.centre_lng,
+        cfg.city_km,
+        cfg.block_m,
+        cfg.hotspots,
+        rng,
+    )
+}
+
+/// Brings the fleet online for a query-only mode (ingest, nearby) and starts its report with
+/// the warm-up's time and errors. Also returns each driver's starting position.
+pub(crate) async fn warm_up_report(
+    cfg: &Config,
+    mode: &str,
+    channels: &[Conn],
+    city: &City,
+    ids: &Ids,
+    progress: &Progress,
+) -> (Report, Vec<(f64, f64)>) {
+    let mut report = Report {
+        mode: mode.into(),
+        drivers: cfg.drivers as u64,
+        seed: cfg.seed,
+        ..Report::default()
+    };
+    progress.phase(&format!("bringing {} drivers online", cfg.drivers));
+    let start = tokio::time::Instant::now();
+    let warm = bring_online(channels, city, ids, cfg.drivers, cfg.seed).await;
+    report.warmup_s = start.elapsed().as_secs_f64();
+    report.errors += warm.errors;
+    report.error_examples.extend(warm.examples);
+    (report, warm.positions)
+}
 
 /// Outcome of a warm-up.
 #[derive(Debug, Default)]

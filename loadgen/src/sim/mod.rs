@@ -18,6 +18,7 @@ use crate::progress::Progress;
 use crate::report::{Percentiles, Report, gini};
 use crate::rpc::Conn;
 use crate::rpc::{self, Call, CallKind, Done, Ids, TripAction};
+use crate::warmup::city_for;
 use dispatch::pb;
 use dispatch::pb::driver_notice::Notice;
 use dispatch::pb::driver_service_client::DriverServiceClient;
@@ -217,14 +218,7 @@ pub(crate) async fn run(
 ) -> Result<Report> {
     let ids = Ids::new(&cfg.id_prefix);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let city = City::new(
-        cfg.centre_lat,
-        cfg.centre_lng,
-        cfg.city_km,
-        cfg.block_m,
-        cfg.hotspots,
-        &mut rng,
-    );
+    let city = city_for(cfg, &mut rng);
     let fleet = Fleet::new(
         &city,
         cfg.drivers,
