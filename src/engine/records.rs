@@ -72,11 +72,7 @@ pub(crate) struct DriverRecord {
 impl DriverRecord {
     /// Trips completed on the UTC day of `now_ms`.
     pub(crate) fn trips_on(&self, now_ms: u64) -> u32 {
-        if self.trips_day == day_of(now_ms) {
-            self.trips_today
-        } else {
-            0
-        }
+        trips_on(self.trips_today, self.trips_day, now_ms)
     }
 
     /// The snapshot handed to callers.
@@ -101,11 +97,16 @@ impl DriverRecord {
 impl Driver {
     /// Trips completed on the UTC day of `now_ms`.
     pub fn trips_on(&self, now_ms: u64) -> u32 {
-        if self.trips_day == day_of(now_ms) {
-            self.trips_today
-        } else {
-            0
-        }
+        trips_on(self.trips_today, self.trips_day, now_ms)
+    }
+}
+
+/// `trips_today` if it counts the UTC day of `now_ms`, else 0 (a new day).
+fn trips_on(trips_today: u32, trips_day: u64, now_ms: u64) -> u32 {
+    if trips_day == day_of(now_ms) {
+        trips_today
+    } else {
+        0
     }
 }
 

@@ -33,7 +33,7 @@ use super::records::{
 use crate::config::Config;
 use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, TripId};
 use crate::error::Error;
-use crate::events::{Event, OfferDetails};
+use crate::events::{Event, MatchPolicy, OfferDetails, TripStatus};
 use crate::index::SpatialIndex;
 use crate::surge::SurgeReading;
 
@@ -271,8 +271,8 @@ impl DispatchState {
             .trips
             .values()
             .filter(|e| {
-                e.trip.status == crate::events::TripStatus::Searching
-                    && e.trip.policy == crate::events::MatchPolicy::Greedy
+                e.trip.status == TripStatus::Searching
+                    && e.trip.policy == MatchPolicy::Greedy
                     && e.retry_at_ms.is_none()
             })
             .map(|e| e.trip.id)
@@ -323,8 +323,7 @@ impl DispatchState {
                 }
                 Timer::Retry(trip)
                     if self.trips.get(&trip).is_some_and(|e| {
-                        e.retry_at_ms == Some(at)
-                            && e.trip.status == crate::events::TripStatus::Searching
+                        e.retry_at_ms == Some(at) && e.trip.status == TripStatus::Searching
                     }) =>
                 {
                     return Some(Due::Retry(trip));
