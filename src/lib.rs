@@ -14,8 +14,13 @@
 //! - [`surge`]: demand over supply per H3 hexagon.
 //! - [`events`]: the ordered dispatch events, their in-memory fan-out bus, and the durable
 //!   log they are committed to before any call is acknowledged (`events::log`).
-//! - [`engine`]: the single-owner dispatcher thread (greedy or batched matching) and the handle
-//!   to it.
+//! - [`engine`]: the dispatch state and the decisions over it. `engine::state::DispatchState`
+//!   holds everything that is known and changes only by applying events (its non-durable part,
+//!   positions and surge demand, is named `Live`); `engine::dispatcher` holds the decisions
+//!   (drivers, trips, offers, search, batch, timers), which read the state and return events;
+//!   `engine::records::Trip::apply` is the one trip fold (the state and WatchTrip use it). The
+//!   dispatcher runs on its own thread (`runner`), recovers from the log on start (`recovery`),
+//!   and `Engine` is the handle to it.
 //! - [`config`]: settings and their embedded defaults.
 //! - [`config_load`]: defaults < TOML file < `DISPATCH_*` environment < flags, validated.
 //! - [`telemetry`]: Prometheus metrics (registry, `/metrics` endpoint) and trip log lines,
@@ -25,10 +30,10 @@
 //!   TLS, metrics and graceful drain.
 //!
 //! Request flow: a gRPC call is validated in `grpc`, becomes a command on the engine's bounded
-//! channel, is executed by the dispatcher thread with `now` from the clock (its state changes
-//! only by applying the events it emits), and its events are committed to the durable log,
-//! then published to the bus (subscribers, offer streams, trip watchers), before the reply
-//! returns. On start the engine replays the log to rebuild its state.
+//! channel, is executed by the dispatcher thread with `now` from the clock (a decision reads
+//! the state and returns events; applying them is the only way the state changes), and its
+//! events are committed to the durable log, then published to the bus (subscribers, offer
+//! streams, trip watchers), before the reply returns. On start the engine replays the log to rebuild its state.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

@@ -352,3 +352,96 @@ async fn sigkill_at_random_points_loses_nothing_acknowledged() {
         });
     eprintln!("trips by final status after {ROUNDS} crashes: {by_status:?}");
 }
+
+/// A driver holding a pending offer moves to another gateway (its gateway failed over); the
+/// process is killed with SIGKILL and restarted. The move was acknowledged, so it is durable:
+/// GetDriver names the new gateway, the new gateway's offer stream starts with the pending
+/// offer, and the offer's later cancel notice goes there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_change_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, channel) = spawn_server(dir.path()).await;
+    let mut d = DriverServiceClient::new(channel.clone());
+    let go_online = |gateway: &str| pb::GoOnlineRequest {
+        driver_id: "d-1".into(),
+        location: ll(40.7502, -73.99),
+        rating: 4.7,
+        vehicle_class: 0,
+        gateway_id: gateway.into(),
+    };
+    d.go_online(go_online("gw-old")).await.unwrap();
+    let trip = RiderServiceClient::new(channel.clone())
+        .request_trip(pb::RequestTripRequest {
+            rider_id: "r-1".into(),
+            request_id: String::new(),
+            pickup: ll(40.75, -73.99),
+            dropoff: ll(40.77, -73.97),
+            vehicle_class: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .trip
+        .unwrap();
+    assert!(!trip.offer_id.is_empty(), "the driver was offered the trip");
+    let moved = d
+        .go_online(go_online("gw-new"))
+        .await
+        .unwrap()
+        .into_inner()
+        .driver
+        .unwrap();
+    assert_eq!(moved.gateway_id, "gw-new");
+
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let (mut child, channel) = spawn_server(dir.path()).await;
+
+    let driver = QueryServiceClient::new(channel.clone())
+        .get_driver(pb::GetDriverRequest {
+            driver_id: "d-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .driver
+        .unwrap();
+    assert_eq!(driver.gateway_id, "gw-new", "the gateway change is durable");
+    assert_eq!(driver.offer_id, trip.offer_id);
+    let mut d = DriverServiceClient::new(channel.clone());
+    let mut new_gw = d
+        .subscribe_offers(pb::SubscribeOffersRequest {
+            gateway_id: "gw-new".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), new_gw.message())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap()
+        .unwrap();
+    match first.notice {
+        Some(pb::driver_notice::Notice::Offer(o)) => assert_eq!(o.offer_id, trip.offer_id),
+        other => panic!("the new gateway's stream must start with the pending offer: {other:?}"),
+    }
+    RiderServiceClient::new(channel.clone())
+        .cancel_trip(pb::CancelTripRequest {
+            trip_id: trip.trip_id.clone(),
+            rider_id: "r-1".into(),
+        })
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), new_gw.message())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap()
+        .unwrap();
+    match next.notice {
+        Some(pb::driver_notice::Notice::OfferCancelled(c)) => {
+            assert_eq!(c.offer_id, trip.offer_id);
+        }
+        other => panic!("the cancel notice goes to the new gateway: {other:?}"),
+    }
+    let _ = child.kill().await;
+}

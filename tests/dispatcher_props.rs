@@ -4,8 +4,9 @@
 //! event stream: offsets are gap-free; a driver never holds two offers or two trips at once; a
 //! trip never has two pending offers or two drivers; every offer ends exactly once; every trip
 //! ends at most once and the open ones are exactly those without an end. And the same inputs
-//! replay to the same events (the dispatcher is deterministic), and replaying the events into
-//! a fresh dispatcher (crash recovery) rebuilds the same durable state.
+//! replay to the same events (the dispatcher is deterministic), replaying the events into a
+//! fresh dispatcher (crash recovery) rebuilds the same `DispatchState` (its durable digest),
+//! and from there the recovered engine fires the same deadlines into the same events.
 //!
 //! Everything runs twice: under the greedy policy and under the batch policy (requests wait for
 //! a 500 ms window and are paired by the assignment solver), where every trip request and
@@ -106,6 +107,7 @@ fn run(ops: &[Op], policy: MatchPolicy) -> Result<Vec<Event>, TestCaseError> {
     let mut events = Vec::new();
     let mut trips: Vec<TripId> = Vec::new();
     let mut ended_offers: Vec<OfferId> = Vec::new();
+    let mut watched: Vec<(dispatch::engine::Trip, u64)> = Vec::new();
     let base = (40.75, -73.99);
     for op in ops {
         d.fire_due(now);
@@ -124,7 +126,8 @@ fn run(ops: &[Op], policy: MatchPolicy) -> Result<Vec<Event>, TestCaseError> {
                             .unwrap(),
                         rating: Rating::new(f64::from(*rating_tenths) / 10.0).unwrap(),
                         class: class(*c),
-                        gateway: Some(id("gw", driver % 2)),
+                        // A repeated GoOnline may move the driver to another gateway.
+                        gateway: Some(id("gw", (driver + rating_tenths) % 3)),
                     },
                 );
             }
@@ -150,6 +153,9 @@ fn run(ops: &[Op], policy: MatchPolicy) -> Result<Vec<Event>, TestCaseError> {
                 };
                 if let Ok((trip, false)) = d.request_trip(now, req) {
                     trips.push(trip.id);
+                    // A watcher as WatchTrip starts one: the snapshot, then every event from
+                    // the next offset on.
+                    watched.push((trip, d.next_offset()));
                 }
             }
             Op::Respond {
@@ -213,7 +219,7 @@ fn run(ops: &[Op], policy: MatchPolicy) -> Result<Vec<Event>, TestCaseError> {
                 if !pool.is_empty() {
                     let trip = pool[*pick as usize % pool.len()];
                     let Ok(t) = d.trip(trip) else { continue };
-                    let driver = t.driver.map(|(_, id)| id);
+                    let driver = t.driver;
                     let driver = if *wrong_driver {
                         Some(id("d", 98))
                     } else {
@@ -255,7 +261,17 @@ fn run(ops: &[Op], policy: MatchPolicy) -> Result<Vec<Event>, TestCaseError> {
         if let Err(broken) = d.check_invariants() {
             return Err(TestCaseError::fail(format!("after {op:?}: {broken}")));
         }
-        events.extend(d.take_events());
+        let new = d.take_events();
+        // One trip fold: a watched copy folded from the events equals the state's trip.
+        for (copy, from) in &mut watched {
+            for e in new.iter().filter(|e| e.offset >= *from) {
+                copy.apply(e);
+            }
+            if let Ok(t) = d.trip(copy.id) {
+                prop_assert_eq!(&*copy, &t, "watched snapshot diverged from the trip");
+            }
+        }
+        events.extend(new);
     }
     // Crash here: a fresh dispatcher replaying the events must hold the same durable state.
     let mut recovered = Dispatcher::new(&config(policy), dispatch::index::default_index(), 0);
@@ -271,9 +287,11 @@ fn run(ops: &[Op], policy: MatchPolicy) -> Result<Vec<Event>, TestCaseError> {
         recovered.take_events().is_empty(),
         "replay fired an overdue deadline"
     );
+    // replay(log) == state, over the whole `DispatchState` (every durable field, deadlines
+    // and the pending batch included).
     prop_assert_eq!(
-        recovered.durable_digest(),
-        d.durable_digest(),
+        recovered.state().durable_digest(),
+        d.state().durable_digest(),
         "replay diverged"
     );
     if let Err(broken) = recovered.check_invariants() {
@@ -284,14 +302,25 @@ fn run(ops: &[Op], policy: MatchPolicy) -> Result<Vec<Event>, TestCaseError> {
     // Let every remaining deadline pass: all offers expire and every trip that is still
     // searching reaches its dispatch deadline. The recovered engine gets there too.
     now += 3_600_000;
+    let tail_from = events.len();
     d.fire_due(now);
     events.extend(d.take_events());
     recovered.finish_recovery(crash_at);
     recovered.fire_due(now);
-    // Timers are not durable, so the recovered engine retries its searching trips in its own
-    // order (by trip id at `crash_at`) while the original fires them when they were due: both
-    // end the same trips the same way, but the end events may come in another order, so here
-    // the per-trip offset of the last event is left out.
+    // Every deadline is durable, so the recovered engine fires exactly what the original
+    // fires, in the same order: the same events and the same state.
+    let recovered_tail = recovered.take_events();
+    prop_assert_eq!(
+        &recovered_tail[..],
+        &events[tail_from..],
+        "recovery fired other events"
+    );
+    prop_assert_eq!(
+        recovered.state().durable_digest(),
+        d.state().durable_digest(),
+        "recovery diverged"
+    );
+    // (And, as before the deadlines were durable, without the per-trip event offsets.)
     prop_assert_eq!(
         without_event_offsets(&recovered.durable_digest()),
         without_event_offsets(&d.durable_digest()),
@@ -429,7 +458,26 @@ fn check_stream(
                     driver
                 );
             }
+            EventKind::SearchRetryScheduled { trip, retry_at_ms } => {
+                prop_assert!(
+                    trips_open.contains(trip),
+                    "retry of a trip that is not open"
+                );
+                prop_assert!(
+                    !offer_of_trip.contains_key(trip) && !driver_of_trip.contains_key(trip),
+                    "retry of trip {} that is not searching",
+                    trip
+                );
+                prop_assert!(*retry_at_ms > e.at_ms, "a retry must lie ahead");
+            }
+            EventKind::BatchFlushed {
+                next_flush_at_ms, ..
+            } => {
+                prop_assert_eq!(policy, MatchPolicy::Batch);
+                prop_assert!(*next_flush_at_ms > e.at_ms, "a flush must lie ahead");
+            }
             EventKind::DriverOnline { .. }
+            | EventKind::DriverProfileUpdated { .. }
             | EventKind::DriverArrived { .. }
             | EventKind::TripStarted { .. } => {}
         }

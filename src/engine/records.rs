@@ -1,10 +1,14 @@
-//! The dispatcher's records of drivers and trips. They are plain data owned by the dispatcher;
-//! clones of them are what the engine hands back to callers (a snapshot, never a live view).
+//! The records of drivers and trips, and the one fold of events into a [`Trip`].
+//!
+//! They are plain data owned by the dispatch state; clones of them are what the engine hands
+//! back to callers (a snapshot, never a live view). [`Trip::apply`] is the trip lifecycle,
+//! written once: the dispatch state folds every event into its trips with it, and WatchTrip
+//! folds the same events into the snapshot it streams, so the two cannot disagree.
 
 use std::sync::Arc;
 
 use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass};
-use crate::events::{CancelledBy, MatchPolicy, OfferDetails, TripStatus};
+use crate::events::{CancelledBy, Event, EventKind, MatchPolicy, OfferDetails, TripStatus};
 
 /// Where a driver is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +23,7 @@ pub enum DriverStatus {
     OnTrip(TripId),
 }
 
-/// A driver as the engine sees it.
+/// A driver as the engine sees it: its durable record plus its last known position.
 #[derive(Clone, Debug)]
 pub struct Driver {
     /// Caller-chosen id.
@@ -48,14 +52,61 @@ pub struct Driver {
     pub online_offset: u64,
 }
 
+/// A driver's durable record: everything about it that events set. Its position is not here
+/// but in the state's non-durable part (positions change between events).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct DriverRecord {
+    pub(crate) id: ExternalId,
+    pub(crate) key: DriverKey,
+    pub(crate) status: DriverStatus,
+    pub(crate) rating: Rating,
+    pub(crate) class: VehicleClass,
+    pub(crate) gateway: Option<ExternalId>,
+    pub(crate) acceptance_rate: f64,
+    pub(crate) trips_today: u32,
+    pub(crate) trips_day: u64,
+    pub(crate) free_since_ms: u64,
+    pub(crate) online_offset: u64,
+}
+
+impl DriverRecord {
+    /// Trips completed on the UTC day of `now_ms`.
+    pub(crate) fn trips_on(&self, now_ms: u64) -> u32 {
+        trips_on(self.trips_today, self.trips_day, now_ms)
+    }
+
+    /// The snapshot handed to callers.
+    pub(crate) fn snapshot(&self, position: LatLng) -> Driver {
+        Driver {
+            id: self.id.clone(),
+            key: self.key,
+            status: self.status,
+            position,
+            rating: self.rating,
+            class: self.class,
+            gateway: self.gateway.clone(),
+            acceptance_rate: self.acceptance_rate,
+            trips_today: self.trips_today,
+            trips_day: self.trips_day,
+            free_since_ms: self.free_since_ms,
+            online_offset: self.online_offset,
+        }
+    }
+}
+
 impl Driver {
     /// Trips completed on the UTC day of `now_ms`.
     pub fn trips_on(&self, now_ms: u64) -> u32 {
-        if self.trips_day == day_of(now_ms) {
-            self.trips_today
-        } else {
-            0
-        }
+        trips_on(self.trips_today, self.trips_day, now_ms)
+    }
+}
+
+/// `trips_today` if it counts the UTC day of `now_ms`, else 0 (a new day).
+fn trips_on(trips_today: u32, trips_day: u64, now_ms: u64) -> u32 {
+    if trips_day == day_of(now_ms) {
+        trips_today
+    } else {
+        0
     }
 }
 
@@ -66,7 +117,7 @@ pub(crate) fn day_of(now_ms: u64) -> u64 {
 
 /// A trip request and everything that happened to it. Its id is the offset of its
 /// TripRequested event.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Trip {
     /// Engine-issued id.
     pub id: TripId,
@@ -83,11 +134,9 @@ pub struct Trip {
     /// Requested class.
     pub class: VehicleClass,
     /// Assigned driver (ACCEPTED and later) or the driver holding the pending offer.
-    pub driver: Option<(DriverKey, ExternalId)>,
+    pub driver: Option<ExternalId>,
     /// The pending offer while OFFERED.
     pub offer: Option<OfferId>,
-    /// Drivers already offered this trip; never offered it again.
-    pub tried: Vec<DriverKey>,
     /// Pickup ETA of the offered or assigned driver, seconds.
     pub pickup_eta_s: f64,
     /// Surge at the pickup when requested.
@@ -110,8 +159,115 @@ pub struct Trip {
     pub last_event_offset: u64,
 }
 
+impl Trip {
+    /// The trip a TripRequested event creates (`None` for any other event). Its dispatch
+    /// deadline is `dispatch_timeout_ms` after the request.
+    pub fn requested(event: &Event, dispatch_timeout_ms: u64) -> Option<Trip> {
+        let EventKind::TripRequested {
+            trip,
+            rider,
+            request_id,
+            pickup,
+            dropoff,
+            class,
+            surge_multiplier,
+            policy,
+            ..
+        } = &event.kind
+        else {
+            return None;
+        };
+        Some(Trip {
+            id: *trip,
+            rider: rider.clone(),
+            request_id: request_id.clone(),
+            status: TripStatus::Searching,
+            pickup: *pickup,
+            dropoff: *dropoff,
+            class: *class,
+            driver: None,
+            offer: None,
+            pickup_eta_s: 0.0,
+            surge_multiplier: *surge_multiplier,
+            offers_made: 0,
+            requested_at_ms: event.at_ms,
+            assigned_at_ms: 0,
+            ended_at_ms: 0,
+            dispatch_deadline_ms: event.at_ms.saturating_add(dispatch_timeout_ms),
+            cancelled_by: None,
+            policy: *policy,
+            last_event_offset: event.offset,
+        })
+    }
+
+    /// Folds one event of this trip's lifecycle into it. Returns whether the event was one
+    /// (events of other trips, driver events and scheduling events change nothing). The
+    /// dispatch state and WatchTrip both use this, so a watched snapshot is always what
+    /// GetTrip would answer at the same offset.
+    pub fn apply(&mut self, event: &Event) -> bool {
+        if event.kind.trip() != Some(self.id) {
+            return false;
+        }
+        let now = event.at_ms;
+        match &event.kind {
+            EventKind::OfferSent(o) => {
+                self.status = TripStatus::Offered;
+                self.offer = Some(o.offer);
+                self.driver = Some(o.driver.clone());
+                self.pickup_eta_s = o.pickup_eta_s;
+                self.offers_made = o.attempt;
+            }
+            EventKind::OfferDeclined(_)
+            | EventKind::OfferExpired(_)
+            | EventKind::OfferCancelled(..) => {
+                self.status = TripStatus::Searching;
+                self.offer = None;
+                self.driver = None;
+            }
+            // The driver and the status move on with the TripAssigned that follows.
+            EventKind::OfferAccepted(_) => self.offer = None,
+            EventKind::TripAssigned {
+                driver,
+                pickup_eta_s,
+                policy,
+                ..
+            } => {
+                self.status = TripStatus::Accepted;
+                self.offer = None;
+                self.driver = Some(driver.clone());
+                self.pickup_eta_s = *pickup_eta_s;
+                self.assigned_at_ms = now;
+                self.policy = *policy;
+            }
+            EventKind::DriverArrived { .. } => self.status = TripStatus::Arrived,
+            EventKind::TripStarted { .. } => self.status = TripStatus::InProgress,
+            EventKind::TripCompleted { .. } => self.end(TripStatus::Completed, now),
+            EventKind::TripCancelled { by, .. } => {
+                self.cancelled_by = Some(*by);
+                self.end(TripStatus::Cancelled, now);
+            }
+            EventKind::NoDrivers { .. } => self.end(TripStatus::NoDrivers, now),
+            // Creation is `requested`; a retry being scheduled is not part of the lifecycle.
+            EventKind::TripRequested { .. } | EventKind::SearchRetryScheduled { .. } => {
+                return false;
+            }
+            EventKind::DriverOnline { .. }
+            | EventKind::DriverOffline { .. }
+            | EventKind::DriverProfileUpdated { .. }
+            | EventKind::BatchFlushed { .. } => return false,
+        }
+        self.last_event_offset = event.offset;
+        true
+    }
+
+    fn end(&mut self, status: TripStatus, now_ms: u64) {
+        self.status = status;
+        self.ended_at_ms = now_ms;
+    }
+}
+
 /// A pending offer.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct PendingOffer {
     pub(crate) details: Arc<OfferDetails>,
     pub(crate) driver: DriverKey,
@@ -128,6 +284,21 @@ pub enum OfferOutcome {
     Expired,
     /// Withdrawn (trip cancelled, driver offline).
     Cancelled,
+}
+
+/// Why a location update was not applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LocationRejection {
+    /// Bad coordinates (found at the edge).
+    InvalidCoordinates,
+    /// Bad driver id (found at the edge).
+    InvalidDriverId,
+    /// The driver never went online.
+    UnknownDriver,
+    /// The driver is offline.
+    DriverOffline,
+    /// Shed under overload (decided by the runner).
+    Shed,
 }
 
 /// One nearby available driver.

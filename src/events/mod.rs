@@ -1,5 +1,10 @@
 //! Dispatch events: every state change of a driver, trip or offer, in the order the dispatcher
 //! made it, each with a gap-free offset. [`bus`] fans them out to subscribers.
+//!
+//! They are the only way dispatch state changes (`engine::state::DispatchState::apply`), so
+//! besides the lifecycle events there are a few that only schedule: a driver's profile update,
+//! a search retry being armed, a batch flush re-armed. They make every deadline the engine
+//! keeps durable, so a restart resumes the same schedule instead of inventing one.
 
 pub mod bus;
 pub mod log;
@@ -143,6 +148,18 @@ pub enum EventKind {
         /// Gateway routing its offers.
         gateway: Option<ExternalId>,
     },
+    /// An online driver's profile changed (a repeated GoOnline with another rating, class or
+    /// gateway). Its pending offer, if any, is routed to the new gateway from here on.
+    DriverProfileUpdated {
+        /// The driver.
+        driver: ExternalId,
+        /// Rating.
+        rating: Rating,
+        /// Vehicle class.
+        class: VehicleClass,
+        /// Gateway routing its offers.
+        gateway: Option<ExternalId>,
+    },
     /// A driver went offline.
     DriverOffline {
         /// The driver.
@@ -224,6 +241,21 @@ pub enum EventKind {
         /// Status before cancelling.
         previous: TripStatus,
     },
+    /// A searching trip found no candidate; it searches again at `retry_at_ms` (greedy policy).
+    SearchRetryScheduled {
+        /// The trip.
+        trip: TripId,
+        /// When it searches again, ms since epoch (never past its dispatch deadline).
+        retry_at_ms: u64,
+    },
+    /// A batch was matched and some trips are still waiting (batch policy); the next batch is
+    /// matched at `next_flush_at_ms`.
+    BatchFlushed {
+        /// When the waiting trips are matched next, ms since epoch.
+        next_flush_at_ms: u64,
+        /// Trips still waiting.
+        waiting: u32,
+    },
     /// Nobody could be found or nobody accepted in time.
     NoDrivers {
         /// The trip.
@@ -239,8 +271,12 @@ impl EventKind {
     /// The trip concerned, if any.
     pub fn trip(&self) -> Option<TripId> {
         match self {
-            EventKind::DriverOnline { .. } | EventKind::DriverOffline { .. } => None,
+            EventKind::DriverOnline { .. }
+            | EventKind::DriverOffline { .. }
+            | EventKind::DriverProfileUpdated { .. }
+            | EventKind::BatchFlushed { .. } => None,
             EventKind::TripRequested { trip, .. }
+            | EventKind::SearchRetryScheduled { trip, .. }
             | EventKind::TripAssigned { trip, .. }
             | EventKind::DriverArrived { trip, .. }
             | EventKind::TripStarted { trip, .. }

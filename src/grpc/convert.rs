@@ -171,7 +171,7 @@ pub(crate) fn pb_trip(t: &Trip) -> pb::Trip {
         pickup: Some(pb_latlng(t.pickup)),
         dropoff: Some(pb_latlng(t.dropoff)),
         vehicle_class: pb_class(t.class).into(),
-        driver_id: id_string(t.driver.as_ref().map(|(_, id)| id)),
+        driver_id: id_string(t.driver.as_ref()),
         offer_id: id_string(t.offer),
         pickup_eta_s: t.pickup_eta_s,
         surge_multiplier: t.surge_multiplier,
@@ -244,6 +244,9 @@ pub(crate) fn pb_event_kind(kind: &EventKind) -> pb::EventKind {
     match kind {
         EventKind::DriverOnline { .. } => K::DriverOnline,
         EventKind::DriverOffline { .. } => K::DriverOffline,
+        EventKind::DriverProfileUpdated { .. } => K::DriverProfileUpdated,
+        EventKind::SearchRetryScheduled { .. } => K::SearchRetryScheduled,
+        EventKind::BatchFlushed { .. } => K::BatchFlushed,
         EventKind::TripRequested { .. } => K::TripRequested,
         EventKind::OfferSent(_) => K::OfferSent,
         EventKind::OfferAccepted(_) => K::OfferAccepted,
@@ -285,6 +288,33 @@ pub(crate) fn pb_event(e: &Event) -> pb::DispatchEvent {
             }));
         }
         EventKind::DriverOffline { driver } => out.driver_id = driver.to_string(),
+        EventKind::DriverProfileUpdated {
+            driver,
+            rating,
+            class,
+            gateway,
+        } => {
+            out.driver_id = driver.to_string();
+            out.detail = Some(Detail::DriverProfileUpdated(pb::DriverProfileDetail {
+                rating: rating.get(),
+                vehicle_class: pb_class(*class).into(),
+                gateway_id: id_string(gateway.as_ref()),
+            }));
+        }
+        EventKind::SearchRetryScheduled { retry_at_ms, .. } => {
+            out.detail = Some(Detail::SearchRetryScheduled(pb::SearchRetryDetail {
+                retry_at_ms: *retry_at_ms,
+            }));
+        }
+        EventKind::BatchFlushed {
+            next_flush_at_ms,
+            waiting,
+        } => {
+            out.detail = Some(Detail::BatchFlushed(pb::BatchFlushedDetail {
+                next_flush_at_ms: *next_flush_at_ms,
+                waiting_trips: *waiting,
+            }));
+        }
         EventKind::TripRequested {
             rider,
             request_id,
@@ -362,65 +392,4 @@ pub(crate) fn pb_event(e: &Event) -> pb::DispatchEvent {
         }
     }
     out
-}
-
-/// Applies one event about a trip to a wire snapshot of that trip (for WatchTrip).
-pub(crate) fn apply_to_trip(trip: &mut pb::Trip, e: &Event) {
-    use pb::TripStatus as S;
-    trip.last_event_offset = e.offset;
-    match &e.kind {
-        EventKind::OfferSent(o) => {
-            trip.set_status(S::Offered);
-            trip.driver_id = o.driver.to_string();
-            trip.offer_id = o.offer.to_string();
-            trip.pickup_eta_s = o.pickup_eta_s;
-            trip.offers_made = o.attempt;
-        }
-        EventKind::OfferDeclined(_)
-        | EventKind::OfferExpired(_)
-        | EventKind::OfferCancelled(..) => {
-            trip.set_status(S::Searching);
-            trip.driver_id.clear();
-            trip.offer_id.clear();
-        }
-        EventKind::OfferAccepted(_) => trip.offer_id.clear(),
-        EventKind::TripAssigned {
-            driver,
-            pickup_eta_s,
-            policy,
-            ..
-        } => {
-            trip.set_status(S::Accepted);
-            trip.driver_id = driver.to_string();
-            trip.pickup_eta_s = *pickup_eta_s;
-            trip.assigned_at_ms = e.at_ms;
-            trip.set_policy(pb_policy(*policy));
-        }
-        EventKind::DriverArrived { .. } => trip.set_status(S::Arrived),
-        EventKind::TripStarted { .. } => trip.set_status(S::InProgress),
-        EventKind::TripCompleted { .. } => {
-            trip.set_status(S::Completed);
-            trip.ended_at_ms = e.at_ms;
-        }
-        EventKind::TripCancelled { by, .. } => {
-            trip.set_status(S::Cancelled);
-            trip.set_cancelled_by(pb_cancelled_by(*by));
-            trip.ended_at_ms = e.at_ms;
-        }
-        EventKind::NoDrivers { .. } => {
-            trip.set_status(S::NoDrivers);
-            trip.ended_at_ms = e.at_ms;
-        }
-        EventKind::TripRequested { .. }
-        | EventKind::DriverOnline { .. }
-        | EventKind::DriverOffline { .. } => {}
-    }
-}
-
-/// Whether a wire trip status is terminal.
-pub(crate) fn is_terminal(status: i32) -> bool {
-    matches!(
-        pb::TripStatus::try_from(status),
-        Ok(pb::TripStatus::Completed | pb::TripStatus::Cancelled | pb::TripStatus::NoDrivers)
-    )
 }

@@ -5,7 +5,7 @@
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, apply_to_trip, is_terminal, pb_event, pb_trip};
+use super::convert::{self, pb_event, pb_trip};
 use super::follow::{Step, follow};
 use super::status;
 use crate::engine::{Engine, TripRequest};
@@ -56,10 +56,9 @@ impl RiderService for RiderApi {
         request: Request<pb::WatchTripRequest>,
     ) -> Result<Response<Self::WatchTripStream>, Status> {
         let id = convert::trip_id(&request.into_inner().trip_id)?;
-        let (trip, from) = self.engine.trip(id).await.map_err(status)?;
-        let mut snapshot = pb_trip(&trip);
+        let (mut trip, from) = self.engine.trip(id).await.map_err(status)?;
         let first = pb::TripUpdate {
-            trip: Some(snapshot.clone()),
+            trip: Some(pb_trip(&trip)),
             event: None,
         };
         if trip.status.is_terminal() {
@@ -68,16 +67,18 @@ impl RiderService for RiderApi {
             let _ = tx.try_send(Ok(first));
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
+        // The same fold the dispatch state uses (`Trip::apply`), so each snapshot is what
+        // GetTrip answers at that offset; events that are not part of the trip's lifecycle
+        // (other trips, scheduling) are skipped.
         let stream = follow(&self.engine, from, vec![first], move |event| {
-            if event.kind.trip() != Some(id) {
+            if !trip.apply(event) {
                 return Step::Skip;
             }
-            apply_to_trip(&mut snapshot, event);
             let update = pb::TripUpdate {
-                trip: Some(snapshot.clone()),
+                trip: Some(pb_trip(&trip)),
                 event: Some(pb_event(event)),
             };
-            if is_terminal(snapshot.status) {
+            if trip.status.is_terminal() {
                 Step::Last(update)
             } else {
                 Step::Send(update)

@@ -69,7 +69,11 @@ impl Observer {
         let m = &self.metrics;
         let at = event.at_ms;
         match &event.kind {
-            EventKind::DriverOnline { .. } | EventKind::DriverOffline { .. } => {}
+            EventKind::DriverOnline { .. }
+            | EventKind::DriverOffline { .. }
+            | EventKind::DriverProfileUpdated { .. }
+            | EventKind::SearchRetryScheduled { .. }
+            | EventKind::BatchFlushed { .. } => {}
             EventKind::TripRequested {
                 trip,
                 rider,

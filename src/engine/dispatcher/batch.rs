@@ -19,84 +19,80 @@
 //! whose earlier offer failed keeps rejoining batches until its dispatch deadline, as greedy
 //! keeps retrying.
 //!
-//! The pending batch is scheduling state, like the timers: it is not an event and not durable.
-//! Its members are exactly the SEARCHING batch-policy trips, which recovery re-enters through
-//! the retry timers `finish_recovery` sets. Every state change still goes through `emit` and
-//! `apply` (`OfferSent`, `NoDrivers`), so replaying the log reproduces what batching did.
-
-use std::cmp::Reverse;
+//! The pending batch is durable state: its members are exactly the SEARCHING batch-policy
+//! trips (joining and leaving happen in `apply`, on the events that make a trip search or stop
+//! searching), and its flush time is armed by the first join and re-armed by the BatchFlushed
+//! event a flush ends with while trips are still waiting.
 
 use rustc_hash::FxHashMap;
 
-use super::search::Choice;
-use super::{Dispatcher, Timer};
+use super::{Choice, Decide, Dispatcher};
 use crate::domain::{DriverKey, TripId};
-use crate::events::TripStatus;
+use crate::events::{EventKind, TripStatus};
 use crate::matching::assign::{self, Edge, Unassigned};
 
-impl Dispatcher {
-    /// Adds a SEARCHING trip to the pending batch, arming the flush if the batch was empty.
-    /// O(log t) for t pending timers.
-    pub(super) fn join_batch(&mut self, trip: TripId, now_ms: u64) {
-        self.batch.push(trip);
-        if self.batch_flush_at_ms.is_none() {
-            let at = now_ms.saturating_add(self.batch_window_ms);
-            self.batch_flush_at_ms = Some(at);
-            self.timers.push(Reverse((at, Timer::BatchFlush)));
-        }
-    }
-
+impl Decide<'_> {
     /// Matches the pending batch: trips past their dispatch deadline end as NO_DRIVERS; a lone
     /// trip is offered its best candidate (no solver); otherwise the candidates of all trips
     /// are paired by a minimum-cost assignment and each paired trip is offered its driver.
     /// Unpaired trips never offered end as NO_DRIVERS; those whose offer failed wait for the
-    /// next window.
+    /// next window (BatchFlushed re-arms it).
     ///
     /// # Runtime
     /// For b trips with up to c candidates each: b candidate searches (as greedy), plus the
     /// assignment over at most b·c edges (see [`assign::solve`]), plus one offer per pair.
-    pub(super) fn flush_batch(&mut self, now_ms: u64) {
-        self.batch_flush_at_ms = None;
-        let mut pending = std::mem::take(&mut self.batch);
-        // Trip ids grow with request time, so this is oldest first, and deterministic.
-        pending.sort_unstable();
-        pending.dedup();
-        let mut rows: Vec<TripId> = Vec::with_capacity(pending.len());
-        for trip_id in pending {
-            let Some(trip) = self.trips.get(&trip_id) else {
+    fn flush_batch(&mut self) {
+        let s = self.s;
+        let mut rows: Vec<TripId> = Vec::with_capacity(s.batch().len());
+        // Trip ids grow with request time, so the set's order is oldest first, and
+        // deterministic.
+        for &trip_id in s.batch() {
+            let Some(trip) = s.trip(trip_id) else {
                 continue;
             };
-            // Cancelled or otherwise moved on while waiting.
             if trip.status != TripStatus::Searching {
                 continue;
             }
-            if now_ms >= trip.dispatch_deadline_ms {
-                self.end_no_drivers(trip_id, now_ms);
+            if self.now_ms >= trip.dispatch_deadline_ms {
+                self.no_drivers(trip);
             } else {
                 rows.push(trip_id);
             }
         }
         let unpaired = match rows.as_slice() {
             [] => Vec::new(),
-            [single] => self.offer_best(*single, now_ms),
-            _ => self.offer_assigned(&rows, now_ms),
+            [single] => self.offer_best(*single),
+            _ => self.offer_assigned(&rows),
         };
-        for trip in unpaired {
-            if self.trips.get(&trip).is_some_and(|t| t.offers_made == 0) {
-                self.end_no_drivers(trip, now_ms);
+        let mut waiting = 0;
+        for trip_id in unpaired {
+            let Some(trip) = s.trip(trip_id) else {
+                continue;
+            };
+            if trip.offers_made == 0 {
+                self.no_drivers(trip);
             } else {
-                self.join_batch(trip, now_ms);
+                waiting += 1;
             }
+        }
+        if waiting > 0 {
+            self.emit(EventKind::BatchFlushed {
+                next_flush_at_ms: self.now_ms.saturating_add(s.batch_window_ms()),
+                waiting,
+            });
         }
     }
 
     /// A batch of one: the best candidate, as greedy would. Returns the trip if unpaired.
-    fn offer_best(&mut self, trip_id: TripId, now_ms: u64) -> Vec<TripId> {
-        let trip = &self.trips[&trip_id];
-        let (pickup, class, tried) = (trip.pickup, trip.class, trip.tried.clone());
-        match self.find_best(pickup, class, &tried, now_ms).0 {
+    fn offer_best(&mut self, trip_id: TripId) -> Vec<TripId> {
+        let s = self.s;
+        let Some(entry) = s.entry(trip_id) else {
+            return Vec::new();
+        };
+        let trip = &entry.trip;
+        match self.find_best(trip.pickup, trip.class, &entry.tried).0 {
             Some(choice) => {
-                self.make_offer(trip_id, choice, now_ms);
+                self.offer_trip(trip, &choice);
                 Vec::new()
             }
             None => vec![trip_id],
@@ -105,15 +101,18 @@ impl Dispatcher {
 
     /// Solves the assignment for `rows` and offers each paired trip its driver. Returns the
     /// unpaired trips.
-    fn offer_assigned(&mut self, rows: &[TripId], now_ms: u64) -> Vec<TripId> {
+    fn offer_assigned(&mut self, rows: &[TripId]) -> Vec<TripId> {
+        let s = self.s;
         let mut choices: Vec<Choice> = Vec::new();
         let mut edges: Vec<Edge> = Vec::new();
         let mut col_of: FxHashMap<DriverKey, usize> = FxHashMap::default();
-        let mut scratch = std::mem::take(&mut self.choices);
+        let mut scratch = std::mem::take(&mut self.scratch.choices);
         for (row, trip_id) in rows.iter().enumerate() {
-            let trip = &self.trips[trip_id];
-            let (pickup, class, tried) = (trip.pickup, trip.class, trip.tried.clone());
-            self.candidates(pickup, class, &tried, now_ms, &mut scratch);
+            let Some(entry) = s.entry(*trip_id) else {
+                continue;
+            };
+            let trip = &entry.trip;
+            self.candidates(trip.pickup, trip.class, &entry.tried, &mut scratch);
             for c in &scratch {
                 let next = col_of.len();
                 let col = *col_of.entry(c.key).or_insert(next);
@@ -125,7 +124,7 @@ impl Dispatcher {
                 choices.push(*c);
             }
         }
-        self.choices = scratch;
+        self.scratch.choices = scratch;
         let solution = assign::solve(
             rows.len(),
             col_of.len(),
@@ -142,11 +141,34 @@ impl Dispatcher {
         }
         let mut unpaired = Vec::new();
         for (trip_id, choice) in rows.iter().zip(choice_for_row) {
-            match choice {
-                Some(choice) => self.make_offer(*trip_id, choice, now_ms),
-                None => unpaired.push(*trip_id),
+            match (choice, s.trip(*trip_id)) {
+                // The solver pairs each driver with at most one trip, so these offers, all
+                // decided from the same state, never share a driver.
+                (Some(choice), Some(trip)) => self.offer_trip(trip, &choice),
+                _ => unpaired.push(*trip_id),
             }
         }
         unpaired
+    }
+
+    /// After a recovery: a batch whose flush fell due while the engine was down waits one
+    /// fresh window from now instead of being matched against drivers that have not
+    /// re-reported yet.
+    pub(super) fn rearm_overdue_batch(&mut self) {
+        let s = self.s;
+        if let Some(at) = s.batch_flush_at_ms()
+            && at < self.now_ms
+        {
+            self.emit(EventKind::BatchFlushed {
+                next_flush_at_ms: self.now_ms.saturating_add(s.batch_window_ms()),
+                waiting: s.batch().len() as u32,
+            });
+        }
+    }
+}
+
+impl Dispatcher {
+    pub(super) fn flush_batch(&mut self, now_ms: u64) {
+        self.decide(now_ms, |c| c.flush_batch());
     }
 }

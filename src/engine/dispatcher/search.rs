@@ -1,44 +1,44 @@
-//! Finding and scoring candidates: the read side of matching. Nothing here changes dispatch
-//! state (only the reusable scratch buffer), so greedy and batched policies can share it.
+//! Finding and scoring candidates: the read side of matching, and the one place the ETA model
+//! is used. It reads the state and writes only the decision-side scratch buffers, so greedy,
+//! batched matching and the nearby query share it.
 
+use super::{Decide, Dispatcher};
 use crate::domain::{DriverKey, LatLng, VehicleClass};
 use crate::engine::records::NearbyDriver;
 use crate::matching::{CandidateFacts, ScoreBreakdown};
-use crate::surge::SurgeReading;
-
-use super::Dispatcher;
 
 /// A scored candidate for a trip.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Choice {
-    pub(super) key: DriverKey,
-    pub(super) distance_m: f64,
-    pub(super) eta_s: f64,
-    pub(super) score: ScoreBreakdown,
+pub(crate) struct Choice {
+    pub(crate) key: DriverKey,
+    pub(crate) distance_m: f64,
+    pub(crate) eta_s: f64,
+    pub(crate) score: ScoreBreakdown,
 }
 
-impl Dispatcher {
+impl Decide<'_> {
     /// The available drivers within the search radius serving `class`, except `tried`,
-    /// nearest first (up to `max_candidates`), each with its ETA and score.
+    /// nearest first (up to `max_candidates`), each with its ETA and score, into `out`.
     pub(super) fn candidates(
         &mut self,
         pickup: LatLng,
         class: VehicleClass,
         tried: &[DriverKey],
-        now_ms: u64,
         out: &mut Vec<Choice>,
     ) {
         out.clear();
-        let drivers = &self.drivers;
-        self.index.nearest(
+        let s = self.s;
+        let now_ms = self.now_ms;
+        let neighbors = &mut self.scratch.neighbors;
+        s.index().nearest(
             pickup,
-            self.search_radius_m,
-            self.max_candidates,
-            &mut |k| drivers[k.0 as usize].class.serves(class) && !tried.contains(&k),
-            &mut self.scratch,
+            self.rules.search_radius_m,
+            self.rules.max_candidates,
+            &mut |k| s.record(k).class.serves(class) && !tried.contains(&k),
+            neighbors,
         );
-        for n in &self.scratch {
-            let d = &self.drivers[n.key.0 as usize];
+        for n in neighbors.iter() {
+            let d = s.record(n.key);
             let eta_s = self.eta.eta_s(n.position, pickup, n.distance_m, now_ms);
             let score = self.scorer.score(&CandidateFacts {
                 eta_s,
@@ -62,10 +62,9 @@ impl Dispatcher {
         pickup: LatLng,
         class: VehicleClass,
         tried: &[DriverKey],
-        now_ms: u64,
     ) -> (Option<Choice>, u32) {
-        let mut choices = std::mem::take(&mut self.choices);
-        self.candidates(pickup, class, tried, now_ms, &mut choices);
+        let mut choices = std::mem::take(&mut self.scratch.choices);
+        self.candidates(pickup, class, tried, &mut choices);
         let mut best: Option<Choice> = None;
         for c in &choices {
             if best.is_none_or(|b| c.score.total > b.score.total) {
@@ -73,10 +72,46 @@ impl Dispatcher {
             }
         }
         let found = choices.len() as u32;
-        self.choices = choices;
+        self.scratch.choices = choices;
         (best, found)
     }
 
+    fn nearby(
+        &mut self,
+        center: LatLng,
+        radius_m: f64,
+        limit: usize,
+        class: VehicleClass,
+    ) -> Vec<NearbyDriver> {
+        let s = self.s;
+        let neighbors = &mut self.scratch.neighbors;
+        s.index().nearest(
+            center,
+            radius_m,
+            limit,
+            &mut |k| s.record(k).class.serves(class),
+            neighbors,
+        );
+        neighbors
+            .iter()
+            .map(|n| {
+                let d = s.record(n.key);
+                NearbyDriver {
+                    id: d.id.clone(),
+                    position: n.position,
+                    distance_m: n.distance_m,
+                    eta_s: self
+                        .eta
+                        .eta_s(n.position, center, n.distance_m, self.now_ms),
+                    rating: d.rating,
+                    class: d.class,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Dispatcher {
     /// Available drivers within `radius_m` of `center` serving `class`, nearest first.
     pub fn nearby(
         &mut self,
@@ -86,33 +121,6 @@ impl Dispatcher {
         limit: usize,
         class: VehicleClass,
     ) -> Vec<NearbyDriver> {
-        let drivers = &self.drivers;
-        self.index.nearest(
-            center,
-            radius_m,
-            limit,
-            &mut |k| drivers[k.0 as usize].class.serves(class),
-            &mut self.scratch,
-        );
-        self.scratch
-            .iter()
-            .map(|n| {
-                let d = &self.drivers[n.key.0 as usize];
-                NearbyDriver {
-                    id: d.id.clone(),
-                    position: n.position,
-                    distance_m: n.distance_m,
-                    eta_s: self.eta.eta_s(n.position, center, n.distance_m, now_ms),
-                    rating: d.rating,
-                    class: d.class,
-                }
-            })
-            .collect()
-    }
-
-    /// The surge at `point`, with supply counted by the index around it.
-    pub(super) fn surge_reading(&mut self, point: LatLng, now_ms: u64) -> SurgeReading {
-        let supply = self.index.count_near(point, self.surge.supply_radius_m()) as u64;
-        self.surge.reading(point, supply, now_ms)
+        self.decide(now_ms, |c| c.nearby(center, radius_m, limit, class))
     }
 }

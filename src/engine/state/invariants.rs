@@ -1,14 +1,18 @@
-//! The dispatcher's cross-record invariants, checked by tests after every step (and cheap
-//! enough to run in debug builds of simulations).
+//! The state's cross-record invariants, checked by tests after every step (and cheap enough to
+//! run in debug builds of simulations), and its canonical digest: the text that `replay(log)`
+//! must reproduce exactly.
 
-use super::Dispatcher;
+use std::fmt::Write;
+
+use super::DispatchState;
 use crate::engine::records::{DriverStatus, Stats};
-use crate::events::TripStatus;
+use crate::events::{MatchPolicy, TripStatus};
 
-impl Dispatcher {
+impl DispatchState {
     /// Checks the cross-record invariants; returns what is broken. Used by tests after every
     /// step: a driver holds at most one offer and one trip, a trip at most one offer and one
-    /// driver, AVAILABLE drivers and only they are in the index, counters match the records.
+    /// driver, AVAILABLE drivers and only they are in the index, counters match the records,
+    /// every searching trip has its next search scheduled (a retry or the pending batch).
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut by_state = [0u64; 4];
         for d in &self.drivers {
@@ -28,15 +32,15 @@ impl Dispatcher {
                 }
                 DriverStatus::OnTrip(t) => {
                     by_state[3] += 1;
-                    let trip = self
-                        .trips
-                        .get(&t)
+                    let entry = self
+                        .entry(t)
                         .ok_or(format!("{} on unknown trip {t}", d.id))?;
+                    let trip = &entry.trip;
                     let assigned = matches!(
                         trip.status,
                         TripStatus::Accepted | TripStatus::Arrived | TripStatus::InProgress
                     );
-                    if !assigned || trip.driver.as_ref().map(|x| x.0) != Some(d.key) {
+                    if !assigned || entry.driver_key != Some(d.key) {
                         return Err(format!(
                             "{} on trip {t} which is {:?} with {:?}",
                             d.id, trip.status, trip.driver
@@ -69,8 +73,7 @@ impl Dispatcher {
         }
         for (id, p) in &self.offers {
             let trip = self
-                .trips
-                .get(&p.details.trip)
+                .trip(p.details.trip)
                 .ok_or(format!("offer {id} for unknown trip"))?;
             if trip.status != TripStatus::Offered || trip.offer != Some(*id) {
                 return Err(format!(
@@ -85,7 +88,22 @@ impl Dispatcher {
             }
         }
         let mut open = 0;
-        for trip in self.trips.values() {
+        for entry in self.trips.values() {
+            let trip = &entry.trip;
+            if trip.status == TripStatus::Searching {
+                let scheduled = match trip.policy {
+                    MatchPolicy::Greedy => entry.retry_at_ms.is_some(),
+                    MatchPolicy::Batch => self.batch.contains(&trip.id),
+                };
+                if !scheduled {
+                    return Err(format!("searching trip {} has no next search", trip.id));
+                }
+            } else if self.batch.contains(&trip.id) || entry.retry_at_ms.is_some() {
+                return Err(format!(
+                    "trip {} is {:?} but scheduled",
+                    trip.id, trip.status
+                ));
+            }
             if !trip.status.is_terminal() {
                 open += 1;
                 if self.open_by_rider.get(&trip.rider) != Some(&trip.id) {
@@ -100,7 +118,10 @@ impl Dispatcher {
             {
                 return Err(format!("trip {} OFFERED without a pending offer", trip.id));
             }
-            if let (Some((key, _)), true) = (&trip.driver, !trip.status.is_terminal()) {
+            if entry.driver_key.is_some() != trip.driver.is_some() && !trip.status.is_terminal() {
+                return Err(format!("trip {} driver key and id disagree", trip.id));
+            }
+            if let (Some(key), true) = (&entry.driver_key, !trip.status.is_terminal()) {
                 let expected = match trip.status {
                     TripStatus::Offered => trip.offer.map(DriverStatus::Offered),
                     TripStatus::Searching => None,
@@ -114,6 +135,13 @@ impl Dispatcher {
                 }
             }
         }
+        if self.batch.is_empty() != self.batch_flush_at_ms.is_none() {
+            return Err(format!(
+                "batch of {} with flush {:?}",
+                self.batch.len(),
+                self.batch_flush_at_ms
+            ));
+        }
         if open != self.open_by_rider.len() {
             return Err(format!(
                 "{open} open trips but {} riders with one",
@@ -123,42 +151,63 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// A canonical text of the durable state: everything `replay` must rebuild (driver states,
-    /// acceptance, trips today; trips; pending and recently ended offers; indexes by rider and
-    /// request; id counters; event offset; counters except location updates). Positions and
-    /// online drivers' profile updates are not in it: they are not events, by design.
+    /// A canonical text of the durable state: everything `replay` must rebuild. Drivers
+    /// (status, profile, acceptance, trips today, free since, online offset); trips with what
+    /// only the engine keeps about them (driver key, tried drivers, retry); pending offers as
+    /// sent (gateway included) and recently ended ones; indexes by rider and request; every
+    /// queued deadline; the pending batch and its flush; the next offset; the counters except
+    /// location updates. Positions and surge demand are not in it: they are the non-durable
+    /// part, by design.
     pub fn durable_digest(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
         for d in &self.drivers {
             let _ = writeln!(
                 out,
-                "driver {} {:?} acc={:.12} trips={}@{} free={}",
-                d.id, d.status, d.acceptance_rate, d.trips_today, d.trips_day, d.free_since_ms
+                "driver {} {:?} {:?} {:?} gw={:?} acc={:.12} trips={}@{} free={} online@{}",
+                d.id,
+                d.status,
+                d.rating,
+                d.class,
+                d.gateway,
+                d.acceptance_rate,
+                d.trips_today,
+                d.trips_day,
+                d.free_since_ms,
+                d.online_offset
             );
         }
         let mut trips: Vec<_> = self.trips.values().collect();
-        trips.sort_by_key(|t| t.id);
-        for t in trips {
-            let _ = writeln!(out, "{t:?}");
+        trips.sort_by_key(|e| e.trip.id);
+        for e in trips {
+            let _ = writeln!(
+                out,
+                "trip {} key={:?} tried={:?} retry={:?}",
+                e.trip.id, e.driver_key, e.tried, e.retry_at_ms
+            );
+            let _ = writeln!(out, "{:?}", e.trip);
         }
-        let mut offers: Vec<_> = self.offers.iter().map(|(id, p)| (*id, p.driver)).collect();
-        offers.sort();
+        let mut offers: Vec<_> = self.offers.iter().collect();
+        offers.sort_by_key(|(id, _)| **id);
+        for (id, p) in offers {
+            let _ = writeln!(out, "offer {id} {:?} {:?}", p.driver, p.details);
+        }
         let mut ended: Vec<_> = self.ended_offers.iter().map(|(id, o)| (*id, *o)).collect();
         ended.sort_by_key(|(id, _)| *id);
         let mut riders: Vec<_> = self.open_by_rider.iter().collect();
         riders.sort();
         let mut requests: Vec<_> = self.by_request.iter().collect();
         requests.sort();
+        let mut timers: Vec<_> = self.timers.iter().map(|t| t.0).collect();
+        timers.sort();
         let stats = Stats {
             location_updates: 0,
             ..self.stats()
         };
         let _ = writeln!(
             out,
-            "offers {offers:?}\nended {ended:?}\nriders {riders:?}\nrequests {requests:?}\n\
-             next offset {}\n{stats:?}",
-            self.next_offset
+            "ended {ended:?}\nended order {:?}\nriders {riders:?}\nrequests {requests:?}\n\
+             timers {timers:?}\nbatch {:?} flush {:?}\nnext offset {}\n{stats:?}",
+            self.ended_order, self.batch, self.batch_flush_at_ms, self.next_offset
         );
         out
     }
