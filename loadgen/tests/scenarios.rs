@@ -26,7 +26,8 @@ async fn start_server_with(config: dispatch::config::Config) -> TestServer {
     let shutdown = async move {
         let _ = rx.await;
     };
-    tokio::spawn(dispatch::server::serve(listener, config, shutdown));
+    let options = dispatch::server::RunOptions::default();
+    tokio::spawn(dispatch::server::run(listener, config, options, shutdown));
     TestServer {
         addr,
         _shutdown: tx,

@@ -12,47 +12,48 @@ use tokio::task::JoinHandle;
 
 use super::metrics::{Metrics, OfferOutcome, TripEnd};
 use crate::domain::OfferId;
-use crate::events::{Event, EventBus, EventKind, OfferCancelReason};
+use crate::events::{Event, EventKind, FollowError, Follower, OfferCancelReason};
 
-/// Events copied out of the bus per read lock.
-const READ_BATCH: usize = 1024;
-
-/// Starts the follower at the bus's head; it ends when the bus closes.
-pub fn spawn_follower(bus: Arc<EventBus>, metrics: Arc<Metrics>, from: u64) -> JoinHandle<()> {
+/// Starts observing with `events` (the engine's bus and log, from the offset the metrics
+/// start at); it ends when the bus closes.
+///
+/// With a durable log a follower that falls out of the ring catches up from the log, so no
+/// event goes uncounted. Without one the events that left the ring are gone: the follower
+/// warns with how many it missed, forgets the offers it was timing (their end may be among
+/// the missed) and goes on from the oldest event still held.
+pub fn spawn_follower(mut events: Follower, metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut watch = bus.watch();
         let mut observer = Observer {
             metrics,
             sent_at_ms: HashMap::new(),
         };
-        let mut from = from;
-        let mut batch = Vec::with_capacity(READ_BATCH);
+        let mut batch = Vec::new();
         loop {
             batch.clear();
-            match bus.read_from(from, READ_BATCH, &mut batch) {
-                Err(lagged) => {
-                    tracing::warn!(
-                        missed = lagged.oldest_offset - from,
-                        "metrics fell behind the event ring; some events were not counted"
-                    );
-                    from = lagged.oldest_offset;
-                    // Offers whose end we may have missed would otherwise stay forever.
-                    observer.sent_at_ms.clear();
-                    continue;
-                }
-                Ok(next) => {
+            match events.next_batch(&mut batch).await {
+                Ok(()) => {
                     for event in &batch {
                         observer.observe(event);
                     }
-                    if next != from {
-                        from = next;
-                        observer.metrics.followed_up_to(from);
-                        continue;
-                    }
+                    observer.metrics.followed_up_to(events.position());
                 }
-            }
-            if watch.changed().await.is_err() || watch.borrow().is_none() {
-                return;
+                Err(FollowError::Closed) => return,
+                Err(error) => {
+                    let from = events.position();
+                    let oldest = match error {
+                        FollowError::Lagged { oldest, .. } => oldest,
+                        // The log lost what we need: go on from what the ring holds.
+                        _ => events.bus().next_offset(),
+                    };
+                    tracing::warn!(
+                        missed = oldest.saturating_sub(from),
+                        %error,
+                        "metrics fell behind the event ring; some events were not counted"
+                    );
+                    events.skip_to(oldest);
+                    // Offers whose end we may have missed would otherwise stay forever.
+                    observer.sent_at_ms.clear();
+                }
             }
         }
     })
