@@ -154,3 +154,63 @@ impl Observer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ExternalId, LatLng, TripId, VehicleClass};
+    use crate::events::{EventBus, EventLog, LogConfig, MatchPolicy};
+
+    fn requested(offset: u64) -> Event {
+        let here = LatLng::new(52.5, 13.4).unwrap();
+        Event {
+            offset,
+            at_ms: offset,
+            kind: EventKind::TripRequested {
+                trip: TripId(offset),
+                rider: ExternalId::new("rider_id", "r").unwrap(),
+                request_id: None,
+                pickup: here,
+                dropoff: here,
+                class: VehicleClass::Any,
+                surge_multiplier: 1.0,
+                candidates: 0,
+                policy: MatchPolicy::Greedy,
+            },
+        }
+    }
+
+    /// 300 trip requests published before the follower starts, into a ring of 8: the follower
+    /// starts 292 events out of the ring. Returns how many it counted once at the head.
+    async fn counted(with_log: bool) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Vec<Event> = (0..300).map(requested).collect();
+        let log_dir = with_log.then(|| {
+            let (mut log, _) =
+                EventLog::open(&LogConfig::default(), dir.path(), |_| Ok(())).unwrap();
+            log.append(&events).unwrap();
+            log.commit().unwrap();
+            log.dir().to_path_buf()
+        });
+        let bus = Arc::new(EventBus::new(8, 0));
+        bus.publish(events);
+        let metrics = Arc::new(Metrics::new(0));
+        let task = spawn_follower(Follower::new(bus.clone(), log_dir, 0), metrics.clone());
+        metrics
+            .wait_followed(300, std::time::Duration::from_secs(10))
+            .await;
+        bus.close();
+        task.await.unwrap();
+        metrics.trips_requested()
+    }
+
+    #[tokio::test]
+    async fn with_a_log_the_metrics_follower_catches_up_instead_of_losing_events() {
+        assert_eq!(counted(true).await, 300);
+    }
+
+    #[tokio::test]
+    async fn without_a_log_the_metrics_follower_counts_what_the_ring_still_holds() {
+        assert_eq!(counted(false).await, 8);
+    }
+}
