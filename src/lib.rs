@@ -12,8 +12,10 @@
 //! - [`matching`]: pickup ETA model, candidate scoring, and the batch assignment solver
 //!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
 //! - [`surge`]: demand over supply per H3 hexagon.
-//! - [`events`]: the ordered dispatch events, their in-memory fan-out bus, and the durable
-//!   log they are committed to before any call is acknowledged (`events::log`).
+//! - [`events`]: the ordered dispatch events, the durable log they are committed to before any
+//!   call is acknowledged (`events::log`), their in-memory bus, the one follow loop that reads
+//!   bus and log (`events::Follower`), and the router handing each trip's and gateway's events
+//!   to their watchers only (`events::Router`).
 //! - [`engine`]: the single-owner dispatcher thread (greedy or batched matching) and the handle
 //!   to it.
 //! - [`config`]: settings and their embedded defaults.
@@ -27,8 +29,8 @@
 //! Request flow: a gRPC call is validated in `grpc`, becomes a command on the engine's bounded
 //! channel, is executed by the dispatcher thread with `now` from the clock (its state changes
 //! only by applying the events it emits), and its events are committed to the durable log,
-//! then published to the bus (subscribers, offer streams, trip watchers), before the reply
-//! returns. On start the engine replays the log to rebuild its state.
+//! then published to the bus, before the reply returns. Subscribers and the metrics follow the
+//! bus; offer streams and trip watchers get their events from the router. On start the engine replays the log to rebuild its state.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

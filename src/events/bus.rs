@@ -1,13 +1,13 @@
 //! Fan-out of dispatch events to any number of subscribers without ever slowing the dispatcher.
 //!
-//! The publisher appends to a bounded in-memory ring and bumps a `watch` channel holding the
-//! next offset. The publisher is the engine's `event-log` writer thread when there is a durable
-//! log (it publishes a group only after appending and fsyncing it, and before running its
-//! replies), or the dispatcher thread itself without one (publish, then reply). Either way one
-//! thread publishes, so offsets arrive in order; each subscriber keeps its own read offset and copies events out under a short
-//! read lock. A subscriber that falls further behind than the ring holds gets [`Lagged`] (it
-//! learns the oldest offset still available) instead of the publisher waiting for it;
-//! `events::follow` then catches it up from the log.
+//! One thread publishes: the engine's `event-log` writer thread when there is a durable log
+//! (it publishes a group only after appending and fsyncing it, and before running its
+//! replies), or the dispatcher thread itself without one (publish, then reply). It appends to a
+//! bounded in-memory ring and bumps a `watch` channel holding the next offset. Each reader keeps
+//! its own read offset and copies events out under a short read lock. A reader that falls
+//! further behind than the ring holds gets [`Lagged`] (it learns the oldest offset still
+//! available) instead of the publisher waiting for it; `events::follow` then catches it up from
+//! the log.
 //!
 //! The lock is a parking_lot `RwLock` and never held across an `.await`.
 

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::watch;
 
 use super::{Event, EventBus, EventKind, FollowError, Follower};
 use crate::domain::{ExternalId, TripId};
@@ -39,6 +40,8 @@ pub const WATCH_BUFFER: usize = 256;
 const REGISTER_QUEUE: usize = 1024;
 /// Every this many registrations, the router forgets watchers whose client left.
 const SWEEP_EVERY: u64 = 256;
+
+type BusReceiver = watch::Receiver<Option<u64>>;
 
 /// What a watcher follows.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -137,7 +140,7 @@ impl Router {
     /// The events of `key` from offset `from` on (the offset a snapshot was read at).
     pub async fn watch(&self, key: RouteKey, from: u64) -> Watch {
         let mode = match self.register(key.clone(), from).await {
-            Some(rx) => Mode::Routed(rx),
+            Some(rx) => Mode::Routed(rx, self.bus.watch()),
             None => Mode::Own(self.follower(from)),
         };
         Watch {
@@ -183,8 +186,9 @@ pub struct Watch {
 
 #[derive(Debug)]
 enum Mode {
-    /// Fed by the router.
-    Routed(mpsc::Receiver<Arc<Event>>),
+    /// Fed by the router. The bus receiver is never polled: it only keeps this stream in the
+    /// bus's follower count (the `dispatch_subscribers` gauge), at no cost per publish.
+    Routed(mpsc::Receiver<Arc<Event>>, BusReceiver),
     /// Following the stream itself, until caught up.
     Own(Follower),
 }
@@ -194,7 +198,7 @@ impl Watch {
     pub async fn next_batch(&mut self, out: &mut Vec<Arc<Event>>) -> Result<(), FollowError> {
         loop {
             match &mut self.mode {
-                Mode::Routed(rx) => {
+                Mode::Routed(rx, _) => {
                     let Some(first) = rx.recv().await else {
                         // The router let go of us (our buffer filled, it lagged, or it stopped):
                         // everything before `next` was yielded, so go on from there ourselves.
@@ -227,7 +231,7 @@ impl Watch {
                         let from = follower.position();
                         if let Some(rx) = self.router.register(self.key.clone(), from).await {
                             self.next = from;
-                            self.mode = Mode::Routed(rx);
+                            self.mode = Mode::Routed(rx, follower.bus().watch());
                         } else {
                             follower.wait().await?;
                         }
@@ -240,7 +244,7 @@ impl Watch {
                     if self.next >= follower.bus().next_offset() {
                         // At the head already: rejoin now rather than after one more read.
                         if let Some(rx) = self.router.register(self.key.clone(), self.next).await {
-                            self.mode = Mode::Routed(rx);
+                            self.mode = Mode::Routed(rx, follower.bus().watch());
                         }
                     }
                     if out.len() > before {
