@@ -12,8 +12,10 @@
 //! - [`matching`]: pickup ETA model, candidate scoring, and the batch assignment solver
 //!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
 //! - [`surge`]: demand over supply per H3 hexagon.
-//! - [`events`]: the ordered dispatch events, their in-memory fan-out bus, and the durable
-//!   log they are committed to before any call is acknowledged (`events::log`).
+//! - [`events`]: the ordered dispatch events, the durable log they are committed to before any
+//!   call is acknowledged (`events::log`), their in-memory bus, the one follow loop that reads
+//!   bus and log (`events::Follower`), and the router handing each trip's and gateway's events
+//!   to their watchers only (`events::Router`).
 //! - [`engine`]: the dispatch state and the decisions over it. `engine::state::DispatchState`
 //!   holds everything that is known and changes only by applying events (its non-durable part,
 //!   positions and surge demand, is named `Live`); `engine::dispatcher` holds the decisions
@@ -32,8 +34,9 @@
 //! Request flow: a gRPC call is validated in `grpc`, becomes a command on the engine's bounded
 //! channel, is executed by the dispatcher thread with `now` from the clock (a decision reads
 //! the state and returns events; applying them is the only way the state changes), and its
-//! events are committed to the durable log, then published to the bus (subscribers, offer
-//! streams, trip watchers), before the reply returns. On start the engine replays the log to rebuild its state.
+//! events are committed to the durable log, then published to the bus, before the reply
+//! returns. Subscribers and the metrics follow the bus; offer streams and trip watchers get
+//! their events from the router. On start the engine replays the log to rebuild its state.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

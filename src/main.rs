@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use dispatch::config::{Config, LogFormat, TelemetryConfig};
 use dispatch::config_load::{self, Override};
-use dispatch::server::Listeners;
+use dispatch::server::RunOptions;
 use tokio::net::TcpListener;
 
 /// Where the event log lives unless configured otherwise.
@@ -262,8 +262,11 @@ async fn main() -> std::process::ExitCode {
         tracing::info!(addr = %m, "metrics on http://{m}/metrics");
         println!("dispatchd metrics on {m}");
     }
-    let listeners = Listeners { grpc, metrics };
-    match dispatch::server::serve_with(listeners, config, shutdown).await {
+    let options = RunOptions {
+        metrics,
+        engine: None,
+    };
+    match dispatch::server::run(grpc, config, options, shutdown).await {
         Ok(()) => {
             tracing::info!("dispatchd stopped");
             std::process::ExitCode::SUCCESS

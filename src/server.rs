@@ -15,6 +15,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::events::{Follower, Router};
 use crate::grpc::{DriverApi, EdgeLayer, EventApi, QueryApi, RiderApi};
 use crate::index;
 use crate::pb::{
@@ -26,72 +27,44 @@ use crate::telemetry::{self, Metrics};
 /// Errors that stop the server.
 pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The sockets the server answers on, bound by the caller (port 0 in tests).
-#[derive(Debug)]
-pub struct Listeners {
-    /// gRPC (and TLS, if configured).
-    pub grpc: TcpListener,
-    /// Prometheus `/metrics`, plain HTTP; `None` serves no metrics endpoint.
+/// What a caller may hand [`run`] besides the gRPC listener; `RunOptions::default()` is the
+/// production setup (no metrics endpoint, an engine on the system clock).
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Prometheus `/metrics`, plain HTTP, on this listener; `None` serves no metrics endpoint.
     pub metrics: Option<TcpListener>,
+    /// Serve this engine instead of starting one on the system clock (tests pass one driven by
+    /// a manual clock).
+    pub engine: Option<Engine>,
 }
 
-/// Runs the engine with the system clock until `shutdown` completes.
-pub async fn serve(
+/// Serves the dispatch services on `listener` until `shutdown` completes. When it does:
+/// health turns NOT_SERVING, new connections stop, event streams end with UNAVAILABLE,
+/// in-flight calls get up to `limits.drain_timeout` to finish, then the dispatcher thread
+/// stops.
+pub async fn run(
     listener: TcpListener,
     config: Config,
+    options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let listeners = Listeners {
-        grpc: listener,
-        metrics: None,
+    let engine = match options.engine {
+        Some(engine) => engine,
+        None => Engine::start(&config, index::default_index(), Arc::new(SystemClock))?,
     };
-    serve_with(listeners, config, shutdown).await
-}
-
-/// Like [`serve`], with a metrics listener as well.
-pub async fn serve_with(
-    listeners: Listeners,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let engine = Engine::start(&config, index::default_index(), Arc::new(SystemClock))?;
-    serve_engine_with(listeners, config, engine, shutdown).await
-}
-
-/// Serves an engine the caller started (tests pass one driven by a manual clock), with no
-/// metrics endpoint. See [`serve_engine_with`].
-pub async fn serve_engine(
-    listener: TcpListener,
-    config: Config,
-    engine: Engine,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let listeners = Listeners {
-        grpc: listener,
-        metrics: None,
-    };
-    serve_engine_with(listeners, config, engine, shutdown).await
-}
-
-/// Serves an engine the caller started. When `shutdown` completes: health turns NOT_SERVING,
-/// new connections stop, event streams end with UNAVAILABLE, in-flight calls get up to
-/// `limits.drain_timeout` to finish, then the dispatcher thread stops.
-pub async fn serve_engine_with(
-    listeners: Listeners,
-    config: Config,
-    engine: Engine,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let max_bytes = config.limits.max_message_bytes;
     let drain_timeout = config.limits.drain_timeout;
 
-    let metrics = Arc::new(Metrics::new(engine.bus().next_offset()));
+    let bus = engine.bus().clone();
+    let log_dir = engine.log_dir().map(|d| d.to_path_buf());
+    let metrics = Arc::new(Metrics::new(bus.next_offset()));
     let follower = telemetry::spawn_follower(
-        engine.bus().clone(),
+        Follower::new(bus.clone(), log_dir.clone(), bus.next_offset()),
         metrics.clone(),
-        engine.bus().next_offset(),
     );
+    // One task routes trip updates and offer notices to their watchers (see events::router).
+    let router = Router::spawn(bus.clone(), log_dir);
     let edge = EdgeLayer::new(&config, metrics.clone());
     if edge.auth_enabled() {
         tracing::info!(
@@ -128,7 +101,6 @@ pub async fn serve_engine_with(
     // Shutdown fans out: the gRPC server's graceful stop, the drain deadline, the metrics
     // endpoint. `draining` flips once the signal arrives.
     let (draining_tx, mut draining_rx) = watch::channel(false);
-    let bus = engine.bus().clone();
     let signal = {
         let health = health.clone();
         async move {
@@ -152,7 +124,7 @@ pub async fn serve_engine_with(
         }
     };
 
-    let metrics_server = listeners.metrics.map(|listener| {
+    let metrics_server = options.metrics.map(|listener| {
         let mut stop = draining_rx.clone();
         tokio::spawn(telemetry::serve_metrics(
             listener,
@@ -171,12 +143,13 @@ pub async fn serve_engine_with(
         .add_service(reflection_alpha)
         .add_service(
             DriverServiceServer::new(
-                DriverApi::new(engine.clone(), config.clone()).with_metrics(metrics.clone()),
+                DriverApi::new(engine.clone(), router.clone(), config.clone())
+                    .with_metrics(metrics.clone()),
             )
             .max_decoding_message_size(max_bytes),
         )
         .add_service(
-            RiderServiceServer::new(RiderApi::new(engine.clone()))
+            RiderServiceServer::new(RiderApi::new(engine.clone(), router.clone()))
                 .max_decoding_message_size(max_bytes),
         )
         .add_service(
@@ -187,7 +160,7 @@ pub async fn serve_engine_with(
             EventServiceServer::new(EventApi::new(engine.clone()))
                 .max_decoding_message_size(max_bytes),
         )
-        .serve_with_incoming_shutdown(without_nagle(listeners.grpc), signal);
+        .serve_with_incoming_shutdown(without_nagle(listener), signal);
     let drain_deadline = async move {
         if draining_rx.wait_for(|&d| d).await.is_err() {
             // The server ended before any shutdown signal: nothing to time.

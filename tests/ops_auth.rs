@@ -215,7 +215,8 @@ async fn tls_handshake_with_a_generated_certificate() {
     config.tls.cert_path = Some(cert_path);
     config.tls.key_path = Some(key_path);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(dispatch::server::serve(listener, config, async {
+    let options = dispatch::server::RunOptions::default();
+    let server = tokio::spawn(dispatch::server::run(listener, config, options, async {
         let _ = stop_rx.await;
     }));
 

@@ -111,6 +111,14 @@ pub struct Config {
     /// driver-gateway, rider-gateway and subscriber roles, and admin for nearby mode).
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
+    /// City mode: keep this many WatchTrip streams open, watching new trips as watched ones
+    /// end, to measure what trip watchers cost the server (see "server CPU per event").
+    #[arg(long, default_value_t = 0)]
+    pub watch_trips: usize,
+    /// The server's process id, to report its CPU per published event over the window (reads
+    /// `/proc/<pid>/stat`). Set automatically when loadgen starts the server itself.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 impl Default for Config {
@@ -140,6 +148,8 @@ impl Default for Config {
             progress: false,
             id_prefix: String::new(),
             leave_online: false,
+            watch_trips: 0,
+            server_pid: None,
             token_file: None,
         }
     }

@@ -99,6 +99,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             // The server dies with the run; taking every driver offline first would only cost
             // time.
             config.leave_online = true;
+            config.server_pid = Some(server.pid());
             let addr = server.addr.clone();
             eprintln!("loadgen: dispatchd listening on {addr}");
             (Some(server), addr)

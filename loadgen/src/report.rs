@@ -166,6 +166,24 @@ pub struct Report {
     pub error_examples: Vec<String>,
     /// CPU seconds the load generator itself used (user + system, whole run, Linux only).
     pub loadgen_cpu_s: f64,
+    /// City mode with a known server pid: CPU seconds the server used during the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_s: Option<f64>,
+    /// Events the server published during the window (GetStats `next_event_offset` delta).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_published: Option<u64>,
+    /// `server_cpu_s / events_published`, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_event: Option<f64>,
+    /// `--watch-trips`: WatchTrip streams kept open.
+    #[serde(default)]
+    pub watch_trips: u64,
+    /// WatchTrip streams opened over the run.
+    #[serde(default)]
+    pub watch_streams_opened: u64,
+    /// Updates received on them.
+    #[serde(default)]
+    pub watch_updates: u64,
     /// The host's 1-minute load average at the end of the run (Linux only): on a 2-core
     /// machine, figures taken above ~2 were shared with other work.
     pub host_load_1m: f64,
@@ -305,6 +323,24 @@ impl Report {
                 format!("{:.3}", self.driver_trips_gini),
             );
             row("driver churn", self.driver_churn.to_string());
+            if self.watch_trips > 0 {
+                row(
+                    "trip watchers",
+                    format!(
+                        "{} kept open, {} opened, {} updates",
+                        self.watch_trips, self.watch_streams_opened, self.watch_updates
+                    ),
+                );
+            }
+            if let (Some(cpu), Some(events)) = (self.server_cpu_s, self.events_published) {
+                row(
+                    "server CPU per event",
+                    format!(
+                        "{:.2} us ({cpu:.1} CPU s over {events} events in the window)",
+                        self.server_cpu_us_per_event.unwrap_or(0.0)
+                    ),
+                );
+            }
         }
         for e in &self.error_examples {
             row("error example", e.clone());
@@ -315,17 +351,23 @@ impl Report {
 
 /// CPU seconds (user + system) this process used so far; 0 where `/proc` is missing.
 pub fn process_cpu_s() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
+    cpu_s_from("/proc/self/stat").unwrap_or(0.0)
+}
+
+/// CPU seconds (user + system, all threads) process `pid` used so far; `None` where `/proc`
+/// is missing or the process is gone.
+pub fn pid_cpu_s(pid: u32) -> Option<f64> {
+    cpu_s_from(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_s_from(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may contain spaces) start at state (field 3);
     // utime and stime are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
+    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 /// The host's 1-minute load average; 0 where `/proc` is missing.

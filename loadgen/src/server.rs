@@ -57,6 +57,11 @@ pub fn free_port() -> Result<u16> {
 }
 
 impl ServerProcess {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts `bin --listen 127.0.0.1:PORT [args]` and waits until it answers GetStats.
     pub async fn start(bin: &Path, args: &[String]) -> Result<ServerProcess> {
         let port = free_port()?;

@@ -26,7 +26,8 @@ async fn start_server_with(config: dispatch::config::Config) -> TestServer {
     let shutdown = async move {
         let _ = rx.await;
     };
-    tokio::spawn(dispatch::server::serve(listener, config, shutdown));
+    let options = dispatch::server::RunOptions::default();
+    tokio::spawn(dispatch::server::run(listener, config, options, shutdown));
     TestServer {
         addr,
         _shutdown: tx,
@@ -199,4 +200,33 @@ async fn a_server_with_tokens_is_driven_with_a_token_file() {
         "{err}"
     );
     let _ = std::fs::remove_file(&token_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_city_run_with_trip_watchers_keeps_them_open_and_measures_the_server() {
+    let server = start_server().await;
+    let cfg = Config {
+        watch_trips: 10,
+        // This test process is the server: its CPU over the window is the server's (and
+        // loadgen's), enough to check the measurement is made and divided by the events.
+        server_pid: Some(std::process::id()),
+        id_prefix: "twatch-".into(),
+        ..small_city(Mode::City)
+    };
+    let report = tokio::time::timeout(Duration::from_secs(60), loadgen::run(&cfg, &server.addr))
+        .await
+        .expect("the run stops by itself")
+        .expect("the run completes");
+    assert_eq!(report.errors, 0, "{:?}", report.error_examples);
+    assert_eq!(report.watch_trips, 10);
+    assert!(report.watch_streams_opened >= 10, "{report:?}");
+    // Each watch starts with the trip's snapshot, then its changes.
+    assert!(
+        report.watch_updates > report.watch_streams_opened,
+        "{report:?}"
+    );
+    let events = report.events_published.expect("measured over the window");
+    assert!(events >= report.requests, "a request is at least one event");
+    assert!(report.server_cpu_us_per_event.is_some_and(|us| us > 0.0));
+    assert!(report.table().contains("server CPU per event"));
 }

@@ -1,9 +1,13 @@
 //! Fan-out of dispatch events to any number of subscribers without ever slowing the dispatcher.
 //!
-//! The dispatcher appends to a bounded in-memory ring and bumps a `watch` channel holding the
-//! next offset; each subscriber keeps its own read offset and copies events out under a short
-//! read lock. A subscriber that falls further behind than the ring holds gets [`Lagged`] (it
-//! learns the oldest offset still available) instead of the dispatcher waiting for it.
+//! One thread publishes: the engine's `event-log` writer thread when there is a durable log
+//! (it publishes a group only after appending and fsyncing it, and before running its
+//! replies), or the dispatcher thread itself without one (publish, then reply). It appends to a
+//! bounded in-memory ring and bumps a `watch` channel holding the next offset. Each reader keeps
+//! its own read offset and copies events out under a short read lock. A reader that falls
+//! further behind than the ring holds gets [`Lagged`] (it learns the oldest offset still
+//! available) instead of the publisher waiting for it; `events::follow` then catches it up from
+//! the log.
 //!
 //! The lock is a parking_lot `RwLock` and never held across an `.await`.
 
@@ -30,7 +34,7 @@ struct Ring {
     capacity: usize,
 }
 
-/// The in-memory event stream shared by the dispatcher (writer) and subscribers (readers).
+/// The in-memory event stream shared by its one publisher and any number of readers.
 #[derive(Debug)]
 pub struct EventBus {
     ring: RwLock<Ring>,

@@ -1,13 +1,23 @@
 //! Dispatch events: every state change of a driver, trip or offer, in the order the dispatcher
-//! made it, each with a gap-free offset. [`bus`] fans them out to subscribers.
+//! made it, each with a gap-free offset.
 //!
 //! They are the only way dispatch state changes (`engine::state::DispatchState::apply`), so
 //! besides the lifecycle events there are a few that only schedule: a driver's profile update,
 //! a search retry being armed, a batch flush re-armed. They make every deadline the engine
 //! keeps durable, so a restart resumes the same schedule instead of inventing one.
+//!
+//! - [`log`]: the durable segment log they are committed to (record format, recovery,
+//!   appender, cursor).
+//! - [`bus`]: the in-memory ring they are published to, read by any number of followers.
+//! - [`follow`]: the one follow loop, bus first and the log when a reader lagged out of the
+//!   ring; used by every stream and by the metrics.
+//! - [`router`]: one follower that hands each event only to the watchers of its key (a trip's
+//!   watchers, a gateway's offer stream), so no stream scans the events of others.
 
 pub mod bus;
+pub mod follow;
 pub mod log;
+pub mod router;
 
 use std::sync::Arc;
 
@@ -17,7 +27,9 @@ use crate::domain::{ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass};
 use crate::matching::ScoreBreakdown;
 
 pub use bus::{EventBus, Lagged};
+pub use follow::{FollowError, Follower};
 pub use log::{EventLog, FsyncPolicy, LogConfig, LogCursor, LogError};
+pub use router::{RouteKey, Router, RouterStats, Watch};
 
 /// One state change, as published.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

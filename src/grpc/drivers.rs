@@ -1,6 +1,6 @@
 //! DriverService: what driver gateways call. Location batches are validated here without
 //! allocating, so the dispatcher thread only sees well-formed updates; offers reach gateways
-//! through one event-following stream per gateway.
+//! through one stream per gateway, fed by the event router with that gateway's offers only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +9,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, is_valid_id, pb_driver, pb_offer, pb_trip};
-use super::follow::{Step, follow};
+use super::follow::{Source, Step, follow};
 use super::status;
 use crate::config::Config;
 use crate::domain::{ExternalId, LatLng};
 use crate::engine::{Engine, GoOnline, TripAction};
-use crate::events::{EventKind, OfferCancelReason};
+use crate::events::{EventKind, OfferCancelReason, RouteKey, Router};
 use crate::pb::{self, driver_notice::Notice, driver_service_server::DriverService};
 use crate::telemetry::Metrics;
 
@@ -25,15 +25,17 @@ const MAX_EXAMPLES: usize = 10;
 #[derive(Debug, Clone)]
 pub struct DriverApi {
     engine: Engine,
+    router: Router,
     config: Arc<Config>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl DriverApi {
-    /// A service talking to `engine`.
-    pub fn new(engine: Engine, config: Arc<Config>) -> Self {
+    /// A service talking to `engine`; offer streams are fed by `router` (over its bus).
+    pub fn new(engine: Engine, router: Router, config: Arc<Config>) -> Self {
         DriverApi {
             engine,
+            router,
             config,
             metrics: None,
         }
@@ -231,9 +233,12 @@ impl DriverService for DriverApi {
             .filter(|o| o.gateway == gateway)
             .map(|o| notice(Notice::Offer(pb_offer(o))))
             .collect();
+        let watch = self
+            .router
+            .watch(RouteKey::Gateway(gateway.clone()), from)
+            .await;
         let stream = follow(
-            &self.engine,
-            from,
+            Source::Keyed(watch),
             initial,
             move |event| match offer_notice(&event.kind, gateway.as_ref()) {
                 Some(n) => Step::Send(n),

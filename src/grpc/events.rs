@@ -5,7 +5,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, pb_event, pb_event_kind};
-use super::follow::{Step, follow};
+use super::follow::{Source, Step, follow};
 use crate::engine::Engine;
 use crate::pb::{self, event_service_server::EventService};
 
@@ -43,7 +43,7 @@ impl EventService for EventApi {
                 "from_offset {from} is beyond the head of the stream (next offset: {head})"
             )));
         }
-        let stream = follow(&self.engine, from, Vec::new(), move |event| {
+        let stream = follow(Source::all(&self.engine, from), Vec::new(), move |event| {
             if kinds.is_empty() || kinds.contains(&pb_event_kind(&event.kind)) {
                 Step::Send(pb_event(event))
             } else {

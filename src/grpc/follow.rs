@@ -1,13 +1,12 @@
-//! Streams events from the [`EventBus`] to one gRPC client: the shared machinery behind
-//! Subscribe, WatchTrip and SubscribeOffers.
+//! Streams events to one gRPC client: the shared pump behind Subscribe, WatchTrip and
+//! SubscribeOffers. Following the event stream (bus, log catch-up, key routing) is the job of
+//! `events`; this only maps events to wire messages and ends the stream in the API's words.
 //!
-//! Each stream is a small task with its own read offset. It copies events out of the bus,
-//! maps them (skip, send, or send and end), and pushes them into a bounded channel that tonic
-//! drains at the client's pace. A slow client therefore only slows its own task. If it falls so
-//! far behind that the bus no longer holds its next event, it catches up from the durable log
-//! (a [`LogCursor`] read off the executor) and then rejoins the bus: no gap, no duplicate, and
-//! never a wait imposed on the dispatcher. Only without a log, or when retention deleted the
-//! events it needs, does the stream end with OUT_OF_RANGE naming the oldest offset available.
+//! Each stream is a small task: it takes events from its source in order, maps them (skip,
+//! send, or send and end), and pushes them into a bounded channel that tonic drains at the
+//! client's pace. A slow client therefore only slows its own task; the source behind it never
+//! waits for it either (a plain [`Follower`] reads at its own pace, a routed [`Watch`] is let
+//! go by the router when full and catches up by itself).
 
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::engine::Engine;
-use crate::events::{Event, LogCursor};
+use crate::events::{Event, FollowError, Follower, Watch};
 
 /// What to do with one event.
 pub(crate) enum Step<T> {
@@ -28,15 +27,35 @@ pub(crate) enum Step<T> {
     Last(T),
 }
 
-/// Events copied out of the bus per lock.
-const READ_BATCH: usize = 512;
 /// Messages buffered per client before the task waits for it.
 const CLIENT_BUFFER: usize = 256;
 
-/// A stream that first yields `initial`, then the mapped events from offset `from` on.
+/// Where a stream's events come from.
+pub(crate) enum Source {
+    /// The whole ordered stream (Subscribe).
+    All(Follower),
+    /// One key's events, handed over by the router (WatchTrip, SubscribeOffers).
+    Keyed(Watch),
+}
+
+impl Source {
+    /// Every event from `from` on.
+    pub(crate) fn all(engine: &Engine, from: u64) -> Source {
+        let log_dir = engine.log_dir().map(|d| d.to_path_buf());
+        Source::All(Follower::new(engine.bus().clone(), log_dir, from))
+    }
+
+    async fn next_batch(&mut self, out: &mut Vec<Arc<Event>>) -> Result<(), FollowError> {
+        match self {
+            Source::All(follower) => follower.next_batch(out).await,
+            Source::Keyed(watch) => watch.next_batch(out).await,
+        }
+    }
+}
+
+/// A stream that first yields `initial`, then the mapped events of `source`.
 pub(crate) fn follow<T, F>(
-    engine: &Engine,
-    mut from: u64,
+    mut source: Source,
     initial: Vec<T>,
     mut map: F,
 ) -> ReceiverStream<Result<T, Status>>
@@ -44,81 +63,29 @@ where
     T: Send + 'static,
     F: FnMut(&Event) -> Step<T> + Send + 'static,
 {
-    let bus = engine.bus().clone();
-    let log_dir = engine.log_dir().map(|d| d.to_path_buf());
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     tokio::spawn(async move {
-        let mut watch = bus.watch();
         for item in initial {
             if tx.send(Ok(item)).await.is_err() {
                 return;
             }
         }
-        let mut batch: Vec<Arc<Event>> = Vec::with_capacity(READ_BATCH);
-        let mut cursor: Option<LogCursor> = None;
+        let mut batch: Vec<Arc<Event>> = Vec::new();
         loop {
             batch.clear();
-            match bus.read_from(from, READ_BATCH, &mut batch) {
-                Err(lagged) => {
-                    // Behind the ring: read the missing events from the durable log.
-                    let Some(dir) = &log_dir else {
-                        let _ = tx.send(Err(lag_status(from, lagged.oldest_offset))).await;
-                        return;
-                    };
-                    let mut c = cursor
-                        .take()
-                        .filter(|c| c.next_offset() == from)
-                        .unwrap_or_else(|| LogCursor::new(dir.clone(), from));
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut out = Vec::with_capacity(READ_BATCH);
-                        let result = c.read(READ_BATCH, &mut out);
-                        (c, result.map(|_| out))
-                    })
-                    .await;
-                    let events = match read {
-                        Ok((c, Ok(events))) if !events.is_empty() => {
-                            cursor = Some(c);
-                            events
-                        }
-                        Ok((_, Err(e))) => {
-                            let _ = tx.send(Err(Status::out_of_range(e.to_string()))).await;
-                            return;
-                        }
-                        _ => {
-                            let _ = tx.send(Err(lag_status(from, lagged.oldest_offset))).await;
-                            return;
-                        }
-                    };
-                    for event in &events {
-                        from = event.offset + 1;
-                        if !deliver(&tx, map(event)).await {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                Ok(next) => {
-                    cursor = None;
-                    for event in &batch {
-                        if !deliver(&tx, map(event)).await {
-                            return;
-                        }
-                    }
-                    if next != from {
-                        from = next;
-                        continue;
-                    }
-                }
-            }
-            // Caught up: wait for the next publish, the bus closing, or the client leaving.
-            tokio::select! {
-                changed = watch.changed() => {
-                    if changed.is_err() || watch.borrow().is_none() {
-                        let _ = tx.send(Err(Status::unavailable("the server is shutting down"))).await;
-                        return;
-                    }
-                }
+            let next = tokio::select! {
+                next = source.next_batch(&mut batch) => next,
+                // The client left while nothing was coming.
                 () = tx.closed() => return,
+            };
+            if let Err(error) = next {
+                let _ = tx.send(Err(follow_status(error))).await;
+                return;
+            }
+            for event in &batch {
+                if !deliver(&tx, map(event)).await {
+                    return;
+                }
             }
         }
     });
@@ -137,9 +104,9 @@ async fn deliver<T>(tx: &mpsc::Sender<Result<T, Status>>, step: Step<T>) -> bool
     }
 }
 
-fn lag_status(from: u64, oldest: u64) -> Status {
-    Status::out_of_range(format!(
-        "this subscriber fell behind: event {from} is no longer retained (oldest available: \
-         {oldest}); resubscribe"
-    ))
+fn follow_status(error: FollowError) -> Status {
+    match error {
+        FollowError::Closed => Status::unavailable(error.to_string()),
+        FollowError::Lagged { .. } | FollowError::Log(_) => Status::out_of_range(error.to_string()),
+    }
 }

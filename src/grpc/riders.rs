@@ -1,26 +1,28 @@
 //! RiderService: what rider gateways call. WatchTrip is a snapshot of the trip read atomically
-//! with the event offset, followed by that trip's events from the bus, so no change is missed
-//! between the two.
+//! with the event offset, followed by that trip's events (handed over by the event router from
+//! that offset on), so no change is missed or repeated between the two.
 
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, pb_event, pb_trip};
-use super::follow::{Step, follow};
+use super::follow::{Source, Step, follow};
 use super::status;
 use crate::engine::{Engine, TripRequest};
+use crate::events::{RouteKey, Router};
 use crate::pb::{self, rider_service_server::RiderService};
 
 /// The RiderService implementation.
 #[derive(Debug, Clone)]
 pub struct RiderApi {
     engine: Engine,
+    router: Router,
 }
 
 impl RiderApi {
-    /// A service talking to `engine`.
-    pub fn new(engine: Engine) -> Self {
-        RiderApi { engine }
+    /// A service talking to `engine`; trip watchers are fed by `router` (over its bus).
+    pub fn new(engine: Engine, router: Router) -> Self {
+        RiderApi { engine, router }
     }
 }
 
@@ -69,8 +71,9 @@ impl RiderService for RiderApi {
         }
         // The same fold the dispatch state uses (`Trip::apply`), so each snapshot is what
         // GetTrip answers at that offset; events that are not part of the trip's lifecycle
-        // (other trips, scheduling) are skipped.
-        let stream = follow(&self.engine, from, vec![first], move |event| {
+        // (scheduling) are skipped.
+        let watch = self.router.watch(RouteKey::Trip(id), from).await;
+        let stream = follow(Source::Keyed(watch), vec![first], move |event| {
             if !trip.apply(event) {
                 return Step::Skip;
             }

@@ -12,47 +12,48 @@ use tokio::task::JoinHandle;
 
 use super::metrics::{Metrics, OfferOutcome, TripEnd};
 use crate::domain::OfferId;
-use crate::events::{Event, EventBus, EventKind, OfferCancelReason};
+use crate::events::{Event, EventKind, FollowError, Follower, OfferCancelReason};
 
-/// Events copied out of the bus per read lock.
-const READ_BATCH: usize = 1024;
-
-/// Starts the follower at the bus's head; it ends when the bus closes.
-pub fn spawn_follower(bus: Arc<EventBus>, metrics: Arc<Metrics>, from: u64) -> JoinHandle<()> {
+/// Starts observing with `events` (the engine's bus and log, from the offset the metrics
+/// start at); it ends when the bus closes.
+///
+/// With a durable log a follower that falls out of the ring catches up from the log, so no
+/// event goes uncounted. Without one the events that left the ring are gone: the follower
+/// warns with how many it missed, forgets the offers it was timing (their end may be among
+/// the missed) and goes on from the oldest event still held.
+pub fn spawn_follower(mut events: Follower, metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut watch = bus.watch();
         let mut observer = Observer {
             metrics,
             sent_at_ms: HashMap::new(),
         };
-        let mut from = from;
-        let mut batch = Vec::with_capacity(READ_BATCH);
+        let mut batch = Vec::new();
         loop {
             batch.clear();
-            match bus.read_from(from, READ_BATCH, &mut batch) {
-                Err(lagged) => {
-                    tracing::warn!(
-                        missed = lagged.oldest_offset - from,
-                        "metrics fell behind the event ring; some events were not counted"
-                    );
-                    from = lagged.oldest_offset;
-                    // Offers whose end we may have missed would otherwise stay forever.
-                    observer.sent_at_ms.clear();
-                    continue;
-                }
-                Ok(next) => {
+            match events.next_batch(&mut batch).await {
+                Ok(()) => {
                     for event in &batch {
                         observer.observe(event);
                     }
-                    if next != from {
-                        from = next;
-                        observer.metrics.followed_up_to(from);
-                        continue;
-                    }
+                    observer.metrics.followed_up_to(events.position());
                 }
-            }
-            if watch.changed().await.is_err() || watch.borrow().is_none() {
-                return;
+                Err(FollowError::Closed) => return,
+                Err(error) => {
+                    let from = events.position();
+                    let oldest = match error {
+                        FollowError::Lagged { oldest, .. } => oldest,
+                        // The log lost what we need: go on from what the ring holds.
+                        _ => events.bus().next_offset(),
+                    };
+                    tracing::warn!(
+                        missed = oldest.saturating_sub(from),
+                        %error,
+                        "metrics fell behind the event ring; some events were not counted"
+                    );
+                    events.skip_to(oldest);
+                    // Offers whose end we may have missed would otherwise stay forever.
+                    observer.sent_at_ms.clear();
+                }
             }
         }
     })
@@ -155,5 +156,65 @@ impl Observer {
                 tracing::info!(target: "dispatch::trips", %trip, offers_made, "trip NO_DRIVERS");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ExternalId, LatLng, TripId, VehicleClass};
+    use crate::events::{EventBus, EventLog, LogConfig, MatchPolicy};
+
+    fn requested(offset: u64) -> Event {
+        let here = LatLng::new(52.5, 13.4).unwrap();
+        Event {
+            offset,
+            at_ms: offset,
+            kind: EventKind::TripRequested {
+                trip: TripId(offset),
+                rider: ExternalId::new("rider_id", "r").unwrap(),
+                request_id: None,
+                pickup: here,
+                dropoff: here,
+                class: VehicleClass::Any,
+                surge_multiplier: 1.0,
+                candidates: 0,
+                policy: MatchPolicy::Greedy,
+            },
+        }
+    }
+
+    /// 300 trip requests published before the follower starts, into a ring of 8: the follower
+    /// starts 292 events out of the ring. Returns how many it counted once at the head.
+    async fn counted(with_log: bool) -> u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Vec<Event> = (0..300).map(requested).collect();
+        let log_dir = with_log.then(|| {
+            let (mut log, _) =
+                EventLog::open(&LogConfig::default(), dir.path(), |_| Ok(())).unwrap();
+            log.append(&events).unwrap();
+            log.commit().unwrap();
+            log.dir().to_path_buf()
+        });
+        let bus = Arc::new(EventBus::new(8, 0));
+        bus.publish(events);
+        let metrics = Arc::new(Metrics::new(0));
+        let task = spawn_follower(Follower::new(bus.clone(), log_dir, 0), metrics.clone());
+        metrics
+            .wait_followed(300, std::time::Duration::from_secs(10))
+            .await;
+        bus.close();
+        task.await.unwrap();
+        metrics.trips_requested()
+    }
+
+    #[tokio::test]
+    async fn with_a_log_the_metrics_follower_catches_up_instead_of_losing_events() {
+        assert_eq!(counted(true).await, 300);
+    }
+
+    #[tokio::test]
+    async fn without_a_log_the_metrics_follower_counts_what_the_ring_still_holds() {
+        assert_eq!(counted(false).await, 8);
     }
 }

@@ -164,6 +164,12 @@ impl Metrics {
         self.trip_requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Trips requested so far (the follower's tests read it back).
+    #[cfg(test)]
+    pub(crate) fn trips_requested(&self) -> u64 {
+        self.trip_requests.load(Ordering::Relaxed)
+    }
+
     /// An offer was sent.
     pub fn offer_sent(&self) {
         self.offers_sent.fetch_add(1, Ordering::Relaxed);

@@ -70,11 +70,11 @@ pub async fn start_custom(
     let handle = tokio::spawn({
         let engine = engine.clone();
         async move {
-            let listeners = dispatch::server::Listeners {
-                grpc: listener,
+            let options = dispatch::server::RunOptions {
                 metrics: metrics_listener,
+                engine: Some(engine),
             };
-            dispatch::server::serve_engine_with(listeners, config, engine, async {
+            dispatch::server::run(listener, config, options, async {
                 let _ = rx.await;
             })
             .await

@@ -37,6 +37,7 @@ use tonic::Code;
 mod react;
 mod streams;
 mod tick;
+mod watchers;
 
 pub(crate) use streams::add_summary;
 use streams::{open_event_stream, open_location_streams, open_offer_streams};
@@ -123,6 +124,8 @@ struct Sim {
     report: Report,
     pending_online: usize,
     offers_unattributed: u64,
+    /// `--watch-trips`: the WatchTrip streams kept open.
+    watchers: watchers::Watchers,
 }
 
 impl Sim {
@@ -273,6 +276,7 @@ pub(crate) async fn run(
         },
         pending_online: 0,
         offers_unattributed: 0,
+        watchers: watchers::Watchers::new(cfg.watch_trips, &channels),
     };
 
     tokio::pin!(stop);
@@ -312,6 +316,7 @@ pub(crate) async fn run(
         }
     }
 
+    let window = watchers::measure_window(cfg.server_pid, channels[0].clone(), cfg.duration);
     let (loc_senders, loc_tasks) = open_location_streams(&channels, cfg.gateways);
     sim.locations = loc_senders;
 
@@ -384,6 +389,12 @@ pub(crate) async fn run(
 
     let mut report = std::mem::take(&mut sim.report);
     report.duration_s = end.duration_since(start).as_secs_f64();
+    sim.watchers.finish(&mut report);
+    if stopped {
+        window.abort(); // Stopped early: no full window to measure.
+    } else if let Ok(Ok(measured)) = tokio::time::timeout(Duration::from_secs(10), window).await {
+        watchers::record_window(&mut report, measured);
+    }
     for t in loc_tasks {
         match tokio::time::timeout(Duration::from_secs(10), t).await {
             Ok(Ok(Ok(summary))) => add_summary(&mut report, &summary),

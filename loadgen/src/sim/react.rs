@@ -247,6 +247,9 @@ impl Sim {
                     let no_drivers = trip.status() == pb::TripStatus::NoDrivers;
                     self.ledger
                         .replied(n, done.sent_at, &trip.trip_id, no_drivers);
+                    if !no_drivers {
+                        self.watchers.offer(&trip.trip_id);
+                    }
                 }
                 Ok(_) => self.error("RequestTrip: reply without a trip".to_string()),
                 Err(status) => self.error(rpc::describe("RequestTrip", &status)),
