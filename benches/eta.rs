@@ -22,7 +22,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use dispatch::LatLng;
 use dispatch::config::Config;
 use dispatch::eta::road::{EdgeId, RoadGraph, Snap};
-use dispatch::matching::{Eta, EtaModel, EtaModelKind};
+use dispatch::matching::{Eta, EtaModelKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -52,7 +52,10 @@ fn scenarios(g: &RoadGraph) -> Vec<Scenario> {
 }
 
 fn bench(c: &mut Criterion) {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/maps/monaco.osm.pbf"));
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/maps/monaco.osm.pbf"
+    ));
     let mut config = Config::default();
     config.eta.model = EtaModelKind::Road;
     config.eta.road_map = Some(path.to_path_buf());

@@ -58,7 +58,9 @@ struct Args {
 fn on_road(g: &RoadGraph, cumulative_m: &[f64], rng: &mut ChaCha8Rng) -> LatLng {
     let total = cumulative_m[cumulative_m.len() - 1];
     let at = rng.random_range(0.0..total);
-    let e = cumulative_m.partition_point(|&c| c <= at).min(g.edge_count() - 1);
+    let e = cumulative_m
+        .partition_point(|&c| c <= at)
+        .min(g.edge_count() - 1);
     let before = if e == 0 { 0.0 } else { cumulative_m[e - 1] };
     g.point_along(EdgeId(e as u32), at - before)
 }
@@ -77,7 +79,8 @@ fn osrm_table(addr: &str, from: &[LatLng], to: LatLng) -> Result<Vec<Option<f64>
         sources.join(";"),
         from.len()
     );
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("cannot reach OSRM at {addr}: {e}"))?;
+    let mut s =
+        TcpStream::connect(addr).map_err(|e| format!("cannot reach OSRM at {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
@@ -97,7 +100,11 @@ fn osrm_table(addr: &str, from: &[LatLng], to: LatLng) -> Result<Vec<Option<f64>
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 fn argmin(v: impl Iterator<Item = f64>) -> usize {
@@ -109,6 +116,7 @@ fn argmin(v: impl Iterator<Item = f64>) -> usize {
 #[derive(Default)]
 struct Tally {
     rel_err: Vec<f64>,
+    signed_err: Vec<f64>,
     abs_err_s: Vec<f64>,
     best_hits: usize,
     extra_s: f64,
@@ -170,6 +178,7 @@ fn main() -> Result<(), String> {
                 }
                 if osrm >= 1.0 {
                     tally.rel_err.push((eta.eta_s - osrm).abs() / osrm);
+                    tally.signed_err.push((eta.eta_s - osrm) / osrm);
                 }
                 tally.abs_err_s.push((eta.eta_s - osrm).abs());
             }
@@ -186,17 +195,24 @@ fn main() -> Result<(), String> {
         args.candidates, args.seed
     );
     println!(
-        "{:<26} {:>14} {:>14} {:>16} {:>18} {:>10}",
-        "model", "median_err_%", "median_err_s", "best_of_20_%", "mean_extra_pickup_s", "fallbacks"
+        "{:<26} {:>13} {:>15} {:>13} {:>13} {:>20} {:>10}",
+        "model",
+        "median_err_%",
+        "median_signed_%",
+        "median_err_s",
+        "best_of_20_%",
+        "mean_extra_pickup_s",
+        "fallbacks"
     );
     for (name, t) in ["road (ours)", "haversine (straight line)"]
         .iter()
         .zip(tallies)
     {
         println!(
-            "{:<26} {:>14.1} {:>14.1} {:>16.1} {:>18.1} {:>10}",
+            "{:<26} {:>13.1} {:>15.1} {:>13.1} {:>13.1} {:>20.1} {:>10}",
             name,
             100.0 * median(t.rel_err),
+            100.0 * median(t.signed_err),
             median(t.abs_err_s),
             100.0 * t.best_hits as f64 / dispatches.max(1) as f64,
             t.extra_s / dispatches.max(1) as f64,

@@ -10,7 +10,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::osm::{Direction, OsmRoads};
+use super::osm::{Direction, OsmRoads, SIGNAL_DELAY_S};
 use super::{EdgeId, NodeId, RoadEdge};
 use crate::domain::LatLng;
 
@@ -74,6 +74,13 @@ fn compress(osm: &OsmRoads) -> Built {
                 }
                 let ids_piece = &w.nodes[piece_from..=i];
                 let pts: Vec<LatLng> = located[piece_from..=i].iter().flatten().copied().collect();
+                // Signals passed driving each way: every node but the one the car starts from.
+                let delays = |ids: &[i64]| {
+                    let count = |s: &[i64]| s.iter().filter(|n| osm.signals.contains(n)).count();
+                    let fwd = count(&ids[1..]) as f64 * SIGNAL_DELAY_S;
+                    let bwd = count(&ids[..ids.len() - 1]) as f64 * SIGNAL_DELAY_S;
+                    (fwd, bwd)
+                };
                 if ids_piece[0] == ids_piece[ids_piece.len() - 1] {
                     // A closed loop from a node back to itself: split it at its middle point
                     // so that neither half is a self-loop.
@@ -81,13 +88,15 @@ fn compress(osm: &OsmRoads) -> Built {
                         let mid = pts.len() / 2;
                         let a = node_id(ids_piece[0], pts[0], &mut out);
                         let m = node_id(ids_piece[mid], pts[mid], &mut out);
-                        push_edges(&mut out, a, m, &pts[..=mid], w.direction, w.speed_mps);
-                        push_edges(&mut out, m, a, &pts[mid..], w.direction, w.speed_mps);
+                        let (d1, d2) = (delays(&ids_piece[..=mid]), delays(&ids_piece[mid..]));
+                        push_edges(&mut out, a, m, &pts[..=mid], w.direction, w.speed_mps, d1);
+                        push_edges(&mut out, m, a, &pts[mid..], w.direction, w.speed_mps, d2);
                     }
                 } else {
                     let a = node_id(ids_piece[0], pts[0], &mut out);
                     let b = node_id(ids_piece[ids_piece.len() - 1], pts[pts.len() - 1], &mut out);
-                    push_edges(&mut out, a, b, &pts, w.direction, w.speed_mps);
+                    let d = delays(ids_piece);
+                    push_edges(&mut out, a, b, &pts, w.direction, w.speed_mps, d);
                 }
                 piece_from = i;
             }
@@ -97,7 +106,8 @@ fn compress(osm: &OsmRoads) -> Built {
     out
 }
 
-/// Adds the directed edge(s) of one way piece `a -> b` with shape `pts` (in way order).
+/// Adds the directed edge(s) of one way piece `a -> b` with shape `pts` (in way order);
+/// `delays_s` are the signal delays driving it forward and backward.
 fn push_edges(
     out: &mut Built,
     a: NodeId,
@@ -105,10 +115,12 @@ fn push_edges(
     pts: &[LatLng],
     direction: Direction,
     speed_mps: f64,
+    delays_s: (f64, f64),
 ) {
     let length_m: f64 = pts.windows(2).map(|p| p[0].distance_m(p[1])).sum();
-    let time_s = length_m / speed_mps;
     let mut add = |from: NodeId, to: NodeId, forward: bool| -> EdgeId {
+        let delay = if forward { delays_s.0 } else { delays_s.1 };
+        let time_s = length_m / speed_mps + delay;
         let first = out.shapes.len() as u32;
         if forward {
             out.shapes.extend_from_slice(pts);

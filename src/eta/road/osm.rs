@@ -3,13 +3,14 @@
 //! It exists so that the rules of "what a car may drive, in which direction, how fast" live in
 //! one place, apart from the graph algorithms: highway classes, `oneway` (with `-1`), implied
 //! one-ways (roundabouts, motorways), access restrictions, and `maxspeed` where tagged, else a
-//! speed per class. The speeds follow the ones OSRM's car profile uses, so our routed times are
-//! comparable with the reference router out of the box.
+//! speed per class, and the nodes with traffic signals. The speeds and the signal delay follow
+//! OSRM's car profile, so our routed times are comparable with the reference router out of
+//! the box.
 
 use std::path::Path;
 
 use osmpbf::{Element, ElementReader};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// How a way may be driven, relative to the order of its nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +37,15 @@ pub(super) struct OsmRoads {
     pub(super) ways: Vec<Way>,
     /// Positions (lat, lng degrees) of every node in the file.
     pub(super) nodes: FxHashMap<i64, (f64, f64)>,
+    /// Nodes tagged `highway=traffic_signals`.
+    pub(super) signals: FxHashSet<i64>,
+}
+
+/// Seconds a car loses passing a traffic signal, on average (OSRM's car profile).
+pub(super) const SIGNAL_DELAY_S: f64 = 2.0;
+
+fn is_signal<'a>(mut tags: impl Iterator<Item = (&'a str, &'a str)>) -> bool {
+    tags.any(|(k, v)| k == "highway" && v == "traffic_signals")
 }
 
 /// Free-flow car speed of a highway class, km/h (OSRM car profile defaults); `None` for ways a
@@ -162,9 +172,15 @@ pub(super) fn read(path: &Path) -> Result<OsmRoads, osmpbf::Error> {
     ElementReader::from_path(path)?.for_each(|element| match element {
         Element::DenseNode(n) => {
             out.nodes.insert(n.id(), (n.lat(), n.lon()));
+            if is_signal(n.tags()) {
+                out.signals.insert(n.id());
+            }
         }
         Element::Node(n) => {
             out.nodes.insert(n.id(), (n.lat(), n.lon()));
+            if is_signal(n.tags()) {
+                out.signals.insert(n.id());
+            }
         }
         Element::Way(w) => {
             if let Some((direction, speed_mps)) = WayTags::read(w.tags()).car_way() {
