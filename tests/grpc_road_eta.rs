@@ -158,6 +158,42 @@ async fn an_off_map_pickup_falls_back_to_the_straight_line_with_the_flag() {
 }
 
 #[tokio::test]
+async fn an_off_map_driver_falls_back_while_one_on_the_roads_is_routed() {
+    let config = road_config(1.0);
+    let g = graph(&config);
+    let (on_road, pickup) = driver_and_pickup(&g);
+    let at_sea = LatLng::new(pickup.lat_deg() - 0.02, pickup.lng_deg()).unwrap();
+    assert!(
+        g.snap(at_sea).is_none(),
+        "the test point must be off the map"
+    );
+    let s = start_with(config).await;
+    online_at(&s, "d-road", on_road).await;
+    online_at(&s, "d-sea", at_sea).await;
+    let near = s
+        .queries()
+        .nearby_drivers(pb::NearbyDriversRequest {
+            location: ll(pickup.lat_deg(), pickup.lng_deg()),
+            radius_m: 0.0,
+            limit: 0,
+            vehicle_class: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .drivers;
+    let source = |id: &str| {
+        near.iter()
+            .find(|d| d.driver_id == id)
+            .unwrap()
+            .eta_source()
+    };
+    assert_eq!(source("d-road"), pb::EtaSource::Road);
+    assert_eq!(source("d-sea"), pb::EtaSource::StraightLineFallback);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn the_haversine_model_says_so() {
     let s = start().await;
     online(&s, "d-1", 300.0, 4.9, "gw").await;

@@ -9,14 +9,21 @@ use dispatch::LatLng;
 use dispatch::eta::road::{EdgeId, RoadError, RoadGraph, Snap};
 use proptest::prelude::*;
 
+fn map(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/maps")
+        .join(name)
+}
+
 fn monaco() -> &'static RoadGraph {
     static G: OnceLock<RoadGraph> = OnceLock::new();
+    G.get_or_init(|| RoadGraph::load(&map("monaco.osm.pbf")).expect("the shipped Monaco map loads"))
+}
+
+fn isle_of_man() -> &'static RoadGraph {
+    static G: OnceLock<RoadGraph> = OnceLock::new();
     G.get_or_init(|| {
-        RoadGraph::load(Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/data/maps/monaco.osm.pbf"
-        )))
-        .expect("the shipped Monaco map loads")
+        RoadGraph::load(&map("isle-of-man.osm.pbf")).expect("the shipped Isle of Man map loads")
     })
 }
 
@@ -27,11 +34,20 @@ fn on_edge(g: &RoadGraph, edge: EdgeId, offset_m: f64) -> Snap {
 }
 
 #[test]
-fn the_monaco_map_builds_a_connected_graph() {
-    let g = monaco();
+fn the_shipped_maps_build_connected_graphs() {
+    for (name, g) in [("monaco", monaco()), ("isle of man", isle_of_man())] {
+        check_graph(name, g);
+    }
+    // The island is the larger network; both extracts span their areas.
+    assert!(isle_of_man().node_count() > 2 * monaco().node_count());
+    let (sw, ne) = isle_of_man().bounds();
+    assert!(ne.distance_m(sw) > 30_000.0, "{sw} .. {ne}");
+}
+
+fn check_graph(name: &str, g: &RoadGraph) {
     let s = g.stats();
     eprintln!(
-        "monaco: {} nodes, {} edges, {:.1} MiB, {:.2} s",
+        "{name}: {} nodes, {} edges, {:.1} MiB, {:.2} s",
         g.node_count(),
         g.edge_count(),
         s.memory_bytes as f64 / 1048576.0,
@@ -47,6 +63,21 @@ fn the_monaco_map_builds_a_connected_graph() {
         assert_eq!(shape[0], g.node(e.from));
         assert_eq!(shape[shape.len() - 1], g.node(e.to));
         assert!(e.time_s >= 0.0 && e.length_m >= 0.0 && e.time_s.is_finite());
+        if let Some(t) = e.twin {
+            let t = g.edge(t);
+            assert_eq!(
+                (t.from, t.to),
+                (e.to, e.from),
+                "a twin is the same street reversed"
+            );
+        }
+    }
+    // Strongly connected: every node reaches node 0 and is reached from it.
+    let a = g.snap(g.node(dispatch::eta::road::NodeId(0))).unwrap();
+    for k in 0..20u32 {
+        let v = dispatch::eta::road::NodeId(k * 7_919 % g.node_count() as u32);
+        let b = g.snap(g.node(v)).unwrap();
+        assert!(g.snapped_time_s(&a, &b).is_finite() && g.snapped_time_s(&b, &a).is_finite());
     }
 }
 

@@ -176,12 +176,13 @@ impl RoadGraph {
     ///
     /// # Runtime
     /// About a second for a city extract of a few MB (release build); logged.
-    pub fn load(path: &Path) -> Result<RoadGraph, RoadError> {
+    pub fn load(path: impl AsRef<Path>) -> Result<RoadGraph, RoadError> {
         RoadGraph::load_with(path, RoadOptions::default())
     }
 
     /// Like [`RoadGraph::load`] with these options.
-    pub fn load_with(path: &Path, options: RoadOptions) -> Result<RoadGraph, RoadError> {
+    pub fn load_with(path: impl AsRef<Path>, options: RoadOptions) -> Result<RoadGraph, RoadError> {
+        let path = path.as_ref();
         let t0 = Instant::now();
         // Open first, so a missing file says so plainly rather than as a decoder error.
         std::fs::File::open(path).map_err(|e| RoadError::Read {
