@@ -5,7 +5,11 @@
 //! - `request_to_offer/engine_handle/N`: the same through the engine handle, i.e. including the
 //!   bounded channel, the hop to the dispatcher thread and the reply; what a gRPC handler waits.
 //!
-//! Drivers are uniform at ~111 per km² around 40.7 N, 74.0 W. Each timed request is cancelled
+//! - `request_to_offer/dispatcher_road/N`: the dispatcher alone with the road ETA model on the
+//!   shipped Monaco map: N drivers at random points on its roads, pickups on its roads, so
+//!   every search snaps 20 candidates and runs one many-to-one road search.
+//!
+//! Drivers are uniform at ~111 per km² around 40.7 N, 74.0 W (road bench: on Monaco's roads). Each timed request is cancelled
 //! outside the timed region so the fleet stays available, and simulated time advances 1 ms
 //! per request (a city at 1,000 requests/s, so surge windows fill as they would).
 
@@ -115,6 +119,10 @@ fn bench(c: &mut Criterion) {
             })
         });
 
+        if n == 100_000 {
+            bench_road(&mut group, n);
+        }
+
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -150,6 +158,65 @@ fn bench(c: &mut Criterion) {
         stopping.shutdown();
     }
     group.finish();
+}
+
+/// The dispatcher bench on Monaco's roads with the road ETA model.
+fn bench_road(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    n: usize,
+) {
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/maps/monaco.osm.pbf"
+    ));
+    let mut config = config();
+    config.eta.model = dispatch::matching::EtaModelKind::Road;
+    config.eta.road_map = Some(path.to_path_buf());
+    let graph = dispatch::eta::shared_graph(path, dispatch::eta::road_options(&config.eta))
+        .expect("the shipped map loads");
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut on_road = || {
+        let e = dispatch::eta::road::EdgeId(rng.random_range(0..graph.edge_count() as u32));
+        graph.point_along(e, graph.edge(e).length_m * rng.random_range(0.0..1.0))
+    };
+    let mut d = Dispatcher::new(&config, dispatch::index::default_index(), 0);
+    for (i, mut g) in drivers(n).into_iter().enumerate() {
+        g.position = on_road();
+        d.go_online(T0, g)
+            .unwrap_or_else(|e| panic!("driver {i}: {e}"));
+    }
+    d.take_events();
+    let reqs: Vec<TripRequest> = requests(n)
+        .into_iter()
+        .map(|mut r| {
+            r.pickup = on_road();
+            r.dropoff = on_road();
+            r
+        })
+        .collect();
+    let mut now = T0;
+    let mut i = 0usize;
+    group.bench_function(BenchmarkId::new("dispatcher_road", n), |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let req = reqs[i % reqs.len()].clone();
+                let rider = req.rider.clone();
+                i += 1;
+                now += 1;
+                let start = Instant::now();
+                let (trip, _) = d.request_trip(now, req).unwrap();
+                timed += start.elapsed();
+                black_box(&trip);
+                if trip.offer.is_some() {
+                    d.cancel_trip(now, trip.id, &rider).unwrap();
+                }
+                d.fire_due(now);
+                d.take_events();
+            }
+            timed
+        })
+    });
 }
 
 criterion_group!(benches, bench);

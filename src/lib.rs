@@ -11,6 +11,8 @@
 //! - [`clock`]: time as an input (system clock, manual clock for tests).
 //! - [`matching`]: pickup ETA model, candidate scoring, and the batch assignment solver
 //!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
+//! - [`eta`]: the road ETA model: an OpenStreetMap car graph with contraction hierarchies,
+//!   snapping and many-to-one queries (`eta::road`), chosen at start by `eta.model`.
 //! - [`surge`]: demand over supply per H3 hexagon.
 //! - [`events`]: the ordered dispatch events, the durable log they are committed to before any
 //!   call is acknowledged (`events::log`), their in-memory bus, the one follow loop that reads
@@ -51,6 +53,7 @@ pub mod config_load;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod eta;
 pub mod events;
 pub mod grpc;
 pub mod index;

@@ -48,6 +48,9 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Load the road map (if configured) before anything starts: a missing or unreadable file
+    // stops start-up with its name; the dispatcher then reuses the loaded graph.
+    crate::eta::from_config(&config)?;
     let engine = match options.engine {
         Some(engine) => engine,
         None => Engine::start(&config, index::default_index(), Arc::new(SystemClock))?,

@@ -32,7 +32,7 @@ use crate::domain::{DriverKey, ExternalId, LatLng, Rating, TripId, VehicleClass}
 use crate::error::Error;
 use crate::events::{Event, EventKind, MatchPolicy, OfferDetails};
 use crate::index::{Neighbor, SpatialIndex};
-use crate::matching::{EtaModel, HaversineEta, Scorer};
+use crate::matching::{EtaModel, Scorer};
 use crate::surge::SurgeReading;
 
 pub use super::records::LocationRejection;
@@ -97,6 +97,10 @@ pub(crate) struct Rules {
 pub(crate) struct Scratch {
     pub(crate) neighbors: Vec<Neighbor>,
     pub(crate) choices: Vec<Choice>,
+    /// The candidates' positions and straight-line distances, for one many-to-one ETA call.
+    pub(crate) from: Vec<(LatLng, f64)>,
+    /// Their ETAs, in the same order.
+    pub(crate) etas: Vec<crate::matching::Eta>,
 }
 
 /// What a decision sees and where its events go. It holds the state by shared reference, so
@@ -158,11 +162,13 @@ impl Dispatcher {
                 policy: d.policy,
             },
             // The one place the ETA model is chosen; only the candidate search uses it.
-            eta: Box::new(HaversineEta::new(config.eta.clone())),
+            eta: crate::eta::model_or_fallback(config),
             scorer: Scorer::new(config.scoring.clone()),
             scratch: Scratch {
                 neighbors: Vec::with_capacity(64),
                 choices: Vec::with_capacity(64),
+                from: Vec::with_capacity(64),
+                etas: Vec::with_capacity(64),
             },
             decided: Vec::new(),
             events: Vec::new(),

@@ -80,6 +80,7 @@ impl Decide<'_> {
             pickup,
             dropoff,
             pickup_eta_s: choice.eta_s,
+            eta_source: choice.eta_source,
             pickup_distance_m: choice.distance_m,
             expires_at_ms: self.now_ms.saturating_add(self.rules.offer_timeout_ms),
             score: choice.score,

@@ -5,7 +5,7 @@
 use super::{Decide, Dispatcher};
 use crate::domain::{DriverKey, LatLng, VehicleClass};
 use crate::engine::records::NearbyDriver;
-use crate::matching::{CandidateFacts, ScoreBreakdown};
+use crate::matching::{CandidateFacts, EtaSource, ScoreBreakdown};
 
 /// A scored candidate for a trip.
 #[derive(Clone, Copy, Debug)]
@@ -13,6 +13,8 @@ pub(crate) struct Choice {
     pub(crate) key: DriverKey,
     pub(crate) distance_m: f64,
     pub(crate) eta_s: f64,
+    /// How `eta_s` was estimated (routed, or a straight-line fallback).
+    pub(crate) eta_source: EtaSource,
     pub(crate) score: ScoreBreakdown,
 }
 
@@ -37,9 +39,16 @@ impl Decide<'_> {
             &mut |k| s.record(k).class.serves(class) && !tried.contains(&k),
             neighbors,
         );
-        for n in neighbors.iter() {
+        // All candidates to the pickup in one call: a road model runs one search from the
+        // pickup instead of one per candidate.
+        let sc = &mut self.scratch;
+        sc.from.clear();
+        sc.from
+            .extend(sc.neighbors.iter().map(|n| (n.position, n.distance_m)));
+        self.eta.many_to_one(&sc.from, pickup, now_ms, &mut sc.etas);
+        for (n, eta) in sc.neighbors.iter().zip(&sc.etas) {
             let d = s.record(n.key);
-            let eta_s = self.eta.eta_s(n.position, pickup, n.distance_m, now_ms);
+            let eta_s = eta.eta_s;
             let score = self.scorer.score(&CandidateFacts {
                 eta_s,
                 rating: d.rating.get(),
@@ -51,6 +60,7 @@ impl Decide<'_> {
                 key: n.key,
                 distance_m: n.distance_m,
                 eta_s,
+                eta_source: eta.source,
                 score,
             });
         }
@@ -92,17 +102,23 @@ impl Decide<'_> {
             &mut |k| s.record(k).class.serves(class),
             neighbors,
         );
-        neighbors
+        let sc = &mut self.scratch;
+        sc.from.clear();
+        sc.from
+            .extend(sc.neighbors.iter().map(|n| (n.position, n.distance_m)));
+        self.eta
+            .many_to_one(&sc.from, center, self.now_ms, &mut sc.etas);
+        sc.neighbors
             .iter()
-            .map(|n| {
+            .zip(&sc.etas)
+            .map(|(n, eta)| {
                 let d = s.record(n.key);
                 NearbyDriver {
                     id: d.id.clone(),
                     position: n.position,
                     distance_m: n.distance_m,
-                    eta_s: self
-                        .eta
-                        .eta_s(n.position, center, n.distance_m, self.now_ms),
+                    eta_s: eta.eta_s,
+                    eta_source: eta.source,
                     rating: d.rating,
                     class: d.class,
                 }
