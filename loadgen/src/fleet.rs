@@ -240,6 +240,13 @@ impl Fleet {
         leg.end_s()
     }
 
+    /// Seconds driver `i` would need at real speed to drive from where it is at `t_s` to `to`
+    /// (what [`Fleet::drive_to`] would take at a time scale of 1).
+    pub fn drive_time_s(&mut self, city: &City, i: usize, t_s: f64, to: Xy) -> f64 {
+        let from = self.position(city, i, t_s);
+        from.grid_distance_m(to) / self.speed_mps[i]
+    }
+
     /// Stops driver `i` where it is at `t_s`; if it is cruising it picks a new waypoint on its
     /// next report.
     pub fn park(&mut self, city: &City, i: usize, t_s: f64) {
@@ -396,9 +403,11 @@ mod tests {
             x_m: start.x_m + 2000.0,
             y_m: start.y_m - 1000.0,
         });
+        let real_s = f.drive_time_s(&c, 0, 5.0, to);
         let arrive = f.drive_to(&c, 0, 5.0, to, 10.0);
         let expected = 5.0 + start.grid_distance_m(to) / (f.speed_mps[0] * 10.0);
         assert!((arrive - expected).abs() < 1e-9);
+        assert!((real_s - 10.0 * (arrive - 5.0)).abs() < 1e-9);
         assert_eq!(f.position(&c, 0, arrive + 100.0), to);
     }
 

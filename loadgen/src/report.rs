@@ -94,6 +94,12 @@ pub struct Report {
     /// The matching policy of the engine loadgen started (`greedy`, `batch`), when it set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The ETA model of the engine loadgen started (`road`, `haversine`), when it set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_model: Option<String>,
+    /// The `--map` the city ran on, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
     /// Length of the measured window, seconds (warm-up excluded).
     pub duration_s: f64,
     /// Simulated drivers.
@@ -135,6 +141,12 @@ pub struct Report {
     pub nearby_ms: Percentiles,
     /// Mean pickup ETA of accepted offers, seconds.
     pub mean_pickup_eta_s: f64,
+    /// Mean time the accepting driver actually needs to reach the pickup, seconds: the
+    /// simulation's own drive time from where the driver was when the offer arrived (on the
+    /// road graph with `--map`, on the grid otherwise), at real speed (not scaled by
+    /// `--trip-time-scale`). What riders wait, whatever the engine estimated; the yardstick
+    /// for comparing ETA models.
+    pub mean_actual_pickup_s: f64,
     /// Gini coefficient of trips assigned per simulated driver.
     pub driver_trips_gini: f64,
 
@@ -233,6 +245,12 @@ impl Report {
             format!("{:.1} s (warm-up {:.1} s)", self.duration_s, self.warmup_s),
         );
         row("drivers", self.drivers.to_string());
+        if let Some(map) = &self.map {
+            row("map", map.clone());
+        }
+        if let Some(eta) = &self.eta_model {
+            row("engine ETA model", eta.clone());
+        }
         row(
             "errors",
             format!("{} (conflicts {})", self.errors, self.conflicts),
@@ -297,7 +315,10 @@ impl Report {
             row("request -> accept", lat(&self.request_to_accept_ms));
             row(
                 "mean pickup ETA",
-                format!("{:.1} s", self.mean_pickup_eta_s),
+                format!(
+                    "{:.1} s estimated, {:.1} s actual drive",
+                    self.mean_pickup_eta_s, self.mean_actual_pickup_s
+                ),
             );
             row("trips completed", self.trips_completed.to_string());
             row(
@@ -413,6 +434,7 @@ mod tests {
             "nearby_queries_per_s",
             "nearby_ms",
             "mean_pickup_eta_s",
+            "mean_actual_pickup_s",
             "driver_trips_gini",
         ] {
             assert!(v.get(k).is_some(), "missing {k}");
