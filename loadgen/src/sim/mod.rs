@@ -220,7 +220,7 @@ pub(crate) async fn run(
 ) -> Result<Report> {
     let ids = Ids::new(&cfg.id_prefix);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let city = city_for(cfg, &mut rng);
+    let city = city_for(cfg, &mut rng)?;
     let fleet = Fleet::new(
         &city,
         cfg.drivers,
@@ -269,6 +269,7 @@ pub(crate) async fn run(
         start: warmup_start,
         report: Report {
             mode: "city".into(),
+            map: cfg.map.as_ref().map(|p| p.display().to_string()),
             drivers: cfg.drivers as u64,
             seed: cfg.seed,
             ..Report::default()
