@@ -9,6 +9,8 @@
 //! - [`domain`], [`error`]: validated values (`LatLng`, ids) and the core error type.
 //! - [`index`]: where every driver is; k-nearest-within-radius queries.
 //! - [`clock`]: time as an input (system clock, manual clock for tests).
+//! - [`eta`]: the road ETA model: an OpenStreetMap car graph with contraction hierarchies,
+//!   snapping and many-to-one queries (`eta::road`), chosen at start by `eta.model`.
 //! - [`matching`]: pickup ETA model, candidate scoring, and the batch assignment solver
 //!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
 //! - [`surge`]: demand over supply per H3 hexagon.
@@ -43,6 +45,7 @@ pub mod config_load;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod eta;
 pub mod events;
 pub mod grpc;
 pub mod index;
