@@ -41,7 +41,10 @@ pub struct Route {
 
 /// The road graph in local metres, with routing. Read-only after construction except for the
 /// route search's scratch state, which sits behind a mutex that only the simulation task takes.
-#[derive(Debug)]
+///
+/// The router is the simulation's own rather than the engine's `RoadGraph::route`: a moving
+/// driver goes on to the end of its street before it can turn (the engine, not knowing the
+/// heading, may start either way), and the yardstick stays apart from the model it judges.
 pub struct Streets {
     graph: Arc<RoadGraph>,
     /// Shape points of edge `e`: `pts[first[e]..first[e + 1]]`, with `cum_m` the metres from
@@ -56,6 +59,16 @@ pub struct Streets {
     len_cum_m: Vec<f64>,
     fast: fast_paths::FastGraph,
     calc: Mutex<fast_paths::PathCalculator>,
+}
+
+impl std::fmt::Debug for Streets {
+    // The hierarchy and its search state are large and say nothing a reader needs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streets")
+            .field("edges", &self.edge_count())
+            .field("shape_points", &self.pts.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Routing weights are whole milliseconds (`fast_paths` takes integers; 0 is not allowed).
