@@ -278,7 +278,10 @@ impl Streets {
         if let Some(t) = twin {
             let back_m = (self.len_m(t) - to.offset_m).max(0.0);
             let (tw_start, _) = self.ends(t);
-            targets.push((tw_start as usize, weight_ms(self.part_time_s(t, 0.0, back_m))));
+            targets.push((
+                tw_start as usize,
+                weight_ms(self.part_time_s(t, 0.0, back_m)),
+            ));
         }
         let path = {
             // Only the simulation task routes; a poisoned lock means it already panicked.

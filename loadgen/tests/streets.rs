@@ -105,7 +105,11 @@ fn trip_legs_follow_routes_and_arrive_at_the_routed_time() {
         );
         let leg = &f.road[i];
         for w in leg.route.edges.windows(2) {
-            assert_eq!(st.ends(w[0]).1, st.ends(w[1]).0, "route breaks between edges");
+            assert_eq!(
+                st.ends(w[0]).1,
+                st.ends(w[1]).0,
+                "route breaks between edges"
+            );
         }
         // Milliseconds of rounding per edge at most.
         let edges = leg.route.edges.len() as f64;
