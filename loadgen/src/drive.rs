@@ -38,6 +38,7 @@ impl RoadLeg {
                 edges: vec![at.edge],
                 from_m: at.offset_m,
                 to_m: at.offset_m,
+                start_delay_s: 0.0,
                 time_s: 0.0,
             },
             end_s: vec![0.0],
@@ -50,7 +51,7 @@ impl RoadLeg {
     pub fn along(streets: &Streets, route: Route, start_s: f64, scale: f64) -> RoadLeg {
         let n = route.edges.len();
         let mut end_s = Vec::with_capacity(n);
-        let mut acc = 0.0;
+        let mut acc = route.start_delay_s;
         for (k, &e) in route.edges.iter().enumerate() {
             let a = if k == 0 { route.from_m } else { 0.0 };
             let b = if k + 1 == n {
@@ -89,7 +90,11 @@ impl RoadLeg {
         } else {
             streets.len_m(edge)
         };
-        let t0 = if k == 0 { 0.0 } else { self.end_s[k - 1] };
+        let t0 = if k == 0 {
+            self.route.start_delay_s
+        } else {
+            self.end_s[k - 1]
+        };
         let t1 = self.end_s[k];
         let f = if t1 > t0 {
             ((e_s - t0) / (t1 - t0)).clamp(0.0, 1.0)
@@ -144,6 +149,7 @@ pub fn cruise(
         edges,
         from_m: at.offset_m,
         to_m,
+        start_delay_s: 0.0,
         time_s,
     };
     RoadLeg::along(streets, route, start_s, 1.0)

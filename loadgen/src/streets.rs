@@ -35,9 +35,16 @@ pub struct Route {
     pub from_m: f64,
     /// Where on the last edge it ends, metres.
     pub to_m: f64,
+    /// Seconds spent at the start before driving (turning around), included in `time_s`.
+    pub start_delay_s: f64,
     /// Free-flow driving time, seconds.
     pub time_s: f64,
 }
+
+/// What turning around mid-street costs a driver on a two-way street, seconds (the reference
+/// router OSRM charges 20 s for a U-turn; a driver finds a driveway or does a three-point
+/// turn). On a one-way street the driver has to drive on to the next intersection.
+pub const TURN_AROUND_S: f64 = 20.0;
 
 /// The road graph in local metres, with routing. Read-only after construction except for the
 /// route search's scratch state, which sits behind a mutex that only the simulation task takes.
@@ -254,67 +261,94 @@ impl Streets {
         })
     }
 
-    /// The fastest route from `from` to `to` (forward along `from`'s edge, arriving on `to`'s
-    /// edge or, on a two-way street, its twin). Its `time_s` is what [`Streets::drive_time_s`]
-    /// returns.
+    /// The directed places of a road position: its own edge, and on a two-way street the
+    /// same point seen from the twin edge (offset mirrored).
+    fn directions(&self, p: RoadPos) -> [Option<RoadPos>; 2] {
+        let twin = self.graph.edge(EdgeId(p.edge)).twin.map(|t| RoadPos {
+            edge: t.0,
+            offset_m: (self.len_m(t.0) - p.offset_m).clamp(0.0, self.len_m(t.0)),
+        });
+        [Some(p), twin]
+    }
+
+    /// The fastest route from `from` to `to`: forward along `from`'s edge, or on a two-way
+    /// street turned around on the spot for [`TURN_AROUND_S`]; arriving along `to`'s edge or
+    /// its twin. Its `time_s` is what [`Streets::drive_time_s`] returns.
     pub fn route(&self, from: RoadPos, to: RoadPos) -> Route {
-        // Same edge, ahead: just drive on.
-        if from.edge == to.edge && to.offset_m >= from.offset_m {
-            return Route {
-                edges: vec![from.edge],
-                from_m: from.offset_m,
-                to_m: to.offset_m,
-                time_s: self.part_time_s(from.edge, from.offset_m, to.offset_m),
-            };
+        // Each way of leaving `from`: (position, seconds waited before driving).
+        let starts: Vec<(RoadPos, f64)> = self
+            .directions(from)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(k, p)| p.map(|p| (p, if k == 0 { 0.0 } else { TURN_AROUND_S })))
+            .collect();
+        let ends: Vec<RoadPos> = self.directions(to).into_iter().flatten().collect();
+        let route_of = |edges: Vec<u32>, s: (RoadPos, f64), to_m: f64, time_s: f64| Route {
+            edges,
+            from_m: s.0.offset_m,
+            to_m,
+            start_delay_s: s.1,
+            time_s,
+        };
+        // Along one street without passing a node.
+        let mut best: Option<Route> = None;
+        for &s in &starts {
+            for &e in &ends {
+                if s.0.edge == e.edge && e.offset_m >= s.0.offset_m {
+                    let t = s.1 + self.part_time_s(e.edge, s.0.offset_m, e.offset_m);
+                    if best.as_ref().is_none_or(|b| t < b.time_s) {
+                        best = Some(route_of(vec![e.edge], s, e.offset_m, t));
+                    }
+                }
+            }
         }
-        let (_, start) = self.ends(from.edge);
-        let rem_s = self.part_time_s(from.edge, from.offset_m, self.len_m(from.edge));
-        let (to_start, _) = self.ends(to.edge);
-        let mut targets = vec![(
-            to_start as usize,
-            weight_ms(self.part_time_s(to.edge, 0.0, to.offset_m)),
-        )];
-        let twin = self.graph.edge(EdgeId(to.edge)).twin.map(|t| t.0);
-        if let Some(t) = twin {
-            let back_m = (self.len_m(t) - to.offset_m).max(0.0);
-            let (tw_start, _) = self.ends(t);
-            targets.push((
-                tw_start as usize,
-                weight_ms(self.part_time_s(t, 0.0, back_m)),
-            ));
-        }
+        let sources: Vec<(usize, usize)> = starts
+            .iter()
+            .map(|&(p, wait)| {
+                let rest = self.part_time_s(p.edge, p.offset_m, self.len_m(p.edge));
+                (self.ends(p.edge).1 as usize, weight_ms(wait + rest))
+            })
+            .collect();
+        let targets: Vec<(usize, usize)> = ends
+            .iter()
+            .map(|&p| {
+                let part = self.part_time_s(p.edge, 0.0, p.offset_m);
+                (self.ends(p.edge).0 as usize, weight_ms(part))
+            })
+            .collect();
         let path = {
             // Only the simulation task routes; a poisoned lock means it already panicked.
             let mut calc = self.calc.lock().expect("route scratch lock");
-            calc.calc_path_multiple_sources_and_targets(
-                &self.fast,
-                vec![(start as usize, weight_ms(rem_s))],
-                targets,
-            )
+            calc.calc_path_multiple_sources_and_targets(&self.fast, sources, targets)
         };
         // The graph is one strongly connected component, so every node reaches every other.
         let path = path.expect("the road graph is strongly connected");
+        let time_s = path.get_weight() as f64 / 1000.0;
+        if let Some(b) = best
+            && b.time_s <= time_s
+        {
+            return b;
+        }
         let nodes = path.get_nodes();
+        let (first, last) = (nodes[0] as u32, nodes[nodes.len() - 1] as u32);
+        // Which start and which end the search used (distinct end nodes, so unambiguous).
+        let s = starts
+            .iter()
+            .copied()
+            .find(|&(p, _)| self.ends(p.edge).1 == first)
+            .unwrap_or(starts[0]);
+        let e = ends
+            .iter()
+            .copied()
+            .find(|&p| self.ends(p.edge).0 == last)
+            .unwrap_or(ends[0]);
         let mut edges = Vec::with_capacity(nodes.len() + 1);
-        edges.push(from.edge);
+        edges.push(s.0.edge);
         for w in nodes.windows(2) {
             edges.push(self.fastest_edge(w[0] as u32, w[1] as u32));
         }
-        let last = *nodes.last().unwrap_or(&(start as usize)) as u32;
-        let (end_edge, to_m) = match twin {
-            Some(t) if last != to_start && self.ends(t).0 == last => {
-                (t, (self.len_m(t) - to.offset_m).max(0.0))
-            }
-            _ => (to.edge, to.offset_m),
-        };
-        edges.push(end_edge);
-        let time_s = path.get_weight() as f64 / 1000.0;
-        Route {
-            edges,
-            from_m: from.offset_m,
-            to_m,
-            time_s,
-        }
+        edges.push(e.edge);
+        route_of(edges, s, e.offset_m, time_s)
     }
 
     /// Seconds to drive from `from` to `to` along the fastest route.

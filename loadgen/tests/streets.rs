@@ -3,7 +3,7 @@
 //! lies on roads. Pure simulation, no server.
 
 use dispatch::LatLng;
-use dispatch::eta::road::RoadGraph;
+use dispatch::eta::road::{EdgeId, RoadGraph};
 use loadgen::city::{City, Xy};
 use loadgen::fleet::{Fleet, Phase};
 use rand::SeedableRng;
@@ -143,4 +143,43 @@ fn parked_drivers_stay_and_resume_cruising_from_where_they_stopped() {
     let q = f.position(city, 0, 20.5);
     let d = ((q.x_m - p.x_m).powi(2) + (q.y_m - p.y_m).powi(2)).sqrt();
     assert!(d <= fastest_road_mps(city) * 0.5 + 0.5, "{d}");
+}
+
+#[test]
+fn a_driver_turns_around_on_a_two_way_street_but_not_on_a_one_way() {
+    use loadgen::streets::{RoadPos, TURN_AROUND_S};
+    let st = monaco().streets.as_ref().unwrap();
+    let graph = st.graph();
+    // Long enough that driving on to the end and back takes longer than turning around.
+    let long = |two_way: bool| {
+        (0..st.edge_count() as u32)
+            .find(|&e| {
+                let far = 120.0 + TURN_AROUND_S * graph.edge(EdgeId(e)).speed_mps();
+                st.len_m(e) > far && graph.edge(EdgeId(e)).twin.is_some() == two_way
+            })
+            .expect("Monaco has long one-way and two-way streets")
+    };
+    let at = |edge: u32, offset_m: f64| RoadPos { edge, offset_m };
+    // A point 50 m behind, on a two-way street: turn around and drive back.
+    let e = long(true);
+    let twin = graph.edge(EdgeId(e)).twin.unwrap().0;
+    let back = st.route(at(e, 120.0), at(e, 70.0));
+    let len = st.len_m(twin);
+    let expected = TURN_AROUND_S + st.part_time_s(twin, len - 120.0, len - 70.0);
+    assert!(
+        back.time_s <= expected + 0.002,
+        "{} > {expected}",
+        back.time_s
+    );
+    assert_eq!(back.edges, vec![twin]);
+    // Ahead on the same street: just drive on, no waiting.
+    let ahead = st.route(at(e, 70.0), at(e, 120.0));
+    assert_eq!(ahead.start_delay_s, 0.0);
+    assert!((ahead.time_s - st.part_time_s(e, 70.0, 120.0)).abs() < 1e-9);
+    // On a one-way street a point behind means driving on to the end first.
+    let o = long(false);
+    let around = st.route(at(o, 120.0), at(o, 70.0));
+    assert_eq!(around.start_delay_s, 0.0);
+    assert!(around.time_s >= st.part_time_s(o, 120.0, st.len_m(o)));
+    assert!(around.edges.len() >= 3, "{:?}", around.edges);
 }
