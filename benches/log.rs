@@ -36,6 +36,7 @@ fn event(offset: u64) -> Event {
             },
             attempt: 1,
             surge_multiplier: 1.0,
+            eta_source: dispatch::matching::EtaSource::Road,
         })),
     }
 }

@@ -319,6 +319,26 @@ impl Config {
             "eta.utc_offset_hours",
             "must be within -12..=14",
         )?;
+        check(
+            e.model != crate::matching::EtaModelKind::Road || e.road_map.is_some(),
+            "eta.road_map",
+            "must name an .osm.pbf file when `eta.model` is \"road\" (flag --road-map)",
+        )?;
+        check(
+            e.road_congestion_by_hour.iter().all(|&v| positive(v)),
+            "eta.road_congestion_by_hour",
+            "must all be > 0 (1.0 = the map's own speeds)",
+        )?;
+        check(
+            positive(e.road_max_snap_m),
+            "eta.road_max_snap_m",
+            "must be > 0",
+        )?;
+        check(
+            positive(e.road_snap_speed_mps),
+            "eta.road_snap_speed_mps",
+            "must be > 0",
+        )?;
         let w = &self.scoring;
         for (key, v) in [
             ("scoring.eta", w.eta),

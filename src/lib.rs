@@ -9,10 +9,10 @@
 //! - [`domain`], [`error`]: validated values (`LatLng`, ids) and the core error type.
 //! - [`index`]: where every driver is; k-nearest-within-radius queries.
 //! - [`clock`]: time as an input (system clock, manual clock for tests).
-//! - [`eta`]: the road ETA model: an OpenStreetMap car graph with contraction hierarchies,
-//!   snapping and many-to-one queries (`eta::road`), chosen at start by `eta.model`.
 //! - [`matching`]: pickup ETA model, candidate scoring, and the batch assignment solver
 //!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
+//! - [`eta`]: the road ETA model: an OpenStreetMap car graph with contraction hierarchies,
+//!   snapping and many-to-one queries (`eta::road`), chosen at start by `eta.model`.
 //! - [`surge`]: demand over supply per H3 hexagon.
 //! - [`events`]: the ordered dispatch events, their in-memory fan-out bus, and the durable
 //!   log they are committed to before any call is acknowledged (`events::log`).

@@ -86,6 +86,13 @@ struct Flags {
     /// start (events from that point on are lost).
     #[arg(long)]
     truncate_corrupt_log: bool,
+    /// Pickup ETA model: `haversine` (straight line x detour / speed for the hour) or `road`
+    /// (routed on the OpenStreetMap graph of --road-map). [default: haversine]
+    #[arg(long, value_name = "haversine|road")]
+    eta_model: Option<String>,
+    /// OpenStreetMap extract (.osm.pbf) the road ETA model routes on, read at start-up.
+    #[arg(long, value_name = "PATH")]
+    road_map: Option<PathBuf>,
     /// Any other key, e.g. --set surge.max_multiplier=2.5 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -151,6 +158,8 @@ impl Flags {
             self.drain_timeout.clone(),
             "--drain-timeout",
         );
+        add("eta.model", self.eta_model.clone(), "--eta-model");
+        add("eta.road_map", text(&self.road_map), "--road-map");
         add(
             "dispatch.policy",
             self.match_policy.clone(),

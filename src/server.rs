@@ -54,6 +54,9 @@ pub async fn serve_with(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Load the road map (if configured) before anything starts: a missing or unreadable file
+    // stops start-up with its name; the dispatcher then reuses the loaded graph.
+    crate::eta::from_config(&config)?;
     let engine = Engine::start(&config, index::default_index(), Arc::new(SystemClock))?;
     serve_engine_with(listeners, config, engine, shutdown).await
 }

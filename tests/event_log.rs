@@ -114,6 +114,7 @@ fn kind() -> impl Strategy<Value = EventKind> {
                         },
                         attempt,
                         surge_multiplier: 1.5,
+                        eta_source: dispatch::matching::EtaSource::StraightLineFallback,
                     })
                 )
             ),

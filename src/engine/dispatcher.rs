@@ -34,7 +34,7 @@ use crate::events::{
     TripStatus,
 };
 use crate::index::{Neighbor, SpatialIndex};
-use crate::matching::{EtaModel, HaversineEta, Scorer};
+use crate::matching::{EtaModel, Scorer};
 use crate::surge::{SurgeReading, SurgeTracker};
 use search::Choice;
 
@@ -180,7 +180,7 @@ impl Dispatcher {
             // Validated at the edge (100 ms..=10 s); never 0 so a flush cannot spin.
             batch_window_ms: (d.batch_window.as_millis() as u64).max(1),
             index,
-            eta: Box::new(HaversineEta::new(config.eta.clone())),
+            eta: crate::eta::model_or_fallback(config),
             scorer: Scorer::new(config.scoring.clone()),
             surge: SurgeTracker::new(config.surge.clone()),
             drivers: Vec::new(),
@@ -678,6 +678,7 @@ impl Dispatcher {
             pickup: trip.pickup,
             dropoff: trip.dropoff,
             pickup_eta_s: choice.eta_s,
+            eta_source: choice.eta_source,
             pickup_distance_m: choice.distance_m,
             expires_at_ms: now_ms.saturating_add(self.offer_timeout_ms),
             score: choice.score,

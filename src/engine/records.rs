@@ -141,6 +141,8 @@ pub struct NearbyDriver {
     pub distance_m: f64,
     /// Estimated seconds to the query point.
     pub eta_s: f64,
+    /// How `eta_s` was estimated (routed, or a straight-line fallback).
+    pub eta_source: crate::matching::EtaSource,
     /// Rating.
     pub rating: Rating,
     /// Vehicle class.

@@ -112,6 +112,8 @@ pub struct OfferDetails {
     pub attempt: u32,
     /// Surge multiplier at the pickup when requested.
     pub surge_multiplier: f64,
+    /// How `pickup_eta_s` was estimated (routed, or a straight-line fallback).
+    pub eta_source: crate::matching::EtaSource,
 }
 
 /// Identifies an offer and who it concerned, for events that end it.

@@ -9,6 +9,7 @@ use crate::engine::{Driver, DriverStatus, NearbyDriver, Stats, Trip};
 use crate::events::{
     CancelledBy, Event, EventKind, MatchPolicy, OfferCancelReason, OfferDetails, TripStatus,
 };
+use crate::matching::EtaSource;
 use crate::pb;
 
 // ------------------------------------------------------------------------------------------
@@ -207,6 +208,15 @@ pub(crate) fn pb_offer(o: &OfferDetails) -> pb::Offer {
         }),
         attempt: o.attempt,
         surge_multiplier: o.surge_multiplier,
+        eta_source: pb_eta_source(o.eta_source).into(),
+    }
+}
+
+pub(crate) fn pb_eta_source(s: EtaSource) -> pb::EtaSource {
+    match s {
+        EtaSource::StraightLine => pb::EtaSource::StraightLine,
+        EtaSource::Road => pb::EtaSource::Road,
+        EtaSource::StraightLineFallback => pb::EtaSource::StraightLineFallback,
     }
 }
 
@@ -218,6 +228,7 @@ pub(crate) fn pb_nearby(n: &NearbyDriver) -> pb::NearbyDriver {
         eta_s: n.eta_s,
         rating: n.rating.get(),
         vehicle_class: pb_class(n.class).into(),
+        eta_source: pb_eta_source(n.eta_source).into(),
     }
 }
 

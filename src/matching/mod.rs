@@ -8,5 +8,5 @@ pub mod assign;
 pub mod eta;
 pub mod score;
 
-pub use eta::{EtaConfig, EtaModel, HaversineEta};
+pub use eta::{Eta, EtaConfig, EtaModel, EtaModelKind, EtaSource, HaversineEta};
 pub use score::{CandidateFacts, ScoreBreakdown, ScoreWeights, Scorer};

@@ -3,7 +3,7 @@
 
 use crate::domain::{DriverKey, LatLng, VehicleClass};
 use crate::engine::records::NearbyDriver;
-use crate::matching::{CandidateFacts, ScoreBreakdown};
+use crate::matching::{CandidateFacts, EtaSource, ScoreBreakdown};
 use crate::surge::SurgeReading;
 
 use super::Dispatcher;
@@ -14,6 +14,7 @@ pub(super) struct Choice {
     pub(super) key: DriverKey,
     pub(super) distance_m: f64,
     pub(super) eta_s: f64,
+    pub(super) eta_source: EtaSource,
     pub(super) score: ScoreBreakdown,
 }
 
@@ -37,9 +38,18 @@ impl Dispatcher {
             &mut |k| drivers[k.0 as usize].class.serves(class) && !tried.contains(&k),
             &mut self.scratch,
         );
-        for n in &self.scratch {
+        // All candidates to the pickup in one call: a road model runs one search from the
+        // pickup instead of one per candidate.
+        let from: Vec<_> = self
+            .scratch
+            .iter()
+            .map(|n| (n.position, n.distance_m))
+            .collect();
+        let mut etas = Vec::with_capacity(from.len());
+        self.eta.many_to_one(&from, pickup, now_ms, &mut etas);
+        for (n, eta) in self.scratch.iter().zip(etas) {
             let d = &self.drivers[n.key.0 as usize];
-            let eta_s = self.eta.eta_s(n.position, pickup, n.distance_m, now_ms);
+            let eta_s = eta.eta_s;
             let score = self.scorer.score(&CandidateFacts {
                 eta_s,
                 rating: d.rating.get(),
@@ -51,6 +61,7 @@ impl Dispatcher {
                 key: n.key,
                 distance_m: n.distance_m,
                 eta_s,
+                eta_source: eta.source,
                 score,
             });
         }
@@ -94,15 +105,24 @@ impl Dispatcher {
             &mut |k| drivers[k.0 as usize].class.serves(class),
             &mut self.scratch,
         );
+        let from: Vec<_> = self
+            .scratch
+            .iter()
+            .map(|n| (n.position, n.distance_m))
+            .collect();
+        let mut etas = Vec::with_capacity(from.len());
+        self.eta.many_to_one(&from, center, now_ms, &mut etas);
         self.scratch
             .iter()
-            .map(|n| {
+            .zip(etas)
+            .map(|(n, eta)| {
                 let d = &self.drivers[n.key.0 as usize];
                 NearbyDriver {
                     id: d.id.clone(),
                     position: n.position,
                     distance_m: n.distance_m,
-                    eta_s: self.eta.eta_s(n.position, center, n.distance_m, now_ms),
+                    eta_s: eta.eta_s,
+                    eta_source: eta.source,
                     rating: d.rating,
                     class: d.class,
                 }
