@@ -164,6 +164,11 @@ pub struct Report {
     pub location_shed: u64,
     /// Location batches the load generator itself dropped because a stream was backed up.
     pub location_batches_dropped: u64,
+    /// Offers whose pickup ETA the engine routed on its road graph (`eta_source` ROAD).
+    pub offers_eta_road: u64,
+    /// Offers whose pickup ETA fell back to the straight line because the road model could
+    /// not place the driver or the pickup on its roads.
+    pub offers_eta_fallback: u64,
     /// Offers the simulated drivers declined.
     pub declines: u64,
     /// Trips driven to the drop-off and completed.
@@ -309,6 +314,15 @@ impl Report {
                 format!(
                     "{} ({:.2}/trip), {} declined, {} expired",
                     self.offers, self.offers_per_trip, self.declines, self.offer_timeouts
+                ),
+            );
+            row(
+                "offer ETA sources",
+                format!(
+                    "{} routed on roads, {} straight-line fallbacks, {} straight-line",
+                    self.offers_eta_road,
+                    self.offers_eta_fallback,
+                    self.offers.saturating_sub(self.offers_eta_road + self.offers_eta_fallback)
                 ),
             );
             row("request -> offer", lat(&self.request_to_offer_ms));

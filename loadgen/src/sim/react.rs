@@ -9,6 +9,11 @@ impl Sim {
         match notice {
             Notice::Offer(o) => {
                 self.report.offers += 1;
+                match o.eta_source() {
+                    pb::EtaSource::Road => self.report.offers_eta_road += 1,
+                    pb::EtaSource::StraightLineFallback => self.report.offers_eta_fallback += 1,
+                    _ => {}
+                }
                 self.ledger.offer(&o.trip_id, at);
                 let Some(d) = self
                     .ids
