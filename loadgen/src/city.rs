@@ -5,11 +5,18 @@
 //! the wire sees degrees. The box is small (tens of km), so an equirectangular projection around
 //! the centre is accurate to well under a metre, which is all a load generator needs.
 
+use crate::streets::{RoadPos, Streets};
+use dispatch::LatLng;
+use dispatch::eta::road::RoadGraph;
 use rand::Rng;
 use rand::distr::{Distribution, Uniform};
+use std::sync::Arc;
 
 /// Metres per degree of latitude (mean; the load generator does not need an ellipsoid).
 const M_PER_DEG_LAT: f64 = 111_320.0;
+/// On a map, a sampled point lands on the nearest road within this distance, metres (a demand
+/// blob may reach into the sea or a park); farther points are drawn again on the roads.
+const ROAD_SNAP_M: f64 = 3000.0;
 
 /// A point in local metres.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,9 +45,11 @@ pub struct Hotspot {
     pub weight: f64,
 }
 
-/// The city: its box, its street grid and its hotspots.
+/// The city: its box, its street grid (or a map's roads) and its hotspots.
 #[derive(Debug, Clone)]
 pub struct City {
+    /// The map's roads with `--map`; `None` for the street grid.
+    pub streets: Option<Arc<Streets>>,
     centre_lat_deg: f64,
     centre_lng_deg: f64,
     m_per_deg_lng: f64,
@@ -90,6 +99,7 @@ impl City {
             })
             .collect();
         City {
+            streets: None,
             centre_lat_deg,
             centre_lng_deg,
             m_per_deg_lng: M_PER_DEG_LAT * centre_lat_deg.to_radians().cos(),
@@ -99,6 +109,67 @@ impl City {
             cumulative,
             background_share: 0.2,
         }
+    }
+
+    /// The city of a road map: its box is the square around the graph's nodes, drivers and
+    /// demand stay on its roads, and the `hotspots` hotspots sit on roads drawn by `rng`
+    /// (uniformly per metre of road, so mostly where the streets are dense).
+    pub fn on_streets(graph: Arc<RoadGraph>, hotspots: usize, rng: &mut impl Rng) -> City {
+        let (sw, ne) = graph.bounds();
+        let centre_lat_deg = (sw.lat_deg() + ne.lat_deg()) / 2.0;
+        let centre_lng_deg = (sw.lng_deg() + ne.lng_deg()) / 2.0;
+        let m_per_deg_lng = M_PER_DEG_LAT * centre_lat_deg.to_radians().cos();
+        let size_m = ((ne.lat_deg() - sw.lat_deg()) * M_PER_DEG_LAT)
+            .max((ne.lng_deg() - sw.lng_deg()) * m_per_deg_lng)
+            .max(1.0);
+        let mut city = City::new(centre_lat_deg, centre_lng_deg, size_m / 1000.0, 1.0, 0, rng);
+        let streets = Streets::new(graph, |p| city.to_xy(p.lat_deg(), p.lng_deg()));
+        city.streets = Some(Arc::new(streets));
+        city.hotspots = (0..hotspots)
+            .map(|_| Hotspot {
+                centre: city.sample_uniform(rng),
+                sigma_m: rng.random_range(0.03..0.08) * size_m,
+                weight: rng.random_range(0.5..2.0),
+            })
+            .collect();
+        let total: f64 = city.hotspots.iter().map(|h| h.weight).sum();
+        let mut acc = 0.0;
+        city.cumulative = city
+            .hotspots
+            .iter()
+            .map(|h| {
+                acc += h.weight / total;
+                acc
+            })
+            .collect();
+        city
+    }
+
+    /// The road position nearest to `p` (with a map), drawn anew on the roads when nothing
+    /// is within a few km.
+    pub fn road_pos(&self, p: Xy, streets: &Streets, rng: &mut impl Rng) -> RoadPos {
+        let (lat, lng) = self.to_lat_lng(p);
+        LatLng::new(lat, lng)
+            .ok()
+            .and_then(|ll| streets.snap(ll, ROAD_SNAP_M))
+            .unwrap_or_else(|| streets.uniform(rng.random(), rng.random()))
+    }
+
+    /// The road position at a point already on a road (e.g. one this city sampled, after a
+    /// round trip through degrees); the nearest road for any other point.
+    pub fn road_pos_of(&self, p: Xy, streets: &Streets) -> RoadPos {
+        let (lat, lng) = self.to_lat_lng(p);
+        LatLng::new(lat, lng)
+            .ok()
+            .and_then(|ll| {
+                streets
+                    .snap(ll, ROAD_SNAP_M)
+                    .or_else(|| streets.snap(ll, 100.0 * self.size_m))
+            })
+            .unwrap_or(RoadPos {
+                edge: 0,
+                offset_m: 0.0,
+            })
     }
 
     /// Latitude and longitude (degrees) of a local point.
@@ -127,8 +198,12 @@ impl City {
         }
     }
 
-    /// The street intersection nearest to `p` (inside the box).
+    /// The street intersection nearest to `p` (inside the box); with a map, the nearest point
+    /// on a road.
     pub fn snap(&self, p: Xy) -> Xy {
+        if let Some(st) = &self.streets {
+            return st.point(self.road_pos_of(p, st));
+        }
         let p = self.clamp(p);
         let max = (self.size_m / self.block_m).floor() * self.block_m;
         Xy {
@@ -137,8 +212,11 @@ impl City {
         }
     }
 
-    /// A point drawn uniformly over the box.
+    /// A point drawn uniformly over the box; with a map, uniformly per metre of road.
     pub fn sample_uniform(&self, rng: &mut impl Rng) -> Xy {
+        if let Some(st) = &self.streets {
+            return st.point(st.uniform(rng.random(), rng.random()));
+        }
         Xy {
             x_m: rng.random_range(0.0..self.size_m),
             y_m: rng.random_range(0.0..self.size_m),
@@ -149,7 +227,12 @@ impl City {
     /// or, with probability `background_share`, anywhere in the box. Snapped to an intersection.
     pub fn sample_demand(&self, rng: &mut impl Rng) -> Xy {
         if self.hotspots.is_empty() || rng.random_bool(self.background_share) {
-            return self.snap(self.sample_uniform(rng));
+            let p = self.sample_uniform(rng);
+            return if self.streets.is_some() {
+                p
+            } else {
+                self.snap(p)
+            };
         }
         let u: f64 = rng.random();
         let i = self
@@ -159,10 +242,22 @@ impl City {
             .unwrap_or(self.hotspots.len() - 1);
         let h = self.hotspots[i];
         let (gx, gy) = gaussian_pair(rng);
-        self.snap(Xy {
-            x_m: h.centre.x_m + gx * h.sigma_m,
-            y_m: h.centre.y_m + gy * h.sigma_m,
-        })
+        self.land(
+            Xy {
+                x_m: h.centre.x_m + gx * h.sigma_m,
+                y_m: h.centre.y_m + gy * h.sigma_m,
+            },
+            rng,
+        )
+    }
+
+    /// A sampled point made a street point: an intersection, or on a map the nearest road
+    /// (or a fresh road point where no road is near).
+    fn land(&self, p: Xy, rng: &mut impl Rng) -> Xy {
+        match &self.streets {
+            Some(st) => st.point(self.road_pos(p, st, rng)),
+            None => self.snap(p),
+        }
     }
 
     /// A trip's drop-off for a pickup: half the time another demand point (people go to
@@ -173,10 +268,13 @@ impl City {
         }
         let d = rng.random_range(1000.0..8000.0);
         let a = rng.random_range(0.0..std::f64::consts::TAU);
-        self.snap(Xy {
-            x_m: pickup.x_m + d * a.cos(),
-            y_m: pickup.y_m + d * a.sin(),
-        })
+        self.land(
+            Xy {
+                x_m: pickup.x_m + d * a.cos(),
+                y_m: pickup.y_m + d * a.sin(),
+            },
+            rng,
+        )
     }
 
     /// Whether `v` (metres) lies on a street line of the grid.

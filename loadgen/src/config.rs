@@ -95,6 +95,12 @@ pub struct Config {
     /// Street spacing, metres.
     #[arg(long, default_value_t = 200.0)]
     pub block_m: f64,
+    /// An OpenStreetMap `.osm.pbf` file: the city becomes that map's car roads (drivers drive
+    /// along them at the roads' speeds, pickups and drop-offs lie on them, trip legs are
+    /// routed) instead of the square street grid; `--city-km`, `--centre-*` and `--block-m`
+    /// are then ignored.
+    #[arg(long)]
+    pub map: Option<std::path::PathBuf>,
     /// Show a live progress bar on stderr.
     #[arg(skip = false)]
     pub progress: bool,
@@ -145,6 +151,7 @@ impl Default for Config {
             centre_lng: -74.0,
             hotspots: 8,
             block_m: 200.0,
+            map: None,
             progress: false,
             id_prefix: String::new(),
             leave_online: false,

@@ -8,6 +8,8 @@
 //! (seed, driver, draw number), so they do not depend on the order the loop visits drivers in.
 
 use crate::city::{City, Xy};
+use crate::drive::{RoadLeg, cruise};
+use crate::streets::Streets;
 use rand::Rng;
 
 /// A straight-line-on-the-grid movement: along one axis, then the other, at a constant speed.
@@ -124,7 +126,11 @@ pub struct Fleet {
     pub speed_mps: Vec<f64>,
     /// Trips assigned to each driver (accepted offers).
     pub trips_assigned: Vec<u32>,
+    /// With a map, each driver's movement along the roads (then `legs` only hold the
+    /// starting points); empty on the grid.
+    pub road: Vec<RoadLeg>,
     draws: Vec<u32>,
+    scratch: Vec<u32>,
 }
 
 impl Fleet {
@@ -140,12 +146,16 @@ impl Fleet {
         let mut legs = Vec::with_capacity(n);
         let mut speed_mps = Vec::with_capacity(n);
         let mut next_report_s = Vec::with_capacity(n);
+        let mut road = Vec::new();
         for _ in 0..n {
             let at = if rng.random_bool(0.5) {
                 city.sample_demand(rng)
             } else {
                 city.snap(city.sample_uniform(rng))
             };
+            if let Some(st) = &city.streets {
+                road.push(RoadLeg::parked(city.road_pos_of(at, st), 0.0));
+            }
             legs.push(Leg::parked(at, 0.0));
             // 22 to 40 km/h: city traffic.
             speed_mps.push(rng.random_range(6.0..11.0));
@@ -160,7 +170,9 @@ impl Fleet {
             next_report_s,
             speed_mps,
             trips_assigned: vec![0; n],
+            road,
             draws: vec![0; n],
+            scratch: Vec::new(),
         }
     }
 
@@ -182,14 +194,35 @@ impl Fleet {
 
     /// A deterministic uniform number in [0, 1) for driver `i`'s next random choice.
     fn draw(&mut self, i: usize) -> f64 {
-        let n = self.draws[i];
-        self.draws[i] = n.wrapping_add(1);
-        unit(mix3(self.seed, i as u64, u64::from(n)))
+        draw(self.seed, &mut self.draws[i], i)
+    }
+
+    /// Where driver `i` is at `t_s` on the roads; a cruising driver whose leg ended drives on
+    /// along a new random walk until its leg covers `t_s`.
+    fn road_position(&mut self, st: &Streets, i: usize, t_s: f64) -> Xy {
+        if self.phase[i].cruising() {
+            // Each cruising leg covers about a minute of driving, so a few iterations cover any
+            // gap; the bound only guards against a degenerate map.
+            for _ in 0..1000 {
+                let leg = &self.road[i];
+                let end = leg.end_s();
+                if end >= t_s {
+                    break;
+                }
+                let at = leg.end_pos();
+                let (seed, n) = (self.seed, &mut self.draws[i]);
+                self.road[i] = cruise(st, at, end, || draw(seed, n, i), &mut self.scratch);
+            }
+        }
+        self.road[i].position(st, t_s)
     }
 
     /// Where driver `i` is at `t_s`. A cruising driver whose leg ended picks new waypoints
     /// (nearby intersections) until its leg covers `t_s`.
     pub fn position(&mut self, city: &City, i: usize, t_s: f64) -> Xy {
+        if let Some(st) = &city.streets {
+            return self.road_position(st, i, t_s);
+        }
         if self.phase[i].cruising() {
             // Each leg lasts at least one block at the driver's speed, so a few iterations cover
             // any report gap; the bound only guards against a degenerate city.
@@ -228,6 +261,13 @@ impl Fleet {
     /// Starts a trip leg for driver `i` from where it is at `t_s` to `to`, at its speed times
     /// `time_scale`. Returns the simulation time of arrival.
     pub fn drive_to(&mut self, city: &City, i: usize, t_s: f64, to: Xy, time_scale: f64) -> f64 {
+        if let Some(st) = &city.streets {
+            self.road_position(st, i, t_s);
+            let from = self.road[i].road_pos(st, t_s);
+            let route = st.route(from, city.road_pos_of(to, st));
+            self.road[i] = RoadLeg::along(st, route, t_s, time_scale);
+            return self.road[i].end_s();
+        }
         let from = self.position(city, i, t_s);
         let leg = Leg {
             from,
@@ -240,9 +280,27 @@ impl Fleet {
         leg.end_s()
     }
 
+    /// Seconds driver `i` would need at real speed to drive from where it is at `t_s` to `to`
+    /// (what [`Fleet::drive_to`] would take at a time scale of 1).
+    pub fn drive_time_s(&mut self, city: &City, i: usize, t_s: f64, to: Xy) -> f64 {
+        if let Some(st) = &city.streets {
+            self.road_position(st, i, t_s);
+            let from = self.road[i].road_pos(st, t_s);
+            return st.drive_time_s(from, city.road_pos_of(to, st));
+        }
+        let from = self.position(city, i, t_s);
+        from.grid_distance_m(to) / self.speed_mps[i]
+    }
+
     /// Stops driver `i` where it is at `t_s`; if it is cruising it picks a new waypoint on its
     /// next report.
     pub fn park(&mut self, city: &City, i: usize, t_s: f64) {
+        if let Some(st) = &city.streets {
+            self.road_position(st, i, t_s);
+            let at = self.road[i].road_pos(st, t_s);
+            self.road[i] = RoadLeg::parked(at, t_s);
+            return;
+        }
         let at = self.position(city, i, t_s);
         // Parking mid-block is fine: the next cruising leg leaves along the current street.
         self.legs[i] = Leg::parked(at, t_s);
@@ -268,6 +326,13 @@ impl Fleet {
             }
         }
     }
+}
+
+/// Driver `i`'s next deterministic uniform number in [0, 1), counting its draws in `n`.
+fn draw(seed: u64, n: &mut u32, i: usize) -> f64 {
+    let k = *n;
+    *n = k.wrapping_add(1);
+    unit(mix3(seed, i as u64, u64::from(k)))
 }
 
 /// SplitMix64's finaliser: a fast, well-mixed 64-bit hash.
@@ -396,9 +461,11 @@ mod tests {
             x_m: start.x_m + 2000.0,
             y_m: start.y_m - 1000.0,
         });
+        let real_s = f.drive_time_s(&c, 0, 5.0, to);
         let arrive = f.drive_to(&c, 0, 5.0, to, 10.0);
         let expected = 5.0 + start.grid_distance_m(to) / (f.speed_mps[0] * 10.0);
         assert!((arrive - expected).abs() < 1e-9);
+        assert!((real_s - 10.0 * (arrive - 5.0)).abs() < 1e-9);
         assert_eq!(f.position(&c, 0, arrive + 100.0), to);
     }
 

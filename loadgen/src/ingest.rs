@@ -125,7 +125,7 @@ pub(crate) async fn run(
 ) -> Result<Report> {
     let ids = Ids::new(&cfg.id_prefix);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let city = city_for(cfg, &mut rng);
+    let city = city_for(cfg, &mut rng)?;
     let (mut report, positions) =
         warm_up_report(cfg, "ingest", &channels, &city, &ids, progress).await;
 

@@ -51,6 +51,16 @@ impl TripRec {
     }
 }
 
+/// What an accepted offer said and what the drive to its pickup takes, seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PickupTimes {
+    /// The engine's pickup ETA on the offer.
+    pub eta_s: f64,
+    /// The simulation's drive time from the driver (where it was when the offer arrived) to
+    /// the pickup, at real speed.
+    pub actual_s: f64,
+}
+
 /// Final request counts; `matched + no_drivers + cancelled + still_open == requests`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -80,6 +90,8 @@ pub struct Ledger {
     pub to_accept_us: Histogram<u64>,
     /// Pickup ETA of each accepted offer, seconds.
     pub pickup_etas_s: Vec<f64>,
+    /// Simulated drive time to the pickup of each accepted offer's driver, seconds.
+    pub actual_pickups_s: Vec<f64>,
     /// Decided outcomes so far (live figures; the final ones come from [`Ledger::counts`]).
     pub live_matched: u64,
     /// Requests whose reply arrived so far.
@@ -101,6 +113,7 @@ impl Ledger {
             to_offer_us: latency_histogram(),
             to_accept_us: latency_histogram(),
             pickup_etas_s: Vec::new(),
+            actual_pickups_s: Vec::new(),
             live_matched: 0,
             live_requests: 0,
         }
@@ -172,8 +185,9 @@ impl Ledger {
         }
     }
 
-    /// A driver's accept of `trip_id` was confirmed at `at`, with the offer's pickup ETA.
-    pub fn accepted(&mut self, trip_id: &str, at: Instant, pickup_eta_s: Option<f64>) {
+    /// A driver's accept of `trip_id` was confirmed at `at`, with the offer's pickup ETA and
+    /// the simulation's drive time from the driver to the pickup (both seconds), when known.
+    pub fn accepted(&mut self, trip_id: &str, at: Instant, pickup: Option<PickupTimes>) {
         let rec = Self::rec(&mut self.trips, trip_id);
         if rec.outcome == Outcome::Matched {
             return;
@@ -184,8 +198,9 @@ impl Ledger {
         rec.accepted_at = Some(at);
         Self::resolve(rec, &mut self.to_offer_us, &mut self.to_accept_us);
         self.live_matched += 1;
-        if let Some(eta) = pickup_eta_s {
-            self.pickup_etas_s.push(eta);
+        if let Some(p) = pickup {
+            self.pickup_etas_s.push(p.eta_s);
+            self.actual_pickups_s.push(p.actual_s);
         }
     }
 
@@ -263,10 +278,17 @@ mod tests {
         let n = l.issue();
         l.replied(n, t0, "T1", false);
         l.offer("T1", t0 + Duration::from_millis(3));
-        l.accepted("T1", t0 + Duration::from_secs(4), Some(120.0));
+        let times = PickupTimes {
+            eta_s: 120.0,
+            actual_s: 150.0,
+        };
+        l.accepted("T1", t0 + Duration::from_secs(4), Some(times));
+        // A repeated accept report for the same trip is not counted twice.
+        l.accepted("T1", t0 + Duration::from_secs(5), Some(times));
         assert_eq!(l.to_offer_us.len(), 1);
         assert_eq!(l.to_accept_us.len(), 1);
         assert_eq!(l.pickup_etas_s, vec![120.0]);
+        assert_eq!(l.actual_pickups_s, vec![150.0]);
     }
 
     #[test]

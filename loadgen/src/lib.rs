@@ -4,7 +4,10 @@
 //! The map:
 //! - [`config`]: the knobs of a run (also the command-line flags).
 //! - [`city`]: the city box, its street grid and demand hotspots, in local metres.
-//! - [`fleet`]: every simulated driver as a row of plain vectors, moved lazily along the grid.
+//! - [`streets`]: with `--map`, the engine's road graph in local metres with the simulation's
+//!   own router; [`drive`]: driving along it (trip routes, cruising random walks).
+//! - [`fleet`]: every simulated driver as a row of plain vectors, moved lazily along the grid
+//!   or the roads.
 //! - [`ledger`]: request accounting; joins trip facts that arrive in any order.
 //! - [`rpc`]: connections, ids, and the call workers that keep many unary calls in flight.
 //! - `sim` (city mode), `ingest`, `nearby`: the three modes; `warmup` brings fleets online.
@@ -26,6 +29,7 @@
 
 pub mod city;
 pub mod config;
+pub mod drive;
 pub mod error;
 pub mod fleet;
 mod ingest;
@@ -37,6 +41,7 @@ pub mod report;
 pub mod rpc;
 pub mod server;
 mod sim;
+pub mod streets;
 mod warmup;
 
 pub use config::{Config, Mode};

@@ -32,6 +32,11 @@ struct Cli {
     /// With `--policy batch`: the batch window, milliseconds (engine default 2000).
     #[arg(long)]
     batch_window_ms: Option<u64>,
+    /// The ETA model of the `dispatchd` loadgen starts: `road` (routes on the `--map` it
+    /// simulates, passed as `--eta-model=road --road-map=MAP`) or `haversine`. Recorded in the
+    /// report, so the two compare side by side on the same seed.
+    #[arg(long, value_parser = ["road", "haversine"])]
+    eta: Option<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -81,11 +86,24 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(ms) = cli.batch_window_ms {
         server_args.push(format!("--batch-window-ms={ms}"));
     }
+    match cli.eta.as_deref() {
+        Some("road") => {
+            let map = config.map.as_ref().ok_or(
+                "--eta road routes the engine on the simulated map: give it with --map FILE",
+            )?;
+            // The server runs in its own temporary directory: hand it an absolute path.
+            let map = std::fs::canonicalize(map).map_err(|e| format!("{}: {e}", map.display()))?;
+            server_args.push("--eta-model=road".into());
+            server_args.push(format!("--road-map={}", map.display()));
+        }
+        Some(model) => server_args.push(format!("--eta-model={model}")),
+        None => {}
+    }
     let (server, target) = match cli.target {
-        Some(_) if cli.policy.is_some() || cli.batch_window_ms.is_some() => {
+        Some(_) if cli.policy.is_some() || cli.batch_window_ms.is_some() || cli.eta.is_some() => {
             return Err(
-                "--policy and --batch-window-ms configure the dispatchd loadgen starts; \
-                        with --target, start that server with --match-policy instead"
+                "--policy, --batch-window-ms and --eta configure the dispatchd loadgen starts; \
+                        with --target, start that server with --match-policy or --eta-model instead"
                     .into(),
             );
         }
@@ -120,6 +138,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut report = result?;
     report.policy = cli.policy.clone();
+    report.eta_model = cli.eta.clone();
 
     println!("loadgen report ({target})");
     print!("{}", report.table());

@@ -91,7 +91,7 @@ pub(crate) async fn run(
 ) -> Result<Report> {
     let ids = Ids::new(&cfg.id_prefix);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let city = city_for(cfg, &mut rng);
+    let city = city_for(cfg, &mut rng)?;
     let (mut report, _) = warm_up_report(cfg, "nearby", &channels, &city, &ids, progress).await;
 
     let points: Arc<Vec<pb::LatLng>> = Arc::new(

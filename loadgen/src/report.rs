@@ -94,6 +94,12 @@ pub struct Report {
     /// The matching policy of the engine loadgen started (`greedy`, `batch`), when it set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The ETA model of the engine loadgen started (`road`, `haversine`), when it set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_model: Option<String>,
+    /// The `--map` the city ran on, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
     /// Length of the measured window, seconds (warm-up excluded).
     pub duration_s: f64,
     /// Simulated drivers.
@@ -135,6 +141,12 @@ pub struct Report {
     pub nearby_ms: Percentiles,
     /// Mean pickup ETA of accepted offers, seconds.
     pub mean_pickup_eta_s: f64,
+    /// Mean time the accepting driver actually needs to reach the pickup, seconds: the
+    /// simulation's own drive time from where the driver was when the offer arrived (on the
+    /// road graph with `--map`, on the grid otherwise), at real speed (not scaled by
+    /// `--trip-time-scale`). What riders wait, whatever the engine estimated; the yardstick
+    /// for comparing ETA models.
+    pub mean_actual_pickup_s: f64,
     /// Gini coefficient of trips assigned per simulated driver.
     pub driver_trips_gini: f64,
 
@@ -152,6 +164,11 @@ pub struct Report {
     pub location_shed: u64,
     /// Location batches the load generator itself dropped because a stream was backed up.
     pub location_batches_dropped: u64,
+    /// Offers whose pickup ETA the engine routed on its road graph (`eta_source` ROAD).
+    pub offers_eta_road: u64,
+    /// Offers whose pickup ETA fell back to the straight line because the road model could
+    /// not place the driver or the pickup on its roads.
+    pub offers_eta_fallback: u64,
     /// Offers the simulated drivers declined.
     pub declines: u64,
     /// Trips driven to the drop-off and completed.
@@ -251,6 +268,12 @@ impl Report {
             format!("{:.1} s (warm-up {:.1} s)", self.duration_s, self.warmup_s),
         );
         row("drivers", self.drivers.to_string());
+        if let Some(map) = &self.map {
+            row("map", map.clone());
+        }
+        if let Some(eta) = &self.eta_model {
+            row("engine ETA model", eta.clone());
+        }
         row(
             "errors",
             format!("{} (conflicts {})", self.errors, self.conflicts),
@@ -311,11 +334,23 @@ impl Report {
                     self.offers, self.offers_per_trip, self.declines, self.offer_timeouts
                 ),
             );
+            row(
+                "offer ETA sources",
+                format!(
+                    "{} routed on roads, {} straight-line fallbacks, {} straight-line",
+                    self.offers_eta_road,
+                    self.offers_eta_fallback,
+                    self.offers.saturating_sub(self.offers_eta_road + self.offers_eta_fallback)
+                ),
+            );
             row("request -> offer", lat(&self.request_to_offer_ms));
             row("request -> accept", lat(&self.request_to_accept_ms));
             row(
                 "mean pickup ETA",
-                format!("{:.1} s", self.mean_pickup_eta_s),
+                format!(
+                    "{:.1} s estimated, {:.1} s actual drive",
+                    self.mean_pickup_eta_s, self.mean_actual_pickup_s
+                ),
             );
             row("trips completed", self.trips_completed.to_string());
             row(
@@ -455,6 +490,7 @@ mod tests {
             "nearby_queries_per_s",
             "nearby_ms",
             "mean_pickup_eta_s",
+            "mean_actual_pickup_s",
             "driver_trips_gini",
         ] {
             assert!(v.get(k).is_some(), "missing {k}");

@@ -22,15 +22,24 @@ use rand_chacha::ChaCha8Rng;
 const IN_FLIGHT: usize = 512;
 
 /// The seeded city every mode runs in: the same seed gives the same streets and hotspots.
-pub(crate) fn city_for(cfg: &Config, rng: &mut ChaCha8Rng) -> City {
-    City::new(
+/// With `--map` the streets are the map's roads (read and prepared here, in a second or so).
+pub(crate) fn city_for(cfg: &Config, rng: &mut ChaCha8Rng) -> crate::Result<City> {
+    if let Some(path) = &cfg.map {
+        let graph = crate::streets::Streets::load_graph(path).map_err(crate::Error::Config)?;
+        return Ok(City::on_streets(
+            std::sync::Arc::new(graph),
+            cfg.hotspots,
+            rng,
+        ));
+    }
+    Ok(City::new(
         cfg.centre_lat,
         cfg.centre_lng,
         cfg.city_km,
         cfg.block_m,
         cfg.hotspots,
         rng,
-    )
+    ))
 }
 
 /// Brings the fleet online for a query-only mode (ingest, nearby) and starts its report with

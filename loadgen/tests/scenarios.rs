@@ -230,3 +230,77 @@ async fn a_city_run_with_trip_watchers_keeps_them_open_and_measures_the_server()
     assert!(report.server_cpu_us_per_event.is_some_and(|us| us > 0.0));
     assert!(report.table().contains("server CPU per event"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_city_on_monaco_streets_drives_on_roads_and_measures_actual_pickups() {
+    let map = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/maps/monaco.osm.pbf"
+    ));
+    let server = start_server().await;
+    let cfg = Config {
+        drivers: 80,
+        requests_per_sec: 4.0,
+        duration: Duration::from_secs(6),
+        drain: Duration::from_secs(6),
+        // Pickups take minutes and trips up to ~15 min on Monaco's hills: at 300x a trip is
+        // driven within the drain.
+        trip_time_scale: 300.0,
+        map: Some(map.clone()),
+        // Keep the fleet online: its last reported positions are checked below.
+        leave_online: true,
+        online_minutes: 0.0,
+        id_prefix: "tmap-".into(),
+        ..small_city(Mode::City)
+    };
+    let report = tokio::time::timeout(Duration::from_secs(120), loadgen::run(&cfg, &server.addr))
+        .await
+        .expect("the run stops by itself")
+        .expect("the run completes");
+    println!("{}", report.table());
+    assert_eq!(report.errors, 0, "{:?}", report.error_examples);
+    let table = report.table();
+    assert!(report.accounted(), "{table}");
+    assert!(report.matched > 0, "{table}");
+    assert!(report.trips_completed > 0, "{table}");
+    assert!(report.location_updates >= 80, "{}", report.location_updates);
+    // The drive the rider waits for, on the simulation's own roads: present and positive.
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(
+        json["mean_actual_pickup_s"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+    assert!(json["map"].as_str().unwrap().ends_with("monaco.osm.pbf"));
+
+    // Every driver the engine holds sits where it last reported (or went online): on a road of
+    // the map, as the engine's own road graph snaps it.
+    let graph = dispatch::eta::road::RoadGraph::load(&map).unwrap();
+    let (sw, ne) = graph.bounds();
+    let mut q = QueryServiceClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let near = q
+        .nearby_drivers(pb::NearbyDriversRequest {
+            location: Some(pb::LatLng {
+                lat_deg: (sw.lat_deg() + ne.lat_deg()) / 2.0,
+                lng_deg: (sw.lng_deg() + ne.lng_deg()) / 2.0,
+            }),
+            radius_m: 50_000.0,
+            limit: 200,
+            vehicle_class: pb::VehicleClass::Unspecified as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(near.drivers.len() >= 40, "{}", near.drivers.len());
+    for d in &near.drivers {
+        let p = d.location.unwrap();
+        let at = dispatch::LatLng::new(p.lat_deg, p.lng_deg).unwrap();
+        let snap = graph.snap_within(at, 50.0);
+        assert!(
+            snap.is_some_and(|s| s.distance_m < 2.0),
+            "{} reported {p:?}, off the road: {snap:?}",
+            d.driver_id
+        );
+    }
+}

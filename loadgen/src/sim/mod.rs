@@ -13,7 +13,7 @@ use crate::city::{City, Xy};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, Phase, mix3, mix64, unit};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, PickupTimes};
 use crate::progress::Progress;
 use crate::report::{Percentiles, Report, gini};
 use crate::rpc::Conn;
@@ -99,6 +99,8 @@ struct Job {
     pickup: Xy,
     dropoff: Xy,
     pickup_eta_s: f64,
+    /// The simulation's drive time from the driver to the pickup when the offer arrived.
+    actual_pickup_s: f64,
 }
 
 /// The whole city simulation's state, owned by one task.
@@ -221,7 +223,7 @@ pub(crate) async fn run(
 ) -> Result<Report> {
     let ids = Ids::new(&cfg.id_prefix);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let city = city_for(cfg, &mut rng);
+    let city = city_for(cfg, &mut rng)?;
     let fleet = Fleet::new(
         &city,
         cfg.drivers,
@@ -270,6 +272,7 @@ pub(crate) async fn run(
         start: warmup_start,
         report: Report {
             mode: "city".into(),
+            map: cfg.map.as_ref().map(|p| p.display().to_string()),
             drivers: cfg.drivers as u64,
             seed: cfg.seed,
             ..Report::default()
@@ -443,12 +446,15 @@ pub(crate) async fn run(
     report.still_open = counts.still_open;
     report.request_to_offer_ms = Percentiles::from_us(&sim.ledger.to_offer_us);
     report.request_to_accept_ms = Percentiles::from_us(&sim.ledger.to_accept_us);
-    let etas = &sim.ledger.pickup_etas_s;
-    report.mean_pickup_eta_s = if etas.is_empty() {
-        0.0
-    } else {
-        etas.iter().sum::<f64>() / etas.len() as f64
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
     };
+    report.mean_pickup_eta_s = mean(&sim.ledger.pickup_etas_s);
+    report.mean_actual_pickup_s = mean(&sim.ledger.actual_pickups_s);
     report.driver_trips_gini = gini(&sim.fleet.trips_assigned);
     report.error_examples.truncate(10);
     report.finish_rates();

@@ -9,6 +9,11 @@ impl Sim {
         match notice {
             Notice::Offer(o) => {
                 self.report.offers += 1;
+                match o.eta_source() {
+                    pb::EtaSource::Road => self.report.offers_eta_road += 1,
+                    pb::EtaSource::StraightLineFallback => self.report.offers_eta_fallback += 1,
+                    _ => {}
+                }
                 self.ledger.offer(&o.trip_id, at);
                 let Some(d) = self
                     .ids
@@ -32,6 +37,9 @@ impl Sim {
                     self.error(format!("offer {} without pickup or drop-off", o.offer_id));
                     return;
                 };
+                // What the rider would wait if this driver takes the trip, measured now, where
+                // the engine chose it (before it moves on while thinking about the offer).
+                let actual_pickup_s = self.fleet.drive_time_s(&self.city, d, t_s, pickup);
                 self.fleet.set_phase(d, Phase::Offered);
                 self.jobs[d] = Some(Job {
                     offer_id: o.offer_id,
@@ -39,6 +47,7 @@ impl Sim {
                     pickup,
                     dropoff,
                     pickup_eta_s: o.pickup_eta_s,
+                    actual_pickup_s,
                 });
                 // The driver's choice depends only on (seed, driver, how many offers it saw).
                 let k = self.offers_seen[d];
@@ -154,7 +163,10 @@ impl Sim {
                             self.ledger.accepted(
                                 &trip_id,
                                 done.at,
-                                job.as_ref().map(|j| j.pickup_eta_s),
+                                job.as_ref().map(|j| PickupTimes {
+                                    eta_s: j.pickup_eta_s,
+                                    actual_s: j.actual_pickup_s,
+                                }),
                             );
                         }
                         self.fleet.trips_assigned[d] += 1;
