@@ -112,8 +112,6 @@ pub struct Metrics {
     offers_ended: Family<Label, Counter>,
     trips_ended: Family<Label, Counter>,
     rejected: Family<Label, Counter>,
-    /// Location updates rejected, by reason (a handful of fixed names, lower case).
-    location_rejections: Family<[(&'static str, String); 1], Counter>,
     /// Seconds from a RequestTrip arriving to its answer, at the edge.
     pub request_trip_latency: Histogram,
     /// Seconds from an offer being sent to its acceptance (dispatcher time).
@@ -163,12 +161,6 @@ impl Metrics {
         );
         let scraped = Arc::new(Mutex::new(Scraped::default()));
         registry.register_collector(Box::new(ScrapeCollector(scraped.clone())));
-        let location_rejections = Family::default();
-        registry.register(
-            "dispatch_location_updates_rejected",
-            "Location updates rejected in ReportLocations, by reason",
-            location_rejections.clone(),
-        );
         let histogram = |registry: &mut Registry, name: &str, help: &str, bounds: &[f64]| {
             let h = Histogram::new(bounds.iter().copied());
             registry.register(name, help, h.clone());
@@ -201,7 +193,6 @@ impl Metrics {
             offers_ended,
             trips_ended,
             rejected,
-            location_rejections,
             request_trip_latency,
             time_to_accept,
             pickup_eta,
@@ -253,9 +244,12 @@ impl Metrics {
         let label = reason
             .trim_start_matches("LOCATION_REJECTION_")
             .to_ascii_lowercase();
-        self.location_rejections
-            .get_or_create(&[("reason", label)])
-            .inc_by(count);
+        *self
+            .scraped
+            .lock()
+            .location_rejections
+            .entry(label)
+            .or_default() += count;
     }
 
     /// The follower has counted every event before `offset`.
@@ -323,6 +317,10 @@ struct Scraped {
     shed_location_batches: u64,
     queue_depth: (usize, usize),
     subscribers: u64,
+    /// Location updates rejected, by reason (a handful of fixed names, lower case). Kept here
+    /// rather than in a `Family` so the family is listed (empty) before the first rejection,
+    /// as it always was.
+    location_rejections: std::collections::BTreeMap<String, u64>,
 }
 
 /// Encodes [`Scraped`]: the metrics that are not event counts.
@@ -380,6 +378,18 @@ impl Collector for ScrapeCollector {
                     ("on_trip", st.drivers_on_trip),
                 ],
             )?;
+        }
+        {
+            let mut m = encoder.encode_descriptor(
+                "dispatch_location_updates_rejected",
+                "Location updates rejected in ReportLocations, by reason",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, &n) in &s.location_rejections {
+                let labels = [("reason", reason.as_str())];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
         }
         let mut single = |name: &str, help: &str, kind: MetricType, v: u64| {
             let m = encoder.encode_descriptor(name, help, None, kind)?;
