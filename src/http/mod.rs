@@ -9,9 +9,11 @@
 //! - `auth`: tokens with role `admin` or `viewer`, as a bearer header or the login cookie.
 //! - `snapshot`: `GET /api/map/snapshot` (bbox filter, points or cells) and `/api/map/roads`.
 //! - `stream`: `GET /api/map/stream`, Server-Sent Events (ticks, trip and offer changes).
-//! - `trips`: the bounded per-trip timelines and `GET /api/trips/{id}`.
+//! - `trips`: the bounded per-trip timelines and `GET /api/trips/{id}`; `describe`: how each
+//!   event reads there.
 
 mod auth;
+mod describe;
 mod snapshot;
 mod stream;
 mod trips;

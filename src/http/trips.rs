@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+use super::describe::{describe, untracked};
 use super::{ApiError, AppState};
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
 use crate::events::{Event, EventBus, EventKind, OfferCancelReason, OfferDetails, TripStatus};
@@ -140,7 +141,7 @@ impl Follower {
     }
 }
 
-fn trip_item(
+pub(super) fn trip_item(
     offset: u64,
     trip: TripId,
     status: TripStatus,
@@ -202,7 +203,7 @@ impl Timelines {
             );
         }
         let Some(t) = self.by_trip.get_mut(&trip) else {
-            return Vec::new();
+            return untracked(event, trip);
         };
         let (kind, text) = describe(&event.kind);
         if t.events.len() < MAX_EVENTS {
@@ -285,86 +286,73 @@ impl Timelines {
     }
 }
 
-/// The event kind's name (as the EventService names it) and a line a person reads.
-fn describe(kind: &EventKind) -> (&'static str, String) {
-    match kind {
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::OfferRef;
+
+    fn event(offset: u64, kind: EventKind) -> Event {
+        Event {
+            offset,
+            at_ms: 1_000 + offset,
+            kind,
+        }
+    }
+
+    fn requested(trip: u64, rider: &str) -> EventKind {
+        let p = LatLng::new(40.75, -73.99).unwrap();
         EventKind::TripRequested {
-            rider,
-            candidates,
-            surge_multiplier,
-            ..
-        } => (
-            "TRIP_REQUESTED",
-            format!(
-                "requested by {rider}; {candidates} candidates nearby, surge x{surge_multiplier:.2}"
-            ),
-        ),
-        EventKind::OfferSent(o) => (
-            "OFFER_SENT",
-            format!(
-                "offer {} (attempt {}) to {}: pickup in {:.0} s over {:.0} m, score {:.3}",
-                o.offer, o.attempt, o.driver, o.pickup_eta_s, o.pickup_distance_m, o.score.total
-            ),
-        ),
-        EventKind::OfferAccepted(o) => (
-            "OFFER_ACCEPTED",
-            format!("{} accepted {}", o.driver, o.offer),
-        ),
-        EventKind::OfferDeclined(o) => (
-            "OFFER_DECLINED",
-            format!("{} declined {}", o.driver, o.offer),
-        ),
-        EventKind::OfferExpired(o) => (
-            "OFFER_EXPIRED",
-            format!("{} did not answer {} in time", o.driver, o.offer),
-        ),
-        EventKind::OfferCancelled(o, why) => (
-            "OFFER_CANCELLED",
-            match why {
-                OfferCancelReason::TripCancelled => {
-                    format!("{} withdrawn: trip cancelled", o.offer)
-                }
-                OfferCancelReason::DriverOffline => {
-                    format!("{} withdrawn: {} went offline", o.offer, o.driver)
-                }
-            },
-        ),
-        EventKind::TripAssigned {
-            driver,
-            pickup_eta_s,
-            ..
-        } => (
-            "TRIP_ASSIGNED",
-            format!("assigned to {driver}, pickup in {pickup_eta_s:.0} s"),
-        ),
-        EventKind::DriverArrived { driver, .. } => {
-            ("DRIVER_ARRIVED", format!("{driver} is at the pickup"))
+            trip: TripId(trip),
+            rider: ExternalId::new("rider_id", rider).unwrap(),
+            request_id: None,
+            pickup: p,
+            dropoff: p,
+            class: crate::domain::VehicleClass::Any,
+            surge_multiplier: 1.0,
+            candidates: 0,
+            policy: crate::events::MatchPolicy::Greedy,
         }
-        EventKind::TripStarted { driver, .. } => {
-            ("TRIP_STARTED", format!("rider on board with {driver}"))
+    }
+
+    #[test]
+    fn timelines_keep_the_newest_trips_and_still_report_forgotten_ones() {
+        let mut t = Timelines::default();
+        for i in 0..(MAX_TRIPS as u64 + 5) {
+            let items = t.apply(&event(i, requested(i, &format!("r-{i}"))));
+            assert_eq!(items.len(), 1);
         }
-        EventKind::TripCompleted { driver, .. } => {
-            ("TRIP_COMPLETED", format!("dropped off by {driver}"))
+        assert_eq!(t.by_trip.len(), MAX_TRIPS);
+        assert!(!t.by_trip.contains_key(&TripId(4)));
+        assert!(t.by_trip.contains_key(&TripId(5)));
+        // A forgotten trip's change still goes to viewers.
+        let d = ExternalId::new("driver_id", "d-1").unwrap();
+        let o = OfferRef {
+            offer: OfferId(99),
+            trip: TripId(0),
+            driver: d,
+            gateway: None,
+        };
+        let items = t.apply(&event(20_000, EventKind::OfferExpired(o)));
+        let names: Vec<_> = items.iter().map(|i| i.event).collect();
+        assert_eq!(names, ["offer", "trip"]);
+        assert!(
+            items[1].data.contains("TRIP_STATUS_SEARCHING"),
+            "{}",
+            items[1].data
+        );
+        assert_eq!(t.by_trip.len(), MAX_TRIPS);
+    }
+
+    #[test]
+    fn a_trip_timeline_is_bounded() {
+        let mut t = Timelines::default();
+        t.apply(&event(0, requested(0, "r-0")));
+        for i in 1..(MAX_EVENTS as u64 * 2) {
+            let trip = TripId(0);
+            let driver = ExternalId::new("driver_id", "d").unwrap();
+            t.apply(&event(i, EventKind::DriverArrived { trip, driver }));
         }
-        EventKind::TripCancelled { by, previous, .. } => (
-            "TRIP_CANCELLED",
-            format!(
-                "cancelled by the {} while {}",
-                match by {
-                    crate::events::CancelledBy::Rider => "rider",
-                    crate::events::CancelledBy::Driver => "driver",
-                },
-                status_name(*previous)
-                    .trim_start_matches("TRIP_STATUS_")
-                    .to_lowercase()
-            ),
-        ),
-        EventKind::NoDrivers { offers_made, .. } => (
-            "NO_DRIVERS",
-            format!("no driver found after {offers_made} offer(s)"),
-        ),
-        EventKind::DriverOnline { .. } => ("DRIVER_ONLINE", String::new()),
-        EventKind::DriverOffline { .. } => ("DRIVER_OFFLINE", String::new()),
+        assert_eq!(t.by_trip[&TripId(0)].events.len(), MAX_EVENTS);
     }
 }
 
