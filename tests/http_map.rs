@@ -220,6 +220,7 @@ async fn bad_parameters_get_a_400_with_a_json_error() {
         "/api/map/snapshot?max_points=0",
         "/api/map/snapshot?max_points=lots",
         "/api/map/snapshot?zoom=3",
+        "/api/map/snapshot?bbox=%ZZ",
         "/api/map/roads?bbox=1,1,0,0",
     ] {
         let a = get(addr, path, &[]).await;

@@ -126,7 +126,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         (_, None) => return Err("--map-viewers with --target needs --map-http".into()),
         (n, Some(http)) => {
             eprintln!("loadgen: {n} map viewers on http://{http}/");
-            Some(loadgen::viewers::Viewers::start(n, http).await?)
+            Some(loadgen::viewers::Viewers::start(n, http))
         }
     };
     let result = loadgen::run_until(&config, &target, stop).await;

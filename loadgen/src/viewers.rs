@@ -53,17 +53,31 @@ pub struct Viewers {
 }
 
 impl Viewers {
-    /// Starts `n` viewers against the map at `http` once its first snapshot answers.
-    pub async fn start(n: usize, http: &str) -> Result<Viewers> {
-        let bounds = city_bounds(http).await?;
+    /// Starts `n` viewers against the map at `http`. They begin once the map shows online
+    /// drivers (after the run's warm-up), each on its own viewport of the city they cover.
+    pub fn start(n: usize, http: &str) -> Viewers {
         let counts = Arc::new(ViewerCounts::default());
         let mut tasks = JoinSet::new();
-        for i in 0..n {
-            let (http, counts) = (http.to_string(), counts.clone());
-            let bbox = viewport(bounds, i);
-            tasks.spawn(async move { watch(http, bbox, counts).await });
-        }
-        Ok(Viewers { tasks, counts })
+        let (http, all) = (http.to_string(), counts.clone());
+        tasks.spawn(async move {
+            let bounds = match city_bounds(&http).await {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("loadgen: map viewers not started: {e}");
+                    all.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            // Dropped (aborting every viewer) when this task is aborted.
+            let mut viewers = JoinSet::new();
+            for i in 0..n {
+                let (http, counts) = (http.clone(), all.clone());
+                let bbox = viewport(bounds, i);
+                viewers.spawn(async move { watch(http, bbox, counts).await });
+            }
+            while viewers.join_next().await.is_some() {}
+        });
+        Viewers { tasks, counts }
     }
 
     /// Stops every viewer and returns a one-line summary.
@@ -103,9 +117,9 @@ fn viewport(b: Bbox, i: usize) -> Bbox {
     ]
 }
 
-/// The bounds of every online driver, from one snapshot (waits up to 30 s for some).
+/// The bounds of every online driver, from one snapshot (waits up to 2 minutes for some).
 async fn city_bounds(http: &str) -> Result<Bbox> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok((200, body)) = get(http, "/api/map/snapshot?max_points=1").await {
             let v: serde_json::Value = serde_json::from_slice(&body)
@@ -117,7 +131,7 @@ async fn city_bounds(http: &str) -> Result<Bbox> {
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Server(format!(
-                "the map at {http} showed no online driver within 30 s"
+                "the map at {http} showed no online driver within 2 minutes"
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -80,6 +81,11 @@ pub(super) fn parse_bbox(raw: &str) -> Result<Bbox, ApiError> {
     Ok(Bbox(v))
 }
 
+/// A query string that does not even decode (bad percent-escapes and the like).
+fn unreadable(_: QueryRejection) -> ApiError {
+    bad_request("the query string does not decode; expected bbox=minLng,minLat,maxLng,maxLat&max_points=N")
+}
+
 /// The query of a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct SnapshotQuery {
@@ -126,9 +132,9 @@ struct CacheInner {
 /// `GET /api/map/snapshot?bbox=...&max_points=N`.
 pub(super) async fn snapshot(
     State(s): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let query = parse_query(&params)?;
+    let query = parse_query(&params.map_err(unreadable)?.0)?;
     let view = s.view.borrow().clone();
     let id = Arc::as_ptr(&view) as usize;
     let cached = {
@@ -352,9 +358,9 @@ fn build(view: &MapView, q: &SnapshotQuery) -> Vec<u8> {
 /// `GET /api/map/roads?bbox=...`: the road graph's segments. No road map is loaded in this
 /// build, so after checking the bbox it answers 404 (the page then draws a lat/lng grid).
 pub(super) async fn roads(
-    Query(params): Query<HashMap<String, String>>,
+    params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    if let Some(raw) = params.get("bbox") {
+    if let Some(raw) = params.map_err(unreadable)?.get("bbox") {
         parse_bbox(raw)?;
     }
     Err(ApiError(StatusCode::NOT_FOUND, "no road map loaded".into()))
