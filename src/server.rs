@@ -1,6 +1,6 @@
 //! Wires the engine to the network: the four dispatch services behind the admission layer
 //! (auth, concurrency limits, edge metrics), gRPC health and server reflection, optional TLS,
-//! the metrics follower and endpoint, on listeners the caller bound. Starting from bound
+//! the metrics follower and the HTTP side (metrics, live map), on listeners the caller bound. Starting from bound
 //! listeners lets tests use `127.0.0.1:0`, and the shutdown future lets the binary and tests
 //! stop it cleanly, with a bounded drain.
 
@@ -28,11 +28,12 @@ use crate::telemetry::{self, Metrics};
 pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a caller may hand [`run`] besides the gRPC listener; `RunOptions::default()` is the
-/// production setup (no metrics endpoint, an engine on the system clock).
+/// production setup (no HTTP side, an engine on the system clock).
 #[derive(Debug, Default)]
 pub struct RunOptions {
-    /// Prometheus `/metrics`, plain HTTP, on this listener; `None` serves no metrics endpoint.
-    pub metrics: Option<TcpListener>,
+    /// The HTTP side, plain HTTP, on this listener: Prometheus `/metrics`, the live map and its
+    /// API; `None` serves none of them.
+    pub http: Option<TcpListener>,
     /// Serve this engine instead of starting one on the system clock (tests pass one driven by
     /// a manual clock).
     pub engine: Option<Engine>,
@@ -101,8 +102,7 @@ pub async fn run(
         builder = builder.tls_config(tls)?;
     }
 
-    // Shutdown fans out: the gRPC server's graceful stop, the drain deadline, the metrics
-    // endpoint. `draining` flips once the signal arrives.
+    // Shutdown fans out: the gRPC server's graceful stop, the drain deadline, the HTTP side. `draining` flips once the signal arrives.
     let (draining_tx, mut draining_rx) = watch::channel(false);
     let signal = {
         let health = health.clone();
@@ -127,12 +127,13 @@ pub async fn run(
         }
     };
 
-    let metrics_server = options.metrics.map(|listener| {
+    let http_server = options.http.map(|listener| {
         let mut stop = draining_rx.clone();
-        tokio::spawn(telemetry::serve_metrics(
+        tokio::spawn(crate::http::serve(
             listener,
             engine.clone(),
             metrics.clone(),
+            config.clone(),
             async move {
                 let _ = stop.wait_for(|&d| d).await;
             },
@@ -187,7 +188,7 @@ pub async fn run(
     // The dispatcher has stopped. Its event log committed (and, per `log.fsync`, synced) every
     // group of events before their replies went out, so nothing is left to flush; anything
     // else that buffers writes would flush here, before the process exits.
-    if let Some(task) = metrics_server {
+    if let Some(task) = http_server {
         task.abort();
     }
     follower.abort();

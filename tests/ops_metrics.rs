@@ -261,7 +261,7 @@ async fn the_global_concurrency_limit_sheds_calls_but_not_health() {
 }
 
 #[tokio::test]
-async fn the_metrics_endpoint_answers_only_get_metrics() {
+async fn an_unknown_path_on_the_http_side_gets_a_404_json_error() {
     let clock = Arc::new(ManualClock::new(T0_MS));
     let s = start_custom(Config::default(), clock.clone(), clock, true).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -269,12 +269,16 @@ async fn the_metrics_endpoint_answers_only_get_metrics() {
         .await
         .unwrap();
     stream
-        .write_all(b"GET /secrets HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /secrets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).await.unwrap();
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(
+        text.contains("{\"error\":\"no such page: /secrets"),
+        "{text}"
+    );
     s.stop().await;
 }
 

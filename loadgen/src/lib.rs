@@ -14,6 +14,7 @@
 //! - [`report`]: the JSON report, the summary table, percentiles and the Gini coefficient.
 //! - [`plots`]: SVG charts of a report. [`progress`]: the live progress bar.
 //! - [`server`]: starting a `dispatchd` process when no target is given.
+//! - [`viewers`]: simulated live-map viewers (SSE stream + a snapshot per tick), opt-in.
 //!
 //! The flow of city mode: warm-up (every driver GoOnline) -> the measured window, in which one
 //! simulation task ticks every 50 ms, issues trip requests at the target rate, sends due
@@ -42,6 +43,7 @@ pub mod rpc;
 pub mod server;
 mod sim;
 pub mod streets;
+pub mod viewers;
 mod warmup;
 
 pub use config::{Config, Mode};

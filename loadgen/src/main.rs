@@ -14,6 +14,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(flatten)]
     config: Config,
+    #[command(flatten)]
+    viewers: loadgen::viewers::ViewerArgs,
     /// A running server (`host:port`). Without it, loadgen starts `dispatchd` on a free
     /// 127.0.0.1 port and stops it at the end.
     #[arg(long)]
@@ -99,6 +101,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Some(model) => server_args.push(format!("--eta-model={model}")),
         None => {}
     }
+    let mut map_http = cli.viewers.map_http.clone();
+    if cli.viewers.map_viewers > 0 && cli.target.is_none() && map_http.is_none() {
+        let addr = format!("127.0.0.1:{}", loadgen::server::free_port()?);
+        server_args.push(format!("--http-listen={addr}"));
+        map_http = Some(addr);
+    }
     let (server, target) = match cli.target {
         Some(_) if cli.policy.is_some() || cli.batch_window_ms.is_some() || cli.eta.is_some() => {
             return Err(
@@ -132,7 +140,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         eprintln!("loadgen: interrupted, reporting what was measured");
     };
+    let viewers = match (cli.viewers.map_viewers, &map_http) {
+        (0, _) => None,
+        (_, None) => return Err("--map-viewers with --target needs --map-http".into()),
+        (n, Some(http)) => {
+            eprintln!("loadgen: {n} map viewers on http://{http}/");
+            Some(loadgen::viewers::Viewers::start(n, http))
+        }
+    };
     let result = loadgen::run_until(&config, &target, stop).await;
+    if let Some(v) = viewers {
+        println!("{}", v.stop());
+    }
     if let Some(server) = server {
         server.stop();
     }

@@ -340,7 +340,8 @@ impl Report {
                     "{} routed on roads, {} straight-line fallbacks, {} straight-line",
                     self.offers_eta_road,
                     self.offers_eta_fallback,
-                    self.offers.saturating_sub(self.offers_eta_road + self.offers_eta_fallback)
+                    self.offers
+                        .saturating_sub(self.offers_eta_road + self.offers_eta_fallback)
                 ),
             );
             row("request -> offer", lat(&self.request_to_offer_ms));

@@ -22,6 +22,7 @@ mod offers;
 mod search;
 mod timers;
 mod trips;
+pub mod view;
 
 use std::sync::Arc;
 

@@ -52,6 +52,8 @@ pub(super) struct Runner {
     pub(super) group_max: usize,
     pub(super) deferred: Vec<Deferred>,
     pub(super) next_retention_ms: u64,
+    /// Publishes the map view every `VIEW_INTERVAL_MS` of engine time.
+    pub(super) view: super::map_view::ViewPublisher,
 }
 
 impl Runner {
@@ -95,6 +97,7 @@ impl Runner {
                 break;
             }
             self.enforce_retention(now);
+            self.view.maybe_publish(&self.dispatcher, now);
         }
         self.commit();
         match self.sink {

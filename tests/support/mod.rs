@@ -71,7 +71,7 @@ pub async fn start_custom(
         let engine = engine.clone();
         async move {
             let options = dispatch::server::RunOptions {
-                metrics: metrics_listener,
+                http: metrics_listener,
                 engine: Some(engine),
             };
             dispatch::server::run(listener, config, options, async {
@@ -247,7 +247,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut text = String::new();

@@ -62,6 +62,11 @@ impl Live {
         self.location_updates += 1;
     }
 
+    /// The surge tracker, for readers (the map view).
+    pub(crate) fn surge(&self) -> &SurgeTracker {
+        &self.surge
+    }
+
     pub(super) fn surge_mut(&mut self) -> &mut SurgeTracker {
         &mut self.surge
     }

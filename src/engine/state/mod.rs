@@ -194,6 +194,21 @@ impl DispatchState {
         self.drivers.len()
     }
 
+    /// Every driver record, by dense key.
+    pub(crate) fn records(&self) -> &[DriverRecord] {
+        &self.drivers
+    }
+
+    /// Every trip in memory (open, and ended within retention), in no order.
+    pub(crate) fn trips(&self) -> impl Iterator<Item = &Trip> {
+        self.trips.values().map(|e| &e.trip)
+    }
+
+    /// Every pending offer, in no order.
+    pub(crate) fn offers(&self) -> impl Iterator<Item = &PendingOffer> {
+        self.offers.values()
+    }
+
     pub(crate) fn record(&self, key: DriverKey) -> &DriverRecord {
         &self.drivers[key.0 as usize]
     }
