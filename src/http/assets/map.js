@@ -283,14 +283,13 @@ function drawDrivers() {
   if (S.pts) {
     const { x, y, st } = S.pts, n = st.length;
     for (let s = 0; s < 3; s++) {
-      ctx.fillStyle = COLOURS[s]; ctx.beginPath();
+      ctx.fillStyle = COLOURS[s];
       for (let i = 0; i < n; i++) {
         if (st[i] !== s) continue;
         const px = (x[i] - view.x) * view.scale + view.w / 2, py = (view.y - y[i]) * view.scale + view.h / 2;
         if (px < -w || py < -w || px > view.w + w || py > view.h + w) continue; // not visible
-        ctx.rect(px - r, py - r, w, w);
+        ctx.fillRect(Math.round(px) - r, Math.round(py) - r, w, w); // whole pixels: no anti-aliasing
       }
-      ctx.fill();
     }
   } else if (S.cells) {
     const half = S.cells.deg / 2;
