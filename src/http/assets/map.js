@@ -158,6 +158,11 @@ function connect() {
   });
   es.addEventListener('offer', (m) => {
     const e = JSON.parse(m.data);
+    // An answered, expired or withdrawn offer leaves the map now, not at the next snapshot.
+    if (e.state !== 'SENT' && S.snap && S.snap.offers) {
+      S.snap.offers = S.snap.offers.filter((o) => o.offer !== e.offer);
+      S.dirty = true;
+    }
     if (e.trip === S.selected) refreshDetail();
   });
 }
