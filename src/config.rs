@@ -177,9 +177,11 @@ impl Default for LimitsConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
-    /// Where Prometheus scrapes `/metrics` (plain HTTP); `"off"` disables the endpoint.
+    /// Where the HTTP side listens (plain HTTP): Prometheus `/metrics`, the operator's live map
+    /// and its JSON/SSE API; `"off"` disables it. Formerly `metrics_listen` (still accepted,
+    /// with a deprecation warning).
     #[serde(with = "optional_addr")]
-    pub metrics_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     /// `human` (default) or `json` log lines on stderr.
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax) used when `RUST_LOG` is not set.
@@ -189,7 +191,7 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             log_format: LogFormat::Human,
             log_filter: "info".into(),
         }
@@ -219,6 +221,8 @@ pub enum Role {
     Subscriber,
     /// QueryService, and every other service.
     Admin,
+    /// The operator's live map and its HTTP API only; no gRPC service.
+    Viewer,
 }
 
 /// Bearer-token authentication. With no tokens, every call is allowed (and start-up warns).

@@ -24,6 +24,11 @@ pub const ENV_PREFIX: &str = "DISPATCH_";
 /// Variable naming the TOML file, when `--config` is not given.
 pub const ENV_CONFIG_FILE: &str = "DISPATCH_CONFIG";
 
+/// Keys renamed since they were introduced: (old dotted key, new dotted key). The old name is
+/// still read (file, environment and flags) with a deprecation note; the new one wins if both
+/// are set in the same layer.
+pub const RENAMED_KEYS: &[(&str, &str)] = &[("telemetry.metrics_listen", "telemetry.http_listen")];
+
 /// Start-up failed because of the configuration; the message names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -53,25 +58,49 @@ pub fn load(
 }
 
 /// Like [`load`], over `base` instead of `Config::default()` (the daemon's own defaults).
+/// Deprecation notes (a renamed key used by its old name) are logged as warnings.
 pub fn load_over(
     base: Config,
     file: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
     flags: &[Override],
 ) -> Result<Config, ConfigError> {
+    let (config, notes) = load_noting(base, file, env, flags)?;
+    for note in notes {
+        tracing::warn!("{note}");
+    }
+    Ok(config)
+}
+
+/// Like [`load_over`], returning the deprecation notes instead of logging them (the daemon
+/// loads its config before logging is set up, and logs them once it is).
+pub fn load_noting(
+    base: Config,
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    flags: &[Override],
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut notes = Vec::new();
     let mut origins: BTreeMap<String, String> = BTreeMap::new();
     let mut table = as_table(base);
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-        let from_file: Table = text
+        let mut from_file: Table = text
             .parse()
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        rename_in_table(&mut from_file, &path.display().to_string(), &mut notes);
         note_origins(&from_file, "", &path.display().to_string(), &mut origins);
         merge(&mut table, from_file);
     }
     let mut overrides = env_overrides(env)?;
     overrides.extend(flags.iter().cloned());
+    for o in &mut overrides {
+        if let Some((old, new)) = RENAMED_KEYS.iter().find(|(old, _)| o.key == *old) {
+            notes.push(deprecation(old, new, &o.origin));
+            o.key = new.to_string();
+        }
+    }
     for o in &overrides {
         apply(&mut table, o)?;
         origins.insert(o.key.clone(), o.origin.clone());
@@ -90,7 +119,48 @@ pub fn load_over(
         ConfigError(format!("`{key}`{origin}: {why}"))
     })?;
     config.validate().map_err(ConfigError)?;
-    Ok(config)
+    Ok((config, notes))
+}
+
+fn deprecation(old: &str, new: &str, origin: &str) -> String {
+    format!("`{old}` (set in {origin}) is deprecated and will be removed; use `{new}` instead")
+}
+
+/// Moves every renamed key of a file's table to its new name (unless the file sets that too).
+fn rename_in_table(table: &mut Table, source: &str, notes: &mut Vec<String>) {
+    for (old, new) in RENAMED_KEYS {
+        let Some(value) = take_path(table, old) else {
+            continue;
+        };
+        notes.push(deprecation(old, new, source));
+        let (sections, last) = match new.rsplit_once('.') {
+            Some((sections, last)) => (Some(sections), last),
+            None => (None, *new),
+        };
+        let mut here = &mut *table;
+        for part in sections.into_iter().flat_map(|s| s.split('.')) {
+            let entry = here
+                .entry(part.to_string())
+                .or_insert_with(|| Value::Table(Table::new()));
+            match entry {
+                Value::Table(t) => here = t,
+                // Not a section: leave it for deserialisation to name the key.
+                _ => return,
+            }
+        }
+        here.entry(last.to_string()).or_insert(value);
+    }
+}
+
+/// Removes a dotted key's value from a table.
+fn take_path(table: &mut Table, key: &str) -> Option<Value> {
+    match key.split_once('.') {
+        None => table.remove(key),
+        Some((first, rest)) => match table.get_mut(first) {
+            Some(Value::Table(t)) => take_path(t, rest),
+            _ => None,
+        },
+    }
 }
 
 /// The file named by `--config`, else by `DISPATCH_CONFIG`, else none.
@@ -238,7 +308,7 @@ mod tests {
                 ("DISPATCH_DISPATCH__MAX_CANDIDATES", "7"),
                 ("DISPATCH_DISPATCH__OFFER_TIMEOUT", "2m"),
                 ("DISPATCH_LISTEN", "127.0.0.1:7000"),
-                ("DISPATCH_TELEMETRY__METRICS_LISTEN", "off"),
+                ("DISPATCH_TELEMETRY__HTTP_LISTEN", "off"),
                 ("HOME", "/root"),
             ]),
             &[],
@@ -250,7 +320,46 @@ mod tests {
             std::time::Duration::from_secs(120)
         );
         assert_eq!(c.listen.port(), 7000);
-        assert_eq!(c.telemetry.metrics_listen, None);
+        assert_eq!(c.telemetry.http_listen, None);
+    }
+
+    #[test]
+    fn the_old_metrics_listen_key_still_works_everywhere_with_a_deprecation_note() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("old.toml");
+        std::fs::write(&file, "[telemetry]\nmetrics_listen = \"127.0.0.1:9100\"\n").unwrap();
+        let (c, notes) = load_noting(Config::default(), Some(&file), Vec::new(), &[]).unwrap();
+        assert_eq!(
+            c.telemetry.http_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("deprecated") && notes[0].contains("telemetry.http_listen"));
+
+        let old_env = env(&[("DISPATCH_TELEMETRY__METRICS_LISTEN", "127.0.0.1:9101")]);
+        let (c, notes) = load_noting(Config::default(), None, old_env, &[]).unwrap();
+        assert_eq!(
+            c.telemetry.http_listen,
+            Some("127.0.0.1:9101".parse().unwrap())
+        );
+        assert!(
+            notes[0].contains("DISPATCH_TELEMETRY__METRICS_LISTEN"),
+            "{notes:?}"
+        );
+
+        let flag = Override {
+            key: "telemetry.metrics_listen".into(),
+            value: "off".into(),
+            origin: "--metrics-listen".into(),
+        };
+        let (c, notes) = load_noting(Config::default(), None, Vec::new(), &[flag]).unwrap();
+        assert_eq!(c.telemetry.http_listen, None);
+        assert!(notes[0].contains("--metrics-listen"), "{notes:?}");
+
+        // The new name alone raises no note.
+        let new_env = env(&[("DISPATCH_TELEMETRY__HTTP_LISTEN", "off")]);
+        let (_, notes) = load_noting(Config::default(), None, new_env, &[]).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
     }
 
     #[test]

@@ -18,9 +18,11 @@
 //!   to it.
 //! - [`config`]: settings and their embedded defaults.
 //! - [`config_load`]: defaults < TOML file < `DISPATCH_*` environment < flags, validated.
-//! - [`telemetry`]: Prometheus metrics (registry, `/metrics` endpoint) and trip log lines,
+//! - [`telemetry`]: Prometheus metrics (prometheus-client registry, scrape) and trip log lines,
 //!   derived from the event bus and the edge.
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
+//! - [`http`]: axum on the HTTP address: `/metrics`, the operator's live map and its JSON/SSE
+//!   API, read from the map view the dispatcher publishes (viewers never enter its queue).
 //! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,
 //!   TLS, metrics and graceful drain.
 //!
@@ -45,6 +47,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod grpc;
+pub mod http;
 pub mod index;
 pub mod matching;
 pub mod server;

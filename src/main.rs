@@ -1,5 +1,5 @@
 //! `dispatchd`: reads the configuration (defaults < `--config` TOML < `DISPATCH_*` environment <
-//! flags), binds the gRPC and metrics listeners and runs the server until Ctrl-C or SIGTERM.
+//! flags), binds the gRPC and HTTP (metrics, live map) listeners and runs the server until Ctrl-C or SIGTERM.
 //! Everything has an embedded default, so `dispatchd` alone runs the engine.
 
 use std::net::SocketAddr;
@@ -31,8 +31,12 @@ struct Flags {
     /// Address to serve gRPC on (port 0 picks a free port). [default: 127.0.0.1:50051]
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Address for Prometheus `/metrics`, or `off`. [default: 127.0.0.1:9464]
+    /// Address of the HTTP side (Prometheus `/metrics`, the live map and its API), or `off`.
+    /// [default: 127.0.0.1:9464]
     #[arg(long, value_name = "ADDR|off")]
+    http_listen: Option<String>,
+    /// Deprecated name of --http-listen (still accepted, with a warning).
+    #[arg(long, value_name = "ADDR|off", hide = true)]
     metrics_listen: Option<String>,
     /// Log format: human or json. [default: human]
     #[arg(long, value_name = "human|json")]
@@ -106,10 +110,17 @@ impl Flags {
         };
         let text = |v: &Option<PathBuf>| v.as_ref().map(|p| p.display().to_string());
         add("listen", self.listen.map(|a| a.to_string()), "--listen");
+        // The old key, so the loader notes the deprecation; --http-listen, applied after it,
+        // wins if both are given.
         add(
             "telemetry.metrics_listen",
             self.metrics_listen.clone(),
             "--metrics-listen",
+        );
+        add(
+            "telemetry.http_listen",
+            self.http_listen.clone(),
+            "--http-listen",
         );
         add(
             "telemetry.log_format",
@@ -179,19 +190,19 @@ impl Flags {
         Ok(out)
     }
 
-    fn load(self) -> Result<(Config, bool), String> {
+    fn load(self) -> Result<(Config, Vec<String>, bool), String> {
         let overrides = self.overrides()?;
         let file = config_load::config_file(self.config);
         // The daemon is durable by default; `Config::default()` (tests, tools) is not.
         let mut base = Config::default();
         base.log.data_dir = Some(PathBuf::from(DEFAULT_DATA_DIR));
-        let mut config =
-            config_load::load_over(base, file.as_deref(), std::env::vars(), &overrides)
+        let (mut config, notes) =
+            config_load::load_noting(base, file.as_deref(), std::env::vars(), &overrides)
                 .map_err(|e| e.to_string())?;
         if self.ephemeral {
             config.log.data_dir = None;
         }
-        Ok((config, self.print_config))
+        Ok((config, notes, self.print_config))
     }
 }
 
@@ -211,7 +222,7 @@ fn init_logs(config: &Config) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let (config, print) = match Flags::parse().load() {
+    let (config, notes, print) = match Flags::parse().load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dispatchd: {e}");
@@ -223,6 +234,9 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     init_logs(&config);
+    for note in notes {
+        tracing::warn!("{note}");
+    }
     let shutdown = shutdown_signal();
     let grpc = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
@@ -234,22 +248,22 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let default_metrics = TelemetryConfig::default().metrics_listen;
-    let metrics = match config.telemetry.metrics_listen {
+    let default_http = TelemetryConfig::default().http_listen;
+    let http = match config.telemetry.http_listen {
         None => None,
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => Some(l),
             // The default port may be taken by another dispatchd on this machine (tests, a
             // second shard): serve without metrics rather than refuse to start. A configured
             // address is a promise to the operator, so failing to bind it stops start-up.
-            Err(e) if Some(addr) == default_metrics => {
+            Err(e) if Some(addr) == default_http => {
                 tracing::warn!(%addr, error = %e,
-                    "metrics endpoint not started: the default address is in use; set \
-                     telemetry.metrics_listen (or --metrics-listen) to serve metrics");
+                    "HTTP side (metrics, live map) not started: the default address is in use; \
+                     set telemetry.http_listen (or --http-listen) to serve it");
                 None
             }
             Err(e) => {
-                eprintln!("dispatchd: cannot listen on {addr} (telemetry.metrics_listen): {e}");
+                eprintln!("dispatchd: cannot listen on {addr} (telemetry.http_listen): {e}");
                 return std::process::ExitCode::from(1);
             }
         },
@@ -258,11 +272,12 @@ async fn main() -> std::process::ExitCode {
     let tls = config.tls.cert_path.is_some();
     tracing::info!(%addr, tls, "dispatchd listening (gRPC, health, reflection)");
     println!("dispatchd listening on {addr}");
-    if let Some(m) = metrics.as_ref().and_then(|l| l.local_addr().ok()) {
-        tracing::info!(addr = %m, "metrics on http://{m}/metrics");
+    if let Some(m) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(addr = %m, "live map on http://{m}/ and metrics on http://{m}/metrics");
+        // Scripts (tests, loadgen) read this line to find the port; its words stay.
         println!("dispatchd metrics on {m}");
     }
-    let listeners = Listeners { grpc, metrics };
+    let listeners = Listeners { grpc, http };
     match dispatch::server::serve_with(listeners, config, shutdown).await {
         Ok(()) => {
             tracing::info!("dispatchd stopped");

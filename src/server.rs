@@ -1,6 +1,6 @@
 //! Wires the engine to the network: the four dispatch services behind the admission layer
 //! (auth, concurrency limits, edge metrics), gRPC health and server reflection, optional TLS,
-//! the metrics follower and endpoint, on listeners the caller bound. Starting from bound
+//! the metrics follower and the HTTP side (metrics, live map), on listeners the caller bound. Starting from bound
 //! listeners lets tests use `127.0.0.1:0`, and the shutdown future lets the binary and tests
 //! stop it cleanly, with a bounded drain.
 
@@ -31,8 +31,9 @@ pub type ServeError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Listeners {
     /// gRPC (and TLS, if configured).
     pub grpc: TcpListener,
-    /// Prometheus `/metrics`, plain HTTP; `None` serves no metrics endpoint.
-    pub metrics: Option<TcpListener>,
+    /// The HTTP side, plain HTTP: Prometheus `/metrics`, the live map and its API; `None`
+    /// serves none of them.
+    pub http: Option<TcpListener>,
 }
 
 /// Runs the engine with the system clock until `shutdown` completes.
@@ -43,12 +44,12 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let listeners = Listeners {
         grpc: listener,
-        metrics: None,
+        http: None,
     };
     serve_with(listeners, config, shutdown).await
 }
 
-/// Like [`serve`], with a metrics listener as well.
+/// Like [`serve`], with an HTTP listener as well.
 pub async fn serve_with(
     listeners: Listeners,
     config: Config,
@@ -59,7 +60,7 @@ pub async fn serve_with(
 }
 
 /// Serves an engine the caller started (tests pass one driven by a manual clock), with no
-/// metrics endpoint. See [`serve_engine_with`].
+/// HTTP side. See [`serve_engine_with`].
 pub async fn serve_engine(
     listener: TcpListener,
     config: Config,
@@ -68,7 +69,7 @@ pub async fn serve_engine(
 ) -> Result<(), ServeError> {
     let listeners = Listeners {
         grpc: listener,
-        metrics: None,
+        http: None,
     };
     serve_engine_with(listeners, config, engine, shutdown).await
 }
@@ -125,8 +126,7 @@ pub async fn serve_engine_with(
         builder = builder.tls_config(tls)?;
     }
 
-    // Shutdown fans out: the gRPC server's graceful stop, the drain deadline, the metrics
-    // endpoint. `draining` flips once the signal arrives.
+    // Shutdown fans out: the gRPC server's graceful stop, the drain deadline, the HTTP side. `draining` flips once the signal arrives.
     let (draining_tx, mut draining_rx) = watch::channel(false);
     let bus = engine.bus().clone();
     let signal = {
@@ -152,12 +152,13 @@ pub async fn serve_engine_with(
         }
     };
 
-    let metrics_server = listeners.metrics.map(|listener| {
+    let http_server = listeners.http.map(|listener| {
         let mut stop = draining_rx.clone();
-        tokio::spawn(telemetry::serve_metrics(
+        tokio::spawn(crate::http::serve(
             listener,
             engine.clone(),
             metrics.clone(),
+            config.clone(),
             async move {
                 let _ = stop.wait_for(|&d| d).await;
             },
@@ -211,7 +212,7 @@ pub async fn serve_engine_with(
     // The dispatcher has stopped. Its event log committed (and, per `log.fsync`, synced) every
     // group of events before their replies went out, so nothing is left to flush; anything
     // else that buffers writes would flush here, before the process exits.
-    if let Some(task) = metrics_server {
+    if let Some(task) = http_server {
         task.abort();
     }
     follower.abort();

@@ -122,6 +122,28 @@ impl SurgeTracker {
         (demand as f64 / supply.max(1) as f64).clamp(1.0, self.config.max_multiplier)
     }
 
+    /// Every cell with a request inside the window at `now_ms`, with the demand `reading` would
+    /// count there (the cell and its six neighbours). Read-only, for the map view: expired
+    /// times are skipped, not dropped. O(cells with demand x 7).
+    pub fn active_demand(&self, now_ms: u64) -> Vec<(CellIndex, u64)> {
+        let live = |cell: &CellIndex| {
+            self.demand.get(cell).map_or(0, |times| {
+                times
+                    .iter()
+                    .filter(|&&t| t.saturating_add(self.window_ms) > now_ms)
+                    .count() as u64
+            })
+        };
+        self.demand
+            .keys()
+            .filter(|cell| live(cell) > 0)
+            .map(|&cell| {
+                let demand = cell.grid_disk::<Vec<_>>(1).iter().map(live).sum();
+                (cell, demand)
+            })
+            .collect()
+    }
+
     /// Drops cells with no request inside the window; call now and then to bound memory.
     pub fn sweep(&mut self, now_ms: u64) {
         let window_ms = self.window_ms;

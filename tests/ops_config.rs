@@ -126,7 +126,9 @@ fn errors_name_the_key_and_where_it_was_set() {
         &[("DISPATCH_TELEMETRY__METRICS_LISTEN", "nowhere")],
         &[],
     );
-    assert!(e.contains("telemetry.metrics_listen"), "{e}");
+    // The old name is read as the new key; the error names both the key and where it was set.
+    assert!(e.contains("telemetry.http_listen"), "{e}");
+    assert!(e.contains("DISPATCH_TELEMETRY__METRICS_LISTEN"), "{e}");
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod apply;
 mod batch;
 mod invariants;
 mod search;
+pub mod view;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};

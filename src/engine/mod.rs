@@ -43,6 +43,7 @@ use crate::surge::SurgeReading;
 
 pub use command::LocationOutcome;
 use command::{Command, LocationBatch, Reply};
+pub use dispatcher::view::{self as map_view, MapView};
 pub use dispatcher::{Dispatcher, GoOnline, LocationRejection, TripAction, TripRequest};
 pub use records::{Driver, DriverStatus, NearbyDriver, Stats, Trip};
 
@@ -71,6 +72,7 @@ struct Inner {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     log_dir: Option<std::path::PathBuf>,
+    view: tokio::sync::watch::Receiver<Arc<MapView>>,
 }
 
 /// A handle to the running engine. Cheap to clone; every clone talks to the same dispatcher.
@@ -139,7 +141,9 @@ impl Engine {
             None => Sink::Memory(bus.clone()),
             Some(log) => Sink::Log(writer::Writer::start(log, bus.clone())),
         };
+        let (view, view_rx) = map_view::ViewPublisher::new();
         let runner = Runner {
+            view,
             dispatcher,
             control_rx,
             location_rx,
@@ -163,6 +167,7 @@ impl Engine {
                 stop,
                 thread: Mutex::new(Some(thread)),
                 log_dir,
+                view: view_rx,
             }),
         })
     }
@@ -175,6 +180,12 @@ impl Engine {
     /// The event stream.
     pub fn bus(&self) -> &Arc<EventBus> {
         &self.inner.bus
+    }
+
+    /// The map view the dispatcher publishes every [`map_view::VIEW_INTERVAL_MS`] of engine
+    /// time; clone it per viewer (reading it never reaches the dispatcher).
+    pub fn map_view(&self) -> tokio::sync::watch::Receiver<Arc<MapView>> {
+        self.inner.view.clone()
     }
 
     /// Shed counters.
@@ -384,6 +395,7 @@ struct Runner {
     group_max: usize,
     deferred: Vec<Deferred>,
     next_retention_ms: u64,
+    view: map_view::ViewPublisher,
 }
 
 impl Runner {
@@ -427,6 +439,7 @@ impl Runner {
                 break;
             }
             self.enforce_retention(now);
+            self.view.maybe_publish(&self.dispatcher, now);
         }
         self.commit();
         match self.sink {

@@ -7,7 +7,7 @@
 //! `auth` the bearer tokens and roles, [`edge`] the admission layer (auth, concurrency limit,
 //! edge metrics) in front of all of them.
 
-mod auth;
+pub(crate) mod auth;
 mod convert;
 pub mod drivers;
 pub mod edge;
@@ -57,12 +57,13 @@ pub(crate) fn overloaded_status() -> Status {
     Status::resource_exhausted("the server is at its concurrent-call limit; retry with backoff")
 }
 
-fn role_name(role: crate::config::Role) -> &'static str {
+pub(crate) fn role_name(role: crate::config::Role) -> &'static str {
     use crate::config::Role;
     match role {
         Role::DriverGateway => "driver-gateway",
         Role::RiderGateway => "rider-gateway",
         Role::Subscriber => "subscriber",
         Role::Admin => "admin",
+        Role::Viewer => "viewer",
     }
 }

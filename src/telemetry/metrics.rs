@@ -1,15 +1,25 @@
-//! The metrics registry and its Prometheus text exposition (format 0.0.4).
+//! The metrics registry, encoded by the `prometheus-client` crate as Prometheus text (0.0.4)
+//! or OpenMetrics, whichever the scraper asks for.
 //!
-//! Counters are relaxed atomics: they are only ever added to, and a scrape that sees one a
-//! moment late is still correct. Histograms are a few buckets under a parking_lot mutex held
-//! for a handful of additions, never across an `.await`.
+//! Event counts and latencies are `prometheus-client` counters and histograms, updated by the
+//! event follower and the edge (atomics; the histograms take a short lock per observation,
+//! never across an `.await`). What is read at scrape time (drivers by state, open trips, queue
+//! depths, shed counters kept by the engine) is a [`Collector`] over the values the scrape
+//! fetched just before encoding. The names, types and labels are the ones the hand-written
+//! encoder served before; `tests/http_metrics.rs` compares them with a fixture of that output.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 use crate::engine::{Engine, Stats};
@@ -63,75 +73,55 @@ const CODES: [&str; 17] = [
     "unauthenticated",
 ];
 
-/// A fixed-bucket histogram of seconds.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds_s: &'static [f64],
-    state: Mutex<HistogramState>,
+/// Which exposition format a scrape gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Prometheus text, version 0.0.4 (`text/plain`), the default.
+    Prometheus,
+    /// OpenMetrics text 1.0 (`application/openmetrics-text`), when the scraper accepts it.
+    OpenMetrics,
 }
 
-#[derive(Debug)]
-struct HistogramState {
-    /// Per bucket (not cumulative), plus one for +Inf.
-    counts: Vec<u64>,
-    sum_s: f64,
-}
-
-impl Histogram {
-    fn new(bounds_s: &'static [f64]) -> Self {
-        Histogram {
-            bounds_s,
-            state: Mutex::new(HistogramState {
-                counts: vec![0; bounds_s.len() + 1],
-                sum_s: 0.0,
-            }),
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Prometheus,
         }
     }
 
-    /// Records one observation, seconds.
-    pub fn observe(&self, value_s: f64) {
-        let i = self.bounds_s.partition_point(|&b| b < value_s);
-        let mut s = self.state.lock();
-        s.counts[i] += 1;
-        s.sum_s += value_s;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let (counts, sum) = {
-            let s = self.state.lock();
-            (s.counts.clone(), s.sum_s)
-        };
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds_s.iter().zip(&counts) {
-            cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    /// The response's content type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
         }
-        cumulative += counts[self.bounds_s.len()];
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
     }
 }
+
+/// One label, as prometheus-client encodes it.
+type Label = [(&'static str, &'static str); 1];
 
 /// Every metric the engine exports, shared by the edge, the event follower and the scraper.
 #[derive(Debug)]
 pub struct Metrics {
-    trip_requests: AtomicU64,
-    offers_sent: AtomicU64,
-    offers_ended: [AtomicU64; 4],
-    trips_ended: [AtomicU64; 3],
-    rejected: [AtomicU64; 17],
-    shed_concurrency: AtomicU64,
-    /// Location updates rejected, by reason name (a handful of fixed names).
-    location_rejections: Mutex<BTreeMap<&'static str, u64>>,
+    registry: Registry,
+    trip_requests: Counter,
+    offers_sent: Counter,
+    offers_ended: Family<Label, Counter>,
+    trips_ended: Family<Label, Counter>,
+    rejected: Family<Label, Counter>,
+    /// Location updates rejected, by reason (a handful of fixed names, lower case).
+    location_rejections: Family<[(&'static str, String); 1], Counter>,
     /// Seconds from a RequestTrip arriving to its answer, at the edge.
     pub request_trip_latency: Histogram,
     /// Seconds from an offer being sent to its acceptance (dispatcher time).
     pub time_to_accept: Histogram,
     /// Pickup ETA of assigned trips, seconds.
     pub pickup_eta: Histogram,
-    /// The last stats read, shown if the dispatcher cannot answer a scrape in time.
-    last_stats: Mutex<Option<Stats>>,
+    /// What the scrape-time collector encodes; set by each scrape before encoding.
+    scraped: Arc<Mutex<Scraped>>,
     /// Offset of the next event the follower will count.
     followed: watch::Sender<u64>,
 }
@@ -139,64 +129,133 @@ pub struct Metrics {
 impl Metrics {
     /// An empty registry whose follower starts at event `from_offset`.
     pub fn new(from_offset: u64) -> Self {
-        Metrics {
-            trip_requests: AtomicU64::new(0),
-            offers_sent: AtomicU64::new(0),
-            offers_ended: Default::default(),
-            trips_ended: Default::default(),
-            rejected: Default::default(),
-            shed_concurrency: AtomicU64::new(0),
-            location_rejections: Mutex::new(BTreeMap::new()),
-            request_trip_latency: Histogram::new(&[
+        let mut registry = Registry::default();
+        // prometheus-client appends `_total` to counter names itself.
+        let trip_requests = Counter::default();
+        registry.register(
+            "dispatch_trip_requests",
+            "Trips requested (new trips, not idempotent retries)",
+            trip_requests.clone(),
+        );
+        let offers_sent = Counter::default();
+        registry.register(
+            "dispatch_offers_sent",
+            "Offers sent to drivers",
+            offers_sent.clone(),
+        );
+        let offers_ended = labelled(&OFFER_OUTCOMES, "outcome");
+        registry.register(
+            "dispatch_offers",
+            "Offers ended, by outcome",
+            offers_ended.clone(),
+        );
+        let trips_ended = labelled(&TRIP_ENDS, "state");
+        registry.register(
+            "dispatch_trips",
+            "Trips ended, by terminal state",
+            trips_ended.clone(),
+        );
+        let rejected = labelled(&CODES[1..], "code");
+        registry.register(
+            "dispatch_rejected_requests",
+            "Calls answered with an error, by gRPC status (the reason)",
+            rejected.clone(),
+        );
+        let scraped = Arc::new(Mutex::new(Scraped::default()));
+        registry.register_collector(Box::new(ScrapeCollector(scraped.clone())));
+        let location_rejections = Family::default();
+        registry.register(
+            "dispatch_location_updates_rejected",
+            "Location updates rejected in ReportLocations, by reason",
+            location_rejections.clone(),
+        );
+        let histogram = |registry: &mut Registry, name: &str, help: &str, bounds: &[f64]| {
+            let h = Histogram::new(bounds.iter().copied());
+            registry.register(name, help, h.clone());
+            h
+        };
+        let request_trip_latency = histogram(
+            &mut registry,
+            "dispatch_request_trip_duration_seconds",
+            "RequestTrip calls from arrival to answer, at the gRPC edge",
+            &[
                 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            time_to_accept: Histogram::new(&[1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0]),
-            pickup_eta: Histogram::new(&[
-                30.0, 60.0, 120.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1200.0,
-            ]),
-            last_stats: Mutex::new(None),
+            ],
+        );
+        let time_to_accept = histogram(
+            &mut registry,
+            "dispatch_time_to_accept_seconds",
+            "From an offer being sent to the driver accepting it",
+            &[1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0],
+        );
+        let pickup_eta = histogram(
+            &mut registry,
+            "dispatch_pickup_eta_seconds",
+            "Estimated pickup ETA of assigned trips",
+            &[30.0, 60.0, 120.0, 180.0, 300.0, 420.0, 600.0, 900.0, 1200.0],
+        );
+        Metrics {
+            registry,
+            trip_requests,
+            offers_sent,
+            offers_ended,
+            trips_ended,
+            rejected,
+            location_rejections,
+            request_trip_latency,
+            time_to_accept,
+            pickup_eta,
+            scraped,
             followed: watch::channel(from_offset).0,
         }
     }
 
     /// A trip was requested.
     pub fn trip_requested(&self) {
-        self.trip_requests.fetch_add(1, Ordering::Relaxed);
+        self.trip_requests.inc();
     }
 
     /// An offer was sent.
     pub fn offer_sent(&self) {
-        self.offers_sent.fetch_add(1, Ordering::Relaxed);
+        self.offers_sent.inc();
     }
 
     /// An offer ended.
     pub fn offer_ended(&self, outcome: OfferOutcome) {
-        self.offers_ended[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        let label = OFFER_OUTCOMES[outcome as usize];
+        self.offers_ended.get_or_create(&[("outcome", label)]).inc();
     }
 
     /// A trip reached a terminal state.
     pub fn trip_ended(&self, end: TripEnd) {
-        self.trips_ended[end as usize].fetch_add(1, Ordering::Relaxed);
+        let label = TRIP_ENDS[end as usize];
+        self.trips_ended.get_or_create(&[("state", label)]).inc();
     }
 
     /// A call was answered with a non-OK status `code` (a `tonic::Code` as i32).
     pub fn rejected(&self, code: i32) {
-        if let Some(c) = usize::try_from(code)
+        if let Some(&name) = usize::try_from(code)
             .ok()
-            .and_then(|i| self.rejected.get(i))
+            .filter(|&i| i > 0)
+            .and_then(|i| CODES.get(i))
         {
-            c.fetch_add(1, Ordering::Relaxed);
+            self.rejected.get_or_create(&[("code", name)]).inc();
         }
     }
 
     /// A call was refused by the global concurrency limit.
     pub fn shed_by_concurrency_limit(&self) {
-        self.shed_concurrency.fetch_add(1, Ordering::Relaxed);
+        self.scraped.lock().shed_concurrency += 1;
     }
 
     /// `count` location updates were rejected for `reason` (the wire enum's name).
     pub fn location_rejected(&self, reason: &'static str, count: u64) {
-        *self.location_rejections.lock().entry(reason).or_default() += count;
+        let label = reason
+            .trim_start_matches("LOCATION_REJECTION_")
+            .to_ascii_lowercase();
+        self.location_rejections
+            .get_or_create(&[("reason", label)])
+            .inc_by(count);
     }
 
     /// The follower has counted every event before `offset`.
@@ -211,210 +270,162 @@ impl Metrics {
         let _ = tokio::time::timeout(limit, rx.wait_for(|&done| done >= offset)).await;
     }
 
-    /// The exposition text. Gauges come from `stats` (or the last stats seen) and the engine.
-    pub fn render(&self, engine: &Engine, stats: Option<Stats>) -> String {
-        let stats = match stats {
-            Some(s) => {
-                *self.last_stats.lock() = Some(s.clone());
-                Some(s)
+    /// The exposition in `format`. Gauges come from `stats` (or the last stats seen) and the
+    /// engine.
+    pub fn render(&self, engine: &Engine, stats: Option<Stats>, format: Format) -> String {
+        {
+            let mut s = self.scraped.lock();
+            if stats.is_some() {
+                s.stats = stats;
             }
-            None => self.last_stats.lock().clone(),
-        };
-        let mut out = String::with_capacity(8 * 1024);
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let labelled = |out: &mut String, name, kind, help, label, values: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (l, v) in values {
-                let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
-            }
-        };
-
-        counter(
-            &mut out,
-            "dispatch_trip_requests_total",
-            "Trips requested (new trips, not idempotent retries).",
-            load(&self.trip_requests),
-        );
-        counter(
-            &mut out,
-            "dispatch_offers_sent_total",
-            "Offers sent to drivers.",
-            load(&self.offers_sent),
-        );
-        let ended: Vec<_> = OFFER_OUTCOMES
-            .iter()
-            .zip(&self.offers_ended)
-            .map(|(l, c)| (*l, load(c)))
-            .collect();
-        labelled(
-            &mut out,
-            "dispatch_offers_total",
-            "counter",
-            "Offers ended, by outcome.",
-            "outcome",
-            &ended,
-        );
-        let trips: Vec<_> = TRIP_ENDS
-            .iter()
-            .zip(&self.trips_ended)
-            .map(|(l, c)| (*l, load(c)))
-            .collect();
-        labelled(
-            &mut out,
-            "dispatch_trips_total",
-            "counter",
-            "Trips ended, by terminal state.",
-            "state",
-            &trips,
-        );
-        let rejected: Vec<_> = CODES
-            .iter()
-            .zip(&self.rejected)
-            .skip(1)
-            .map(|(l, c)| (*l, load(c)))
-            .collect();
-        labelled(
-            &mut out,
-            "dispatch_rejected_requests_total",
-            "counter",
-            "Calls answered with an error, by gRPC status (the reason).",
-            "code",
-            &rejected,
-        );
-        let counters = engine.counters();
-        labelled(
-            &mut out,
-            "dispatch_shed_requests_total",
-            "counter",
-            "Calls refused with RESOURCE_EXHAUSTED because of overload, by where.",
-            "reason",
-            &[
-                ("dispatcher_queue_full", load(&counters.shed_commands)),
-                ("concurrency_limit", load(&self.shed_concurrency)),
-            ],
-        );
-        counter(
-            &mut out,
-            "dispatch_location_batches_shed_total",
-            "Location batches dropped because the location queue was full.",
-            load(&counters.shed_location_batches),
-        );
-        let rejections: Vec<(String, u64)> = self
-            .location_rejections
-            .lock()
-            .iter()
-            .map(|(name, n)| {
-                let label = name.trim_start_matches("LOCATION_REJECTION_");
-                (label.to_ascii_lowercase(), *n)
-            })
-            .collect();
-        let rejections: Vec<(&str, u64)> =
-            rejections.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-        labelled(
-            &mut out,
-            "dispatch_location_updates_rejected_total",
-            "counter",
-            "Location updates rejected in ReportLocations, by reason.",
-            "reason",
-            &rejections,
-        );
-        let (control, location) = engine.queue_depth();
-        labelled(
-            &mut out,
-            "dispatch_dispatcher_queue_depth",
-            "gauge",
-            "Messages waiting for the dispatcher thread.",
-            "queue",
-            &[("control", control as u64), ("location", location as u64)],
-        );
-        gauge(
-            &mut out,
-            "dispatch_subscribers",
-            "Event-bus followers: event, offer and trip streams plus internal ones.",
-            engine.bus().follower_count() as u64,
-        );
-        if let Some(s) = stats {
-            counter(
-                &mut out,
-                "dispatch_location_updates_total",
-                "Location updates applied.",
-                s.location_updates,
-            );
-            labelled(
-                &mut out,
-                "dispatch_drivers",
-                "gauge",
-                "Known drivers, by state.",
-                "state",
-                &[
-                    ("offline", s.drivers_offline),
-                    ("available", s.drivers_available),
-                    ("offered", s.drivers_offered),
-                    ("on_trip", s.drivers_on_trip),
-                ],
-            );
-            gauge(
-                &mut out,
-                "dispatch_open_trips",
-                "Trips not in a terminal state.",
-                s.open_trips,
-            );
-            gauge(
-                &mut out,
-                "dispatch_pending_offers",
-                "Offers awaiting an answer.",
-                s.pending_offers,
-            );
-            gauge(
-                &mut out,
-                "dispatch_next_event_offset",
-                "Offset the next dispatch event will get.",
-                s.next_event_offset,
-            );
+            let counters = engine.counters();
+            s.shed_commands = counters
+                .shed_commands
+                .load(std::sync::atomic::Ordering::Relaxed);
+            s.shed_location_batches = counters
+                .shed_location_batches
+                .load(std::sync::atomic::Ordering::Relaxed);
+            s.queue_depth = engine.queue_depth();
+            s.subscribers = engine.bus().follower_count() as u64;
         }
-        self.request_trip_latency.render(
-            &mut out,
-            "dispatch_request_trip_duration_seconds",
-            "RequestTrip calls from arrival to answer, at the gRPC edge.",
-        );
-        self.time_to_accept.render(
-            &mut out,
-            "dispatch_time_to_accept_seconds",
-            "From an offer being sent to the driver accepting it.",
-        );
-        self.pickup_eta.render(
-            &mut out,
-            "dispatch_pickup_eta_seconds",
-            "Estimated pickup ETA of assigned trips.",
-        );
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail, and every name and label here is valid.
+        let encoded = match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+        };
+        if let Err(e) = encoded {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
         out
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A counter family with every label value present from the start (at 0), as before.
+fn labelled(values: &[&'static str], key: &'static str) -> Family<Label, Counter> {
+    let family = Family::<Label, Counter>::default();
+    for v in values {
+        let _ = family.get_or_create(&[(key, *v)]);
+    }
+    family
+}
 
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let h = Histogram::new(&[1.0, 2.0]);
-        for v in [0.5, 1.0, 1.5, 3.0] {
-            h.observe(v);
+/// Values read at scrape time.
+#[derive(Debug, Default)]
+struct Scraped {
+    stats: Option<Stats>,
+    shed_commands: u64,
+    shed_concurrency: u64,
+    shed_location_batches: u64,
+    queue_depth: (usize, usize),
+    subscribers: u64,
+}
+
+/// Encodes [`Scraped`]: the metrics that are not event counts.
+#[derive(Debug)]
+struct ScrapeCollector(Arc<Mutex<Scraped>>);
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.0.lock();
+        let mut family = |name: &str,
+                          help: &str,
+                          kind: MetricType,
+                          label: &'static str,
+                          values: &[(&'static str, u64)]|
+         -> Result<(), std::fmt::Error> {
+            let mut m = encoder.encode_descriptor(name, help, None, kind)?;
+            for &(l, v) in values {
+                let labels = [(label, l)];
+                let series = m.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(v).encode(series)?,
+                    _ => ConstGauge::new(v).encode(series)?,
+                }
+            }
+            Ok(())
+        };
+        family(
+            "dispatch_shed_requests",
+            "Calls refused with RESOURCE_EXHAUSTED because of overload, by where",
+            MetricType::Counter,
+            "reason",
+            &[
+                ("dispatcher_queue_full", s.shed_commands),
+                ("concurrency_limit", s.shed_concurrency),
+            ],
+        )?;
+        let (control, location) = s.queue_depth;
+        family(
+            "dispatch_dispatcher_queue_depth",
+            "Messages waiting for the dispatcher thread",
+            MetricType::Gauge,
+            "queue",
+            &[("control", control as u64), ("location", location as u64)],
+        )?;
+        if let Some(st) = &s.stats {
+            family(
+                "dispatch_drivers",
+                "Known drivers, by state",
+                MetricType::Gauge,
+                "state",
+                &[
+                    ("offline", st.drivers_offline),
+                    ("available", st.drivers_available),
+                    ("offered", st.drivers_offered),
+                    ("on_trip", st.drivers_on_trip),
+                ],
+            )?;
         }
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"1\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"2\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 4\n"), "{out}");
-        assert!(out.contains("x_sum 6\nx_count 4\n"), "{out}");
+        let mut single = |name: &str, help: &str, kind: MetricType, v: u64| {
+            let m = encoder.encode_descriptor(name, help, None, kind)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(v).encode(m),
+                _ => ConstGauge::new(v).encode(m),
+            }
+        };
+        single(
+            "dispatch_location_batches_shed",
+            "Location batches dropped because the location queue was full",
+            MetricType::Counter,
+            s.shed_location_batches,
+        )?;
+        single(
+            "dispatch_subscribers",
+            "Event-bus followers: event, offer and trip streams plus internal ones",
+            MetricType::Gauge,
+            s.subscribers,
+        )?;
+        if let Some(st) = &s.stats {
+            single(
+                "dispatch_location_updates",
+                "Location updates applied",
+                MetricType::Counter,
+                st.location_updates,
+            )?;
+            single(
+                "dispatch_open_trips",
+                "Trips not in a terminal state",
+                MetricType::Gauge,
+                st.open_trips,
+            )?;
+            single(
+                "dispatch_pending_offers",
+                "Offers awaiting an answer",
+                MetricType::Gauge,
+                st.pending_offers,
+            )?;
+            single(
+                "dispatch_next_event_offset",
+                "Offset the next dispatch event will get",
+                MetricType::Gauge,
+                st.next_event_offset,
+            )?;
+        }
+        Ok(())
     }
 }

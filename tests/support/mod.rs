@@ -72,7 +72,7 @@ pub async fn start_custom(
         async move {
             let listeners = dispatch::server::Listeners {
                 grpc: listener,
-                metrics: metrics_listener,
+                http: metrics_listener,
             };
             dispatch::server::serve_engine_with(listeners, config, engine, async {
                 let _ = rx.await;

@@ -1,0 +1,388 @@
+//! `GET /api/map/snapshot`: the latest [`MapView`] cut to a viewport, as JSON; and
+//! `GET /api/map/roads`.
+//!
+//! Drivers inside the bbox are sent one by one up to `max_points`, and beyond that as counts
+//! per grid cell (the page draws aggregates when zoomed out, so 100k drivers stay cheap to
+//! send and draw). A built answer is kept for the view it was cut from, so viewers looking at
+//! the same viewport between two publishes share one build.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+
+use super::{ApiError, AppState, bad_request};
+use crate::domain::LatLng;
+use crate::engine::MapView;
+use crate::engine::records::Stats;
+
+/// Drivers sent one by one unless `max_points` says otherwise.
+const DEFAULT_MAX_POINTS: usize = 20_000;
+/// The largest `max_points` accepted.
+const MAX_POINTS_LIMIT: usize = 200_000;
+/// Aim for at most this many cells when aggregating.
+const TARGET_CELLS: f64 = 5_000.0;
+/// Cell sizes, degrees, from fine to coarse.
+const CELL_SIZES_DEG: [f64; 14] = [
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+/// Built answers kept for the current view.
+const CACHE_ENTRIES: usize = 32;
+
+/// A viewport: `[min_lng, min_lat, max_lng, max_lat]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Bbox([f64; 4]);
+
+impl Bbox {
+    fn contains(&self, p: LatLng) -> bool {
+        let [min_lng, min_lat, max_lng, max_lat] = self.0;
+        (min_lng..=max_lng).contains(&p.lng_deg()) && (min_lat..=max_lat).contains(&p.lat_deg())
+    }
+}
+
+/// Parses `bbox=minLng,minLat,maxLng,maxLat`.
+pub(super) fn parse_bbox(raw: &str) -> Result<Bbox, ApiError> {
+    let parts: Vec<&str> = raw.split(',').map(str::trim).collect();
+    let expected = "bbox must be minLng,minLat,maxLng,maxLat in degrees";
+    if parts.len() != 4 {
+        return Err(bad_request(format!(
+            "{expected}; got {} value(s) in {raw:?}",
+            parts.len()
+        )));
+    }
+    let mut v = [0.0; 4];
+    for (slot, part) in v.iter_mut().zip(&parts) {
+        *slot = part
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| bad_request(format!("{expected}; {part:?} is not a number")))?;
+    }
+    let [min_lng, min_lat, max_lng, max_lat] = v;
+    let lng_ok = |x: f64| (-180.0..=180.0).contains(&x);
+    let lat_ok = |x: f64| (-90.0..=90.0).contains(&x);
+    if !(lng_ok(min_lng) && lng_ok(max_lng) && lat_ok(min_lat) && lat_ok(max_lat)) {
+        return Err(bad_request(format!(
+            "{expected}; longitudes must be within -180..=180 and latitudes within -90..=90, \
+             got {raw:?}"
+        )));
+    }
+    if min_lng >= max_lng || min_lat >= max_lat {
+        return Err(bad_request(format!(
+            "{expected}; the minimum must be below the maximum on both axes, got {raw:?}"
+        )));
+    }
+    Ok(Bbox(v))
+}
+
+/// The query of a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SnapshotQuery {
+    bbox: Option<Bbox>,
+    max_points: usize,
+}
+
+fn parse_query(params: &HashMap<String, String>) -> Result<SnapshotQuery, ApiError> {
+    if let Some(unknown) = params.keys().find(|k| *k != "bbox" && *k != "max_points") {
+        return Err(bad_request(format!(
+            "unknown parameter {unknown:?}; a snapshot takes bbox and max_points"
+        )));
+    }
+    let bbox = params.get("bbox").map(|b| parse_bbox(b)).transpose()?;
+    let max_points = match params.get("max_points") {
+        None => DEFAULT_MAX_POINTS,
+        Some(raw) => raw
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_POINTS_LIMIT).contains(n))
+            .ok_or_else(|| {
+                bad_request(format!(
+                    "max_points must be a whole number from 1 to {MAX_POINTS_LIMIT}, got {raw:?}"
+                ))
+            })?,
+    };
+    Ok(SnapshotQuery { bbox, max_points })
+}
+
+/// Built answers for one view.
+#[derive(Debug, Default)]
+pub(super) struct Cache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    /// Identity of the view the entries were cut from.
+    view: usize,
+    entries: Vec<(SnapshotQuery, axum::body::Bytes)>,
+}
+
+/// `GET /api/map/snapshot?bbox=...&max_points=N`.
+pub(super) async fn snapshot(
+    State(s): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let query = parse_query(&params)?;
+    let view = s.view.borrow().clone();
+    let id = Arc::as_ptr(&view) as usize;
+    let cached = {
+        let c = s.snapshots.inner.lock();
+        (c.view == id)
+            .then(|| c.entries.iter().find(|(q, _)| *q == query))
+            .flatten()
+            .map(|(_, body)| body.clone())
+    };
+    let body = match cached {
+        Some(body) => body,
+        None => {
+            let body = axum::body::Bytes::from(build(&view, &query));
+            let mut c = s.snapshots.inner.lock();
+            if c.view != id {
+                c.view = id;
+                c.entries.clear();
+            }
+            if c.entries.len() >= CACHE_ENTRIES {
+                c.entries.remove(0);
+            }
+            c.entries.push((query, body.clone()));
+            body
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Rounded to 1e-5 degrees (about a metre): the page needs no more, and the JSON is shorter.
+fn r(x: f64) -> f64 {
+    (x * 1e5).round() / 1e5
+}
+
+fn point(p: LatLng) -> [f64; 2] {
+    [r(p.lng_deg()), r(p.lat_deg())]
+}
+
+#[derive(Serialize)]
+pub(super) struct StatsJson {
+    drivers_online: u64,
+    drivers_available: u64,
+    drivers_offered: u64,
+    drivers_on_trip: u64,
+    trips_open: u64,
+    pending_offers: u64,
+}
+
+impl From<&Stats> for StatsJson {
+    fn from(s: &Stats) -> Self {
+        StatsJson {
+            drivers_online: s.drivers_available + s.drivers_offered + s.drivers_on_trip,
+            drivers_available: s.drivers_available,
+            drivers_offered: s.drivers_offered,
+            drivers_on_trip: s.drivers_on_trip,
+            trips_open: s.open_trips,
+            pending_offers: s.pending_offers,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+enum Drivers<'a> {
+    Points {
+        points: Vec<(f64, f64, u8, &'a str)>,
+    },
+    Cells {
+        cell_deg: f64,
+        /// `[lng, lat, count, available]`, lng/lat the cell centre.
+        cells: Vec<(f64, f64, u32, u32)>,
+    },
+}
+
+#[derive(Serialize)]
+struct TripJson<'a> {
+    trip: String,
+    status: &'static str,
+    rider: &'a str,
+    pickup: [f64; 2],
+    dropoff: [f64; 2],
+    driver: Option<&'a str>,
+    requested_at_ms: u64,
+}
+
+#[derive(Serialize)]
+struct OfferJson<'a> {
+    offer: String,
+    trip: String,
+    driver: &'a str,
+    from: [f64; 2],
+    to: [f64; 2],
+    expires_at_ms: u64,
+}
+
+#[derive(Serialize)]
+struct SurgeJson {
+    cell: String,
+    multiplier: f64,
+    boundary: Vec<[f64; 2]>,
+}
+
+#[derive(Serialize)]
+struct SnapshotJson<'a> {
+    at_ms: u64,
+    offset: u64,
+    stats: StatsJson,
+    bounds: Option<[f64; 4]>,
+    drivers: Drivers<'a>,
+    trips: Vec<TripJson<'a>>,
+    offers: Vec<OfferJson<'a>>,
+    surge: Vec<SurgeJson>,
+}
+
+/// The JSON answer for one query of one view.
+fn build(view: &MapView, q: &SnapshotQuery) -> Vec<u8> {
+    let inside = |p: LatLng| q.bbox.is_none_or(|b| b.contains(p));
+    let visible: Vec<_> = view.drivers.iter().filter(|d| inside(d.position)).collect();
+    let drivers = if visible.len() <= q.max_points {
+        Drivers::Points {
+            points: visible
+                .iter()
+                .map(|d| {
+                    let [lng, lat] = point(d.position);
+                    (lng, lat, d.state as u8, d.id.as_str())
+                })
+                .collect(),
+        }
+    } else {
+        let [min_lng, min_lat, max_lng, max_lat] =
+            q.bbox.map(|b| b.0).or(view.bounds).unwrap_or_default();
+        let area = (max_lng - min_lng).max(0.0) * (max_lat - min_lat).max(0.0);
+        let wanted = (area / TARGET_CELLS.min(q.max_points as f64)).sqrt();
+        let cell_deg = CELL_SIZES_DEG
+            .iter()
+            .copied()
+            .find(|&c| c >= wanted)
+            .unwrap_or(CELL_SIZES_DEG[CELL_SIZES_DEG.len() - 1]);
+        let mut counts: FxHashMap<(i64, i64), (u32, u32)> = FxHashMap::default();
+        for d in &visible {
+            let key = (
+                (d.position.lng_deg() / cell_deg).floor() as i64,
+                (d.position.lat_deg() / cell_deg).floor() as i64,
+            );
+            let c = counts.entry(key).or_default();
+            c.0 += 1;
+            c.1 += u32::from(d.state as u8 == 0);
+        }
+        let mut cells: Vec<_> = counts
+            .into_iter()
+            .map(|((x, y), (n, a))| {
+                let centre = |i: i64| r((i as f64 + 0.5) * cell_deg);
+                (centre(x), centre(y), n, a)
+            })
+            .collect();
+        cells.sort_by(|a, b| {
+            (a.1, a.0)
+                .partial_cmp(&(b.1, b.0))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        Drivers::Cells { cell_deg, cells }
+    };
+    let trips = view
+        .trips
+        .iter()
+        .filter(|t| inside(t.pickup))
+        .map(|t| TripJson {
+            trip: t.trip.to_string(),
+            status: super::trips::status_name(t.status),
+            rider: t.rider.as_str(),
+            pickup: point(t.pickup),
+            dropoff: point(t.dropoff),
+            driver: t.driver.as_ref().map(|d| d.as_str()),
+            requested_at_ms: t.requested_at_ms,
+        })
+        .collect();
+    let offers = view
+        .offers
+        .iter()
+        .filter(|o| inside(o.from) || inside(o.to))
+        .map(|o| OfferJson {
+            offer: o.offer.to_string(),
+            trip: o.trip.to_string(),
+            driver: o.driver.as_str(),
+            from: point(o.from),
+            to: point(o.to),
+            expires_at_ms: o.expires_at_ms,
+        })
+        .collect();
+    let surge = view
+        .surge
+        .iter()
+        .filter_map(|c| {
+            let centre = h3o::LatLng::from(c.cell);
+            let centre = LatLng::new(centre.lat(), centre.lng()).ok()?;
+            inside(centre).then(|| SurgeJson {
+                cell: c.cell.to_string(),
+                multiplier: (c.multiplier * 100.0).round() / 100.0,
+                boundary: c
+                    .cell
+                    .boundary()
+                    .iter()
+                    .map(|v| [r(v.lng()), r(v.lat())])
+                    .collect(),
+            })
+        })
+        .collect();
+    let body = SnapshotJson {
+        at_ms: view.at_ms,
+        offset: view.offset,
+        stats: StatsJson::from(&view.stats),
+        bounds: view.bounds.map(|b| b.map(r)),
+        drivers,
+        trips,
+        offers,
+        surge,
+    };
+    // Plain structs of numbers and strings always serialise.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// `GET /api/map/roads?bbox=...`: the road graph's segments. No road map is loaded in this
+/// build, so after checking the bbox it answers 404 (the page then draws a lat/lng grid).
+pub(super) async fn roads(
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if let Some(raw) = params.get("bbox") {
+        parse_bbox(raw)?;
+    }
+    Err(ApiError(StatusCode::NOT_FOUND, "no road map loaded".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bbox_parsing_refuses_what_a_person_would_get_wrong() {
+        assert_eq!(
+            parse_bbox("-74.1,40.6,-73.8,40.9").unwrap(),
+            Bbox([-74.1, 40.6, -73.8, 40.9])
+        );
+        for bad in [
+            "",
+            "1,2,3",
+            "a,b,c,d",
+            "-73.8,40.6,-74.1,40.9",
+            "0,0,0,0",
+            "-200,0,10,10",
+            "0,-95,10,10",
+            "NaN,0,1,1",
+        ] {
+            let e = parse_bbox(bad).unwrap_err();
+            assert_eq!(e.0, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.1.contains("bbox must be"), "{bad}: {}", e.1);
+        }
+    }
+}
