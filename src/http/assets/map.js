@@ -218,9 +218,15 @@ function renderDetail(d) {
   $('detail-trip').textContent = t.trip || S.selected;
   $('detail-summary').textContent = `${shortStatus(t.status)}${t.ended ? ' (ended)' : ''} · rider ${t.rider || '–'}` +
     ` · driver ${t.driver || 'none yet'}`;
-  const w = d.winning_offer;
+  // Before an offer is accepted, the pending one shows why that driver is being asked.
+  const pending = (d.offers || []).filter((o) => o.state === 'SENT').pop();
+  const w = d.winning_offer || pending;
+  $('detail-why-title').textContent = d.winning_offer ? 'Why this driver' : 'Why this driver is asked';
   if (w) {
+    const order = ['eta', 'rating', 'acceptance', 'fairness'];
+    const rank = (k) => (order.includes(k) ? order.indexOf(k) : order.length);
     const rows = Object.entries(w.score || {}).filter(([k]) => k !== 'total')
+      .sort(([a], [b]) => rank(a) - rank(b) || a.localeCompare(b))
       .map(([k, v]) => el('tr', {}, el('td', {}, k), el('td', {}, fmt(v))));
     rows.push(el('tr', { class: 'total' }, el('td', {}, 'total'), el('td', {}, fmt((w.score || {}).total))));
     $('detail-why').replaceChildren(
@@ -315,11 +321,16 @@ function drawOffers() {
   const nowMs = snap.at_ms + (performance.now() - S.snapLocalMs); // engine time, by our clock
   ctx.setLineDash([5, 4]); ctx.strokeStyle = COLOURS[1]; ctx.lineWidth = 1.5;
   ctx.fillStyle = '#6d4a00'; ctx.font = '11px system-ui, sans-serif';
+  const taken = new Set(); // label slots of 36x14 px already used: overlapping countdowns skip
   for (const o of snap.offers || []) {
     const [x0, y0, x1, y1] = [sx(o.from[0]), sy(o.from[1]), sx(o.to[0]), sy(o.to[1])];
     ctx.beginPath(); ctx.moveTo(x0, y0); ctx.lineTo(x1, y1); ctx.stroke();
+    const [lx, ly] = [(x0 + x1) / 2 + 3, (y0 + y1) / 2 - 3];
+    const slot = `${Math.floor(lx / 36)},${Math.floor(ly / 14)}`;
+    if (taken.has(slot)) continue;
+    taken.add(slot);
     const left = Math.max(0, Math.ceil((o.expires_at_ms - nowMs) / 1000));
-    ctx.fillText(`${left}s`, (x0 + x1) / 2 + 3, (y0 + y1) / 2 - 3);
+    ctx.fillText(`${left}s`, lx, ly);
   }
   ctx.setLineDash([]);
 }
@@ -354,7 +365,8 @@ function draw() {
   if (perf.firstFrameMs === null && S.snap) perf.firstFrameMs = t1; // since navigation start
   const [a, b, c, d] = viewBbox();
   $('view-info').textContent = `${((b + d) / 2).toFixed(4)}, ${((a + c) / 2).toFixed(4)} · ` +
-    (S.pts ? `${S.pts.st.length} drivers drawn` : S.cells ? `${S.cells.list.length} cells of ${S.cells.deg}°` : 'no drivers');
+    (S.pts ? `${S.pts.st.length} drivers drawn` : S.cells ? `${S.cells.list.length} cells of ${S.cells.deg}°` : 'no drivers') +
+    ` · ${((S.snap && S.snap.surge) || []).length} surge cells`;
   $('frame-time').textContent = `draw ${median(perf.drawMs).toFixed(1)} ms`;
 }
 const median = (xs) => { if (!xs.length) return 0; const s = [...xs].sort((p, q) => p - q); return s[s.length >> 1]; };
