@@ -95,8 +95,14 @@ pub struct Dispatchd {
 
 impl Dispatchd {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts it with these extra flags.
+    pub async fn start_with(extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(extra)
             .args(["--ephemeral", "--offer-timeout-s", "600"])
             .args(["--dispatch-timeout-s", "600"])
             .env("RUST_LOG", "error")
