@@ -69,7 +69,7 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
 }
 
 const LOGIN_PAGE: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>dispatch: log in</title></head>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>dispatch: log in</title></head>
 <body><h1>dispatch live map</h1><p>{message}</p>
 <form method="post" action="/login">
 <label>Token <input type="password" name="token" autofocus></label>
