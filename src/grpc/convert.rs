@@ -27,6 +27,18 @@ pub(crate) fn id(field: &str, raw: &str) -> Result<ExternalId, Status> {
     ExternalId::new(field, raw).map_err(status)
 }
 
+/// A required gateway id. Offers reach a driver only through its gateway's SubscribeOffers
+/// stream, so an empty one is refused here with what the caller should send instead; `why`
+/// says what the id is for in this call.
+pub(crate) fn gateway_id(raw: &str, why: &str) -> Result<ExternalId, Status> {
+    if raw.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "gateway_id must not be empty: {why}"
+        )));
+    }
+    id("gateway_id", raw)
+}
+
 /// An optional caller-chosen id: empty means absent.
 pub(crate) fn optional_id(field: &str, raw: &str) -> Result<Option<ExternalId>, Status> {
     if raw.is_empty() {

@@ -119,7 +119,11 @@ impl DriverService for DriverApi {
             position: convert::latlng("location", req.location)?,
             rating: convert::rating(req.rating)?,
             class: convert::vehicle_class(req.vehicle_class)?,
-            gateway: convert::optional_id("gateway_id", &req.gateway_id)?,
+            gateway: Some(convert::gateway_id(
+                &req.gateway_id,
+                "name the driver gateway whose SubscribeOffers stream receives this driver's \
+                 offers",
+            )?),
         };
         let driver = self.engine.go_online(online).await.map_err(status)?;
         Ok(Response::new(pb::GoOnlineResponse {
@@ -218,24 +222,25 @@ impl DriverService for DriverApi {
         &self,
         request: Request<pb::SubscribeOffersRequest>,
     ) -> Result<Response<Self::SubscribeOffersStream>, Status> {
-        let gateway = convert::optional_id("gateway_id", &request.into_inner().gateway_id)?;
+        let gateway = convert::gateway_id(
+            &request.into_inner().gateway_id,
+            "a SubscribeOffers stream carries the offers of the drivers that went online with \
+             this gateway id; there is no shared feed",
+        )?;
         let (pending, from) = self
             .engine
-            .pending_offers(gateway.clone())
+            .pending_offers(Some(gateway.clone()))
             .await
             .map_err(status)?;
-        // `pending_offers(None)` means every offer, but a gateway-less subscriber wants only the
-        // offers of gateway-less drivers, so filter here too.
         let initial = pending
             .iter()
-            .filter(|o| o.gateway == gateway)
             .map(|o| notice(Notice::Offer(pb_offer(o))))
             .collect();
         let stream = follow(
             &self.engine,
             from,
             initial,
-            move |event| match offer_notice(&event.kind, gateway.as_ref()) {
+            move |event| match offer_notice(&event.kind, Some(&gateway)) {
                 Some(n) => Step::Send(n),
                 None => Step::Skip,
             },
