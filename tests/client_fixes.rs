@@ -104,3 +104,95 @@ async fn a_driver_who_is_online_cannot_drop_its_gateway() {
     assert_eq!(offer.driver_id, "d-1");
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 5: an oversized location batch is refused alone; the stream goes on
+// ---------------------------------------------------------------------------------------------
+
+fn batch_at(driver: &str, north_m: &[f64]) -> pb::LocationBatch {
+    pb::LocationBatch {
+        updates: north_m
+            .iter()
+            .map(|&m| pb::LocationUpdate {
+                driver_id: driver.into(),
+                location: north_of_pickup(m),
+                recorded_at_ms: 0,
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_batch_is_refused_whole_and_the_stream_goes_on() {
+    let s = start().await;
+    let limit = dispatch::config::Config::default().limits.max_batch_updates;
+    online(&s, "d-1", 100.0, 4.9, "gw").await;
+    let too_many = vec![5_000.0; limit + 1];
+    let batches = vec![
+        batch_at("d-1", &[110.0]),
+        batch_at("d-1", &[120.0]),
+        batch_at("d-1", &[130.0]),
+        batch_at("d-1", &too_many),
+        batch_at("d-1", &[140.0]),
+        batch_at("d-1", &[150.0]),
+    ];
+    let summary = s
+        .drivers()
+        .report_locations(tokio_stream::iter(batches))
+        .await
+        .expect("an oversized batch does not end the stream")
+        .into_inner();
+    assert_eq!(summary.batches, 6);
+    assert_eq!(summary.accepted, 5);
+    assert_eq!(summary.rejected, limit as u64 + 1);
+    assert_eq!(summary.max_batch_updates, limit as u64);
+    let too_large: Vec<_> = summary
+        .rejections
+        .iter()
+        .filter(|r| r.reason() == pb::LocationRejection::BatchTooLarge)
+        .collect();
+    assert_eq!(too_large.len(), 1, "{:?}", summary.rejections);
+    assert_eq!(too_large[0].count, limit as u64 + 1);
+    let example = summary
+        .examples
+        .iter()
+        .find(|e| e.contains(&format!("{}", limit + 1)))
+        .unwrap_or_else(|| panic!("no example names the batch: {:?}", summary.examples));
+    assert!(example.contains(&format!("limit is {limit}")), "{example}");
+    // The batches after the refused one were applied: the driver is where the last one put it,
+    // not where the refused batch would have.
+    let at = s
+        .queries()
+        .get_driver(pb::GetDriverRequest {
+            driver_id: "d-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .driver
+        .unwrap()
+        .location
+        .unwrap();
+    let want = north_of_pickup(150.0).unwrap();
+    assert!(
+        (at.lat_deg - want.lat_deg).abs() < 1e-9,
+        "{at:?} vs {want:?}"
+    );
+    s.stop().await;
+}
+
+/// By default a batch just over the update limit, even with the longest ids, still fits in one
+/// gRPC message, so it meets the BATCH_TOO_LARGE refusal rather than the transport's
+/// OUT_OF_RANGE (which would end the stream).
+#[test]
+fn by_default_the_update_limit_bites_before_the_message_size_limit() {
+    use prost::Message;
+    let limits = dispatch::config::Config::default().limits;
+    let longest = "d".repeat(dispatch::domain::MAX_ID_LEN);
+    let batch = batch_at(&longest, &vec![1_234.5; limits.max_batch_updates + 1]);
+    assert!(
+        batch.encoded_len() < limits.max_message_bytes,
+        "{} bytes",
+        batch.encoded_len()
+    );
+}

@@ -355,29 +355,6 @@ async fn malformed_rider_and_query_input_is_invalid_argument() {
 }
 
 #[tokio::test]
-async fn an_oversized_location_batch_ends_the_stream_with_a_clear_error() {
-    let mut config = dispatch::config::Config::default();
-    config.limits.max_batch_updates = 3;
-    let s = start_with(config).await;
-    let update = pb::LocationUpdate {
-        driver_id: "d".into(),
-        location: ll(1.0, 1.0),
-        recorded_at_ms: 0,
-    };
-    let batch = pb::LocationBatch {
-        updates: vec![update; 4],
-    };
-    assert_code(
-        s.drivers()
-            .report_locations(tokio_stream::iter(vec![batch]))
-            .await,
-        Code::InvalidArgument,
-        "the limit is 3",
-    );
-    s.stop().await;
-}
-
-#[tokio::test]
 async fn health_reports_serving() {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

@@ -92,8 +92,9 @@ impl Summary {
         }
     }
 
-    fn into_pb(self) -> pb::LocationSummary {
+    fn into_pb(self, max_batch_updates: usize) -> pb::LocationSummary {
         pb::LocationSummary {
+            max_batch_updates: u64::try_from(max_batch_updates).unwrap_or(u64::MAX),
             batches: self.batches,
             accepted: self.accepted,
             rejected: self.rejected.values().sum(),
@@ -169,11 +170,17 @@ impl DriverService for DriverApi {
         let max = self.config.limits.max_batch_updates;
         while let Some(batch) = stream.message().await? {
             summary.batches += 1;
-            if batch.updates.len() > max {
-                return Err(Status::invalid_argument(format!(
-                    "a LocationBatch carries {} updates; the limit is {max}: split it",
-                    batch.updates.len()
-                )));
+            // Refused whole, not cut to the limit: which updates to keep would be a guess, and
+            // the proto promises bad input does not end the stream.
+            let len = batch.updates.len();
+            if len > max {
+                summary.reject(R::BatchTooLarge, len as u64, || {
+                    format!(
+                        "a LocationBatch of {len} updates was refused whole: the limit is {max} \
+                         updates per batch; split it"
+                    )
+                });
+                continue;
             }
             let mut valid = Vec::with_capacity(batch.updates.len());
             for update in batch.updates {
@@ -213,7 +220,7 @@ impl DriverService for DriverApi {
                 }),
             }
         }
-        Ok(Response::new(summary.into_pb()))
+        Ok(Response::new(summary.into_pb(max)))
     }
 
     type SubscribeOffersStream = ReceiverStream<Result<pb::DriverNotice, Status>>;
