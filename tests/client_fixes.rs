@@ -196,3 +196,97 @@ fn by_default_the_update_limit_bites_before_the_message_size_limit() {
         batch.encoded_len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 7: what GetStats counts across a restart
+// ---------------------------------------------------------------------------------------------
+
+async fn stats(s: &TestServer) -> pb::GetStatsResponse {
+    s.queries()
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn report(s: &TestServer, driver: &str, north_m: &[f64]) -> pb::LocationSummary {
+    s.drivers()
+        .report_locations(tokio_stream::iter(vec![batch_at(driver, north_m)]))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn trip_counters_survive_a_restart_and_location_updates_count_from_the_process_start() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = dispatch::config::Config::default();
+    config.log.data_dir = Some(dir.path().to_path_buf());
+    let clock = Arc::new(dispatch::clock::ManualClock::new(T0_MS));
+    let s = start_with_clock(config.clone(), clock.clone()).await;
+    assert_eq!(stats(&s).await.process_started_at_ms, T0_MS);
+
+    online(&s, "d-1", 100.0, 4.9, "gw").await;
+    assert_eq!(report(&s, "d-1", &[110.0, 120.0, 130.0]).await.accepted, 3);
+    // One trip completed, one cancelled by the rider, one with no driver at all.
+    let done = request(&s, "r-1", "q-1").await;
+    accept(&s, &done.offer_id, "d-1").await;
+    let act = pb::TripActionRequest {
+        trip_id: done.trip_id.clone(),
+        driver_id: "d-1".into(),
+    };
+    let mut d = s.drivers();
+    d.mark_arrived(act.clone()).await.unwrap();
+    d.start_trip(act.clone()).await.unwrap();
+    d.complete_trip(act).await.unwrap();
+    let cancelled = request(&s, "r-2", "q-2").await;
+    s.riders()
+        .cancel_trip(pb::CancelTripRequest {
+            trip_id: cancelled.trip_id.clone(),
+            rider_id: "r-2".into(),
+        })
+        .await
+        .unwrap();
+    d.go_offline(pb::GoOfflineRequest {
+        driver_id: "d-1".into(),
+    })
+    .await
+    .unwrap();
+    let nobody = request(&s, "r-3", "q-3").await;
+    assert_eq!(status(&nobody), pb::TripStatus::NoDrivers);
+    // A retry is not a new request.
+    request(&s, "r-3", "q-3").await;
+
+    let before = stats(&s).await;
+    assert_eq!(
+        (
+            before.trips_requested,
+            before.trips_completed,
+            before.trips_cancelled,
+            before.trips_no_drivers,
+        ),
+        (3, 1, 1, 1)
+    );
+    assert_eq!(before.location_updates, 3);
+    s.stop().await;
+
+    clock.advance(Duration::from_secs(60));
+    let s = start_with_clock(config, clock.clone()).await;
+    let after = stats(&s).await;
+    // LOG counters come back from the log; NOW state too.
+    assert_eq!(after.trips_requested, before.trips_requested);
+    assert_eq!(after.trips_completed, before.trips_completed);
+    assert_eq!(after.trips_cancelled, before.trips_cancelled);
+    assert_eq!(after.trips_no_drivers, before.trips_no_drivers);
+    assert_eq!(after.next_event_offset, before.next_event_offset);
+    assert_eq!(after.drivers_offline, 1);
+    // PROCESS counters start again, from a start time that says so.
+    assert_eq!(after.process_started_at_ms, T0_MS + 60_000);
+    assert_eq!(after.location_updates, 0);
+    online(&s, "d-1", 100.0, 4.9, "gw").await;
+    assert_eq!(report(&s, "d-1", &[140.0, 150.0]).await.accepted, 2);
+    assert_eq!(stats(&s).await.location_updates, 2);
+    s.stop().await;
+}

@@ -71,6 +71,7 @@ struct Inner {
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     log_dir: Option<std::path::PathBuf>,
+    started_at_ms: u64,
 }
 
 /// A handle to the running engine. Cheap to clone; every clone talks to the same dispatcher.
@@ -139,6 +140,7 @@ impl Engine {
             None => Sink::Memory(bus.clone()),
             Some(log) => Sink::Log(writer::Writer::start(log, bus.clone())),
         };
+        let started_at_ms = clock.now_ms();
         let runner = Runner {
             dispatcher,
             control_rx,
@@ -163,6 +165,7 @@ impl Engine {
                 stop,
                 thread: Mutex::new(Some(thread)),
                 log_dir,
+                started_at_ms,
             }),
         })
     }
@@ -170,6 +173,12 @@ impl Engine {
     /// Where the durable event log's segments are, if the engine has one.
     pub fn log_dir(&self) -> Option<&std::path::Path> {
         self.inner.log_dir.as_deref()
+    }
+
+    /// When this engine started (after recovering its log), ms since the Unix epoch by its
+    /// clock. Counters that are not rebuilt from the log (location updates) count from here.
+    pub fn started_at_ms(&self) -> u64 {
+        self.inner.started_at_ms
     }
 
     /// The event stream.

@@ -233,7 +233,9 @@ pub(crate) fn pb_nearby(n: &NearbyDriver) -> pb::NearbyDriver {
     }
 }
 
-pub(crate) fn pb_stats(s: &Stats) -> pb::GetStatsResponse {
+/// The dispatcher's counters plus when the engine started (the handle knows that, not the
+/// dispatcher).
+pub(crate) fn pb_stats(s: &Stats, started_at_ms: u64) -> pb::GetStatsResponse {
     pb::GetStatsResponse {
         drivers_offline: s.drivers_offline,
         drivers_available: s.drivers_available,
@@ -247,6 +249,7 @@ pub(crate) fn pb_stats(s: &Stats) -> pb::GetStatsResponse {
         trips_cancelled: s.trips_cancelled,
         trips_no_drivers: s.trips_no_drivers,
         trips_requested: s.trips_requested,
+        process_started_at_ms: started_at_ms,
     }
 }
 
