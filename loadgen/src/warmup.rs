@@ -60,7 +60,7 @@ pub(crate) async fn warm_up_report(
     };
     progress.phase(&format!("bringing {} drivers online", cfg.drivers));
     let start = tokio::time::Instant::now();
-    let warm = bring_online(channels, city, ids, cfg.drivers, cfg.seed).await;
+    let warm = bring_online(channels, city, ids, cfg.drivers, cfg.gateways, cfg.seed).await;
     report.warmup_s = start.elapsed().as_secs_f64();
     report.errors += warm.errors;
     report.error_examples.extend(warm.examples);
@@ -80,12 +80,14 @@ pub(crate) struct Warmup {
     pub(crate) positions: Vec<(f64, f64)>,
 }
 
-/// Puts `n` drivers online at seeded positions (half around demand hotspots, half uniform).
+/// Puts `n` drivers online at seeded positions (half around demand hotspots, half uniform),
+/// spread over `gateways` gateway ids.
 pub(crate) async fn bring_online(
     channels: &[Conn],
     city: &City,
     ids: &Ids,
     n: usize,
+    gateways: usize,
     seed: u64,
 ) -> Warmup {
     let mut rng = ChaCha8Rng::seed_from_u64(mix64(seed ^ 0x0A11_0E11));
@@ -112,7 +114,9 @@ pub(crate) async fn bring_online(
                 }),
                 rating: 4.0 + unit(mix64(h)),
                 vehicle_class: pb::VehicleClass::Economy as i32,
-                gateway_id: String::new(),
+                // Every driver names a gateway (the engine refuses none); these modes open no
+                // offer streams, as their drivers are never requested.
+                gateway_id: ids.gateway(next % gateways.max(1)),
             };
             let mut client = clients[next % clients.len()].clone();
             in_flight.push(async move { client.go_online(req).await });

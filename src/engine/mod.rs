@@ -67,6 +67,7 @@ struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     log_dir: Option<std::path::PathBuf>,
     view: tokio::sync::watch::Receiver<Arc<MapView>>,
+    started_at_ms: u64,
 }
 
 /// A handle to the running engine. Cheap to clone; every clone talks to the same dispatcher.
@@ -105,6 +106,7 @@ impl Engine {
             Some(log) => Sink::Log(writer::Writer::start(log, bus.clone())),
         };
         let (view, view_rx) = map_view::ViewPublisher::new();
+        let started_at_ms = clock.now_ms();
         let runner = Runner {
             view,
             dispatcher,
@@ -131,6 +133,7 @@ impl Engine {
                 thread: Mutex::new(Some(thread)),
                 log_dir,
                 view: view_rx,
+                started_at_ms,
             }),
         })
     }
@@ -138,6 +141,12 @@ impl Engine {
     /// Where the durable event log's segments are, if the engine has one.
     pub fn log_dir(&self) -> Option<&std::path::Path> {
         self.inner.log_dir.as_deref()
+    }
+
+    /// When this engine started (after recovering its log), ms since the Unix epoch by its
+    /// clock. Counters that are not rebuilt from the log (location updates) count from here.
+    pub fn started_at_ms(&self) -> u64 {
+        self.inner.started_at_ms
     }
 
     /// The event stream.

@@ -320,7 +320,9 @@ pub struct NearbyDriver {
     pub class: VehicleClass,
 }
 
-/// Counters describing the engine right now.
+/// Counters describing the engine. The state counts and the trip counters are rebuilt by
+/// replaying the event log; `location_updates` is not (positions are not logged), so it counts
+/// from this engine's start only. The proto's `GetStatsResponse` names each one's lifetime.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Known drivers who are offline.
@@ -337,14 +339,14 @@ pub struct Stats {
     pub pending_offers: u64,
     /// Offset of the next event.
     pub next_event_offset: u64,
-    /// Location updates applied since start.
+    /// Location updates applied since this engine started (not rebuilt by replay).
     pub location_updates: u64,
-    /// Trips requested since start.
+    /// Trips requested, over the replayed log.
     pub trips_requested: u64,
-    /// Trips completed since start.
+    /// Trips completed, over the replayed log.
     pub trips_completed: u64,
-    /// Trips cancelled since start.
+    /// Trips cancelled, over the replayed log.
     pub trips_cancelled: u64,
-    /// Trips that ended with no driver since start.
+    /// Trips that ended with no driver, over the replayed log.
     pub trips_no_drivers: u64,
 }

@@ -28,6 +28,18 @@ pub(crate) fn id(field: &str, raw: &str) -> Result<ExternalId, Status> {
     ExternalId::new(field, raw).map_err(status)
 }
 
+/// A required gateway id. Offers reach a driver only through its gateway's SubscribeOffers
+/// stream, so an empty one is refused here with what the caller should send instead; `why`
+/// says what the id is for in this call.
+pub(crate) fn gateway_id(raw: &str, why: &str) -> Result<ExternalId, Status> {
+    if raw.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "gateway_id must not be empty: {why}"
+        )));
+    }
+    id("gateway_id", raw)
+}
+
 /// An optional caller-chosen id: empty means absent.
 pub(crate) fn optional_id(field: &str, raw: &str) -> Result<Option<ExternalId>, Status> {
     if raw.is_empty() {
@@ -232,7 +244,9 @@ pub(crate) fn pb_nearby(n: &NearbyDriver) -> pb::NearbyDriver {
     }
 }
 
-pub(crate) fn pb_stats(s: &Stats) -> pb::GetStatsResponse {
+/// The dispatcher's counters plus when the engine started (the handle knows that, not the
+/// dispatcher).
+pub(crate) fn pb_stats(s: &Stats, started_at_ms: u64) -> pb::GetStatsResponse {
     pb::GetStatsResponse {
         drivers_offline: s.drivers_offline,
         drivers_available: s.drivers_available,
@@ -246,6 +260,7 @@ pub(crate) fn pb_stats(s: &Stats) -> pb::GetStatsResponse {
         trips_cancelled: s.trips_cancelled,
         trips_no_drivers: s.trips_no_drivers,
         trips_requested: s.trips_requested,
+        process_started_at_ms: started_at_ms,
     }
 }
 

@@ -94,8 +94,9 @@ impl Summary {
         }
     }
 
-    fn into_pb(self) -> pb::LocationSummary {
+    fn into_pb(self, max_batch_updates: usize) -> pb::LocationSummary {
         pb::LocationSummary {
+            max_batch_updates: u64::try_from(max_batch_updates).unwrap_or(u64::MAX),
             batches: self.batches,
             accepted: self.accepted,
             rejected: self.rejected.values().sum(),
@@ -121,7 +122,11 @@ impl DriverService for DriverApi {
             position: convert::latlng("location", req.location)?,
             rating: convert::rating(req.rating)?,
             class: convert::vehicle_class(req.vehicle_class)?,
-            gateway: convert::optional_id("gateway_id", &req.gateway_id)?,
+            gateway: Some(convert::gateway_id(
+                &req.gateway_id,
+                "name the driver gateway whose SubscribeOffers stream receives this driver's \
+                 offers",
+            )?),
         };
         let driver = self.engine.go_online(online).await.map_err(status)?;
         Ok(Response::new(pb::GoOnlineResponse {
@@ -167,11 +172,17 @@ impl DriverService for DriverApi {
         let max = self.config.limits.max_batch_updates;
         while let Some(batch) = stream.message().await? {
             summary.batches += 1;
-            if batch.updates.len() > max {
-                return Err(Status::invalid_argument(format!(
-                    "a LocationBatch carries {} updates; the limit is {max}: split it",
-                    batch.updates.len()
-                )));
+            // Refused whole, not cut to the limit: which updates to keep would be a guess, and
+            // the proto promises bad input does not end the stream.
+            let len = batch.updates.len();
+            if len > max {
+                summary.reject(R::BatchTooLarge, len as u64, || {
+                    format!(
+                        "a LocationBatch of {len} updates was refused whole: the limit is {max} \
+                         updates per batch; split it"
+                    )
+                });
+                continue;
             }
             let mut valid = Vec::with_capacity(batch.updates.len());
             for update in batch.updates {
@@ -211,7 +222,7 @@ impl DriverService for DriverApi {
                 }),
             }
         }
-        Ok(Response::new(summary.into_pb()))
+        Ok(Response::new(summary.into_pb(max)))
     }
 
     type SubscribeOffersStream = ReceiverStream<Result<pb::DriverNotice, Status>>;
@@ -220,27 +231,28 @@ impl DriverService for DriverApi {
         &self,
         request: Request<pb::SubscribeOffersRequest>,
     ) -> Result<Response<Self::SubscribeOffersStream>, Status> {
-        let gateway = convert::optional_id("gateway_id", &request.into_inner().gateway_id)?;
+        let gateway = convert::gateway_id(
+            &request.into_inner().gateway_id,
+            "a SubscribeOffers stream carries the offers of the drivers that went online with \
+             this gateway id; there is no shared feed",
+        )?;
         let (pending, from) = self
             .engine
-            .pending_offers(gateway.clone())
+            .pending_offers(Some(gateway.clone()))
             .await
             .map_err(status)?;
-        // `pending_offers(None)` means every offer, but a gateway-less subscriber wants only the
-        // offers of gateway-less drivers, so filter here too.
         let initial = pending
             .iter()
-            .filter(|o| o.gateway == gateway)
             .map(|o| notice(Notice::Offer(pb_offer(o))))
             .collect();
         let watch = self
             .router
-            .watch(RouteKey::Gateway(gateway.clone()), from)
+            .watch(RouteKey::Gateway(Some(gateway.clone())), from)
             .await;
         let stream = follow(
             Source::Keyed(watch),
             initial,
-            move |event| match offer_notice(&event.kind, gateway.as_ref()) {
+            move |event| match offer_notice(&event.kind, Some(&gateway)) {
                 Some(n) => Step::Send(n),
                 None => Step::Skip,
             },

@@ -88,7 +88,7 @@ impl QueryService for QueryApi {
         _request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let stats = self.engine.stats().await.map_err(status)?;
-        Ok(Response::new(pb_stats(&stats)))
+        Ok(Response::new(pb_stats(&stats, self.engine.started_at_ms())))
     }
 
     async fn get_driver(
