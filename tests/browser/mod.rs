@@ -194,7 +194,7 @@ impl City {
                 location: ll(self.spot()),
                 rating: self.rng.random_range(4.0..5.0),
                 vehicle_class: 0,
-                gateway_id: String::new(),
+                gateway_id: "gw-map".into(),
             })
             .collect();
         let mut tasks = tokio::task::JoinSet::new();
