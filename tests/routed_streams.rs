@@ -10,8 +10,8 @@ use dispatch::pb::{self, EventKind, driver_notice::Notice};
 use support::*;
 
 const TRIPS: usize = 30;
-/// Driver `i` is served by gateway `GATEWAYS[i % 4]` ("" = no gateway).
-const GATEWAYS: [&str; 4] = ["gw-a", "gw-b", "gw-c", ""];
+/// Driver `i` is served by gateway `GATEWAYS[i % 4]`.
+const GATEWAYS: [&str; 4] = ["gw-a", "gw-b", "gw-c", "gw-d"];
 
 async fn head(s: &TestServer) -> u64 {
     s.queries()
