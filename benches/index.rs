@@ -11,6 +11,10 @@
 //! allocator: bytes allocated after building minus before, divided by the driver count).
 //! `INDEX_BENCH_CELL_M=400 cargo bench --bench index -- grid` runs the grid with another cell
 //! size (how the default was chosen).
+#![allow(
+    unsafe_code,
+    reason = "the counting global allocator implements GlobalAlloc"
+)]
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dispatch::LatLng;

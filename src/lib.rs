@@ -41,13 +41,6 @@
 //! events are committed to the durable log, then published to the bus, before the reply
 //! returns. Subscribers and the metrics follow the bus; offer streams and trip watchers get
 //! their events from the router. On start the engine replays the log to rebuild its state.
-#![forbid(unsafe_code)]
-#![warn(
-    missing_docs,
-    missing_debug_implementations,
-    rust_2018_idioms,
-    unreachable_pub
-)]
 
 pub mod clock;
 pub mod config;
@@ -57,13 +50,13 @@ pub mod engine;
 pub mod error;
 pub mod eta;
 pub mod events;
-pub mod grpc;
-pub mod http;
+pub(crate) mod grpc;
+pub(crate) mod http;
 pub mod index;
 pub mod matching;
 pub mod server;
 pub mod surge;
-pub mod telemetry;
+pub(crate) mod telemetry;
 
 pub use domain::LatLng;
 pub use error::Error;

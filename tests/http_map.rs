@@ -256,13 +256,15 @@ fn token(name: &str, token: &str, role: Role) -> TokenConfig {
 
 #[tokio::test]
 async fn with_tokens_the_map_needs_viewer_or_admin_by_header_or_login_cookie() {
-    let mut config = Config::default();
-    config.auth = AuthConfig {
-        tokens: vec![
-            token("ops", "admin-token-0123456789", Role::Admin),
-            token("wall", "viewer-token-0123456789", Role::Viewer),
-            token("gw", "driver-token-0123456789", Role::DriverGateway),
-        ],
+    let config = Config {
+        auth: AuthConfig {
+            tokens: vec![
+                token("ops", "admin-token-0123456789", Role::Admin),
+                token("wall", "viewer-token-0123456789", Role::Viewer),
+                token("gw", "driver-token-0123456789", Role::DriverGateway),
+            ],
+        },
+        ..Config::default()
     };
     let (s, addr) = start_http(config).await;
     let api = "/api/map/snapshot";

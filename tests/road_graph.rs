@@ -17,13 +17,13 @@ fn map(name: &str) -> std::path::PathBuf {
 
 fn monaco() -> &'static RoadGraph {
     static G: OnceLock<RoadGraph> = OnceLock::new();
-    G.get_or_init(|| RoadGraph::load(&map("monaco.osm.pbf")).expect("the shipped Monaco map loads"))
+    G.get_or_init(|| RoadGraph::load(map("monaco.osm.pbf")).expect("the shipped Monaco map loads"))
 }
 
 fn isle_of_man() -> &'static RoadGraph {
     static G: OnceLock<RoadGraph> = OnceLock::new();
     G.get_or_init(|| {
-        RoadGraph::load(&map("isle-of-man.osm.pbf")).expect("the shipped Isle of Man map loads")
+        RoadGraph::load(map("isle-of-man.osm.pbf")).expect("the shipped Isle of Man map loads")
     })
 }
 

@@ -23,7 +23,7 @@ const MAX_EXAMPLES: usize = 10;
 
 /// The DriverService implementation.
 #[derive(Debug, Clone)]
-pub struct DriverApi {
+pub(crate) struct DriverApi {
     engine: Engine,
     router: Router,
     config: Arc<Config>,
@@ -32,7 +32,7 @@ pub struct DriverApi {
 
 impl DriverApi {
     /// A service talking to `engine`; offer streams are fed by `router` (over its bus).
-    pub fn new(engine: Engine, router: Router, config: Arc<Config>) -> Self {
+    pub(crate) fn new(engine: Engine, router: Router, config: Arc<Config>) -> Self {
         DriverApi {
             engine,
             router,
@@ -42,7 +42,7 @@ impl DriverApi {
     }
 
     /// Counts rejected location updates by reason in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
     }

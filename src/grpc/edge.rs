@@ -34,13 +34,13 @@ struct Shared {
 
 /// Builds [`Edge`] services around the server's routes.
 #[derive(Clone, Debug)]
-pub struct EdgeLayer {
+pub(crate) struct EdgeLayer {
     shared: Arc<Shared>,
 }
 
 impl EdgeLayer {
     /// Auth from `config.auth`, limit from `config.limits.max_concurrent_requests`.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
         EdgeLayer {
             shared: Arc::new(Shared {
                 auth: Authenticator::new(&config.auth),
@@ -51,7 +51,7 @@ impl EdgeLayer {
     }
 
     /// Whether bearer tokens are required.
-    pub fn auth_enabled(&self) -> bool {
+    pub(crate) fn auth_enabled(&self) -> bool {
         self.shared.auth.is_enabled()
     }
 }
@@ -69,7 +69,7 @@ impl<S> Layer<S> for EdgeLayer {
 
 /// See the module docs.
 #[derive(Clone, Debug)]
-pub struct Edge<S> {
+pub(crate) struct Edge<S> {
     inner: S,
     shared: Arc<Shared>,
 }

@@ -11,13 +11,13 @@ use crate::pb::{self, event_service_server::EventService};
 
 /// The EventService implementation.
 #[derive(Debug, Clone)]
-pub struct EventApi {
+pub(crate) struct EventApi {
     engine: Engine,
 }
 
 impl EventApi {
     /// A service following `engine`'s event bus.
-    pub fn new(engine: Engine) -> Self {
+    pub(crate) fn new(engine: Engine) -> Self {
         EventApi { engine }
     }
 }

@@ -9,22 +9,22 @@
 
 pub(crate) mod auth;
 mod convert;
-pub mod drivers;
-pub mod edge;
-pub mod events;
+pub(crate) mod drivers;
+pub(crate) mod edge;
+pub(crate) mod events;
 mod follow;
-pub mod queries;
-pub mod riders;
+pub(crate) mod queries;
+pub(crate) mod riders;
 
 use tonic::Status;
 
 use crate::error::Error;
 
-pub use drivers::DriverApi;
-pub use edge::EdgeLayer;
-pub use events::EventApi;
-pub use queries::QueryApi;
-pub use riders::RiderApi;
+pub(crate) use drivers::DriverApi;
+pub(crate) use edge::EdgeLayer;
+pub(crate) use events::EventApi;
+pub(crate) use queries::QueryApi;
+pub(crate) use riders::RiderApi;
 
 /// The one place a core error becomes a gRPC status.
 pub(crate) fn status(error: Error) -> Status {

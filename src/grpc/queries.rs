@@ -19,14 +19,14 @@ const DEFAULT_LIMIT: u32 = 20;
 
 /// The QueryService implementation.
 #[derive(Debug, Clone)]
-pub struct QueryApi {
+pub(crate) struct QueryApi {
     engine: Engine,
     config: Arc<Config>,
 }
 
 impl QueryApi {
     /// A service talking to `engine`.
-    pub fn new(engine: Engine, config: Arc<Config>) -> Self {
+    pub(crate) fn new(engine: Engine, config: Arc<Config>) -> Self {
         QueryApi { engine, config }
     }
 }

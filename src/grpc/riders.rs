@@ -14,14 +14,14 @@ use crate::pb::{self, rider_service_server::RiderService};
 
 /// The RiderService implementation.
 #[derive(Debug, Clone)]
-pub struct RiderApi {
+pub(crate) struct RiderApi {
     engine: Engine,
     router: Router,
 }
 
 impl RiderApi {
     /// A service talking to `engine`; trip watchers are fed by `router` (over its bus).
-    pub fn new(engine: Engine, router: Router) -> Self {
+    pub(crate) fn new(engine: Engine, router: Router) -> Self {
         RiderApi { engine, router }
     }
 }

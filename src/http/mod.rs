@@ -51,7 +51,7 @@ type AppState = Arc<Shared>;
 
 /// Serves the HTTP side on `listener` until `shutdown` completes. Starts the trip follower (it
 /// ends with the event bus).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     engine: Engine,
     metrics: Arc<Metrics>,

@@ -21,7 +21,7 @@ use crate::events::{Event, EventKind, FollowError, Follower, OfferCancelReason};
 /// event goes uncounted. Without one the events that left the ring are gone: the follower
 /// warns with how many it missed, forgets the offers it was timing (their end may be among
 /// the missed) and goes on from the oldest event still held.
-pub fn spawn_follower(mut events: Follower, metrics: Arc<Metrics>) -> JoinHandle<()> {
+pub(crate) fn spawn_follower(mut events: Follower, metrics: Arc<Metrics>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut observer = Observer {
             metrics,

@@ -26,7 +26,7 @@ use crate::engine::{Engine, Stats};
 
 /// How an offer ended, as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OfferOutcome {
+pub(crate) enum OfferOutcome {
     /// The driver accepted.
     Accepted,
     /// The driver declined.
@@ -41,7 +41,7 @@ const OFFER_OUTCOMES: [&str; 4] = ["accepted", "declined", "expired", "cancelled
 
 /// How a trip ended, as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TripEnd {
+pub(crate) enum TripEnd {
     /// Dropped off.
     Completed,
     /// Cancelled by rider or driver.
@@ -75,7 +75,7 @@ const CODES: [&str; 17] = [
 
 /// Which exposition format a scrape gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// Prometheus text, version 0.0.4 (`text/plain`), the default.
     Prometheus,
     /// OpenMetrics text 1.0 (`application/openmetrics-text`), when the scraper accepts it.
@@ -84,7 +84,7 @@ pub enum Format {
 
 impl Format {
     /// The format an `Accept` header asks for.
-    pub fn from_accept(accept: Option<&str>) -> Format {
+    pub(crate) fn from_accept(accept: Option<&str>) -> Format {
         match accept {
             Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
             _ => Format::Prometheus,
@@ -92,7 +92,7 @@ impl Format {
     }
 
     /// The response's content type.
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -105,7 +105,7 @@ type Label = [(&'static str, &'static str); 1];
 
 /// Every metric the engine exports, shared by the edge, the event follower and the scraper.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     trip_requests: Counter,
     offers_sent: Counter,
@@ -126,7 +126,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// An empty registry whose follower starts at event `from_offset`.
-    pub fn new(from_offset: u64) -> Self {
+    pub(crate) fn new(from_offset: u64) -> Self {
         let mut registry = Registry::default();
         // prometheus-client appends `_total` to counter names itself.
         let trip_requests = Counter::default();
@@ -202,7 +202,7 @@ impl Metrics {
     }
 
     /// A trip was requested.
-    pub fn trip_requested(&self) {
+    pub(crate) fn trip_requested(&self) {
         self.trip_requests.inc();
     }
 
@@ -213,24 +213,24 @@ impl Metrics {
     }
 
     /// An offer was sent.
-    pub fn offer_sent(&self) {
+    pub(crate) fn offer_sent(&self) {
         self.offers_sent.inc();
     }
 
     /// An offer ended.
-    pub fn offer_ended(&self, outcome: OfferOutcome) {
+    pub(crate) fn offer_ended(&self, outcome: OfferOutcome) {
         let label = OFFER_OUTCOMES[outcome as usize];
         self.offers_ended.get_or_create(&[("outcome", label)]).inc();
     }
 
     /// A trip reached a terminal state.
-    pub fn trip_ended(&self, end: TripEnd) {
+    pub(crate) fn trip_ended(&self, end: TripEnd) {
         let label = TRIP_ENDS[end as usize];
         self.trips_ended.get_or_create(&[("state", label)]).inc();
     }
 
     /// A call was answered with a non-OK status `code` (a `tonic::Code` as i32).
-    pub fn rejected(&self, code: i32) {
+    pub(crate) fn rejected(&self, code: i32) {
         if let Some(&name) = usize::try_from(code)
             .ok()
             .filter(|&i| i > 0)
@@ -241,12 +241,12 @@ impl Metrics {
     }
 
     /// A call was refused by the global concurrency limit.
-    pub fn shed_by_concurrency_limit(&self) {
+    pub(crate) fn shed_by_concurrency_limit(&self) {
         self.scraped.lock().shed_concurrency += 1;
     }
 
     /// `count` location updates were rejected for `reason` (the wire enum's name).
-    pub fn location_rejected(&self, reason: &'static str, count: u64) {
+    pub(crate) fn location_rejected(&self, reason: &'static str, count: u64) {
         let label = reason
             .trim_start_matches("LOCATION_REJECTION_")
             .to_ascii_lowercase();
@@ -272,7 +272,7 @@ impl Metrics {
 
     /// The exposition in `format`. Gauges come from `stats` (or the last stats seen) and the
     /// engine.
-    pub fn render(&self, engine: &Engine, stats: Option<Stats>, format: Format) -> String {
+    pub(crate) fn render(&self, engine: &Engine, stats: Option<Stats>, format: Format) -> String {
         {
             let mut s = self.scraped.lock();
             if stats.is_some() {

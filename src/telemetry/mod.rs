@@ -11,21 +11,21 @@
 //! ([`http`](crate::http)) serves [`scrape`] on `/metrics`.
 
 mod follower;
-pub mod metrics;
+pub(crate) mod metrics;
 
 use std::time::Duration;
 
 use crate::engine::Engine;
 
-pub use follower::spawn_follower;
-pub use metrics::{Format, Metrics};
+pub(crate) use follower::spawn_follower;
+pub(crate) use metrics::{Format, Metrics};
 
 /// How long a scrape waits for the dispatcher's stats and the event follower.
 const SCRAPE_WAIT: Duration = Duration::from_secs(1);
 
 /// The exposition in `format`, after the follower has counted every event published before the
 /// scrape began, with fresh stats if the dispatcher answers in time (else the last ones seen).
-pub async fn scrape(engine: &Engine, metrics: &Metrics, format: Format) -> String {
+pub(crate) async fn scrape(engine: &Engine, metrics: &Metrics, format: Format) -> String {
     metrics
         .wait_followed(engine.bus().next_offset(), SCRAPE_WAIT)
         .await;

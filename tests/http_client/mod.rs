@@ -1,6 +1,10 @@
 //! A small HTTP/1.1 client for the HTTP-side tests, on hyper's own client connection (already
 //! in the tree under tonic and axum): one connection per request, plus an SSE reader.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared by several test crates, each using part of it"
+)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

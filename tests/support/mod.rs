@@ -1,5 +1,9 @@
 //! Test harness: a real server on 127.0.0.1:0 driven by a manual clock, plus clients.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared by several test crates, each using part of it"
+)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
