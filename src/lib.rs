@@ -11,13 +11,16 @@
 //! - [`clock`]: time as an input (system clock, manual clock for tests).
 //! - [`matching`]: pickup ETA model, candidate scoring, and the batch assignment solver
 //!   (`matching::assign`: min-cost pairing of a window's requests with drivers).
-//! - [`eta`]: the road ETA model: an OpenStreetMap car graph with contraction hierarchies,
-//!   snapping and many-to-one queries (`eta::road`), chosen at start by `eta.model`.
 //! - [`surge`]: demand over supply per H3 hexagon.
 //! - [`events`]: the ordered dispatch events, the durable log they are committed to before any
 //!   call is acknowledged (`events::log`), their in-memory bus, the one follow loop that reads
 //!   bus and log (`events::Follower`), and the router handing each trip's and gateway's events
 //!   to their watchers only (`events::Router`).
+//! - [`config`]: settings and their embedded defaults (it gathers the config types of
+//!   `matching`, `surge` and `events`).
+//! - [`config_load`]: defaults < TOML file < `DISPATCH_*` environment < flags, validated.
+//! - [`eta`]: the road ETA model: an OpenStreetMap car graph with contraction hierarchies,
+//!   snapping and many-to-one queries (`eta::road`), chosen at start by `eta.model`.
 //! - [`engine`]: the dispatch state and the decisions over it. `engine::state::DispatchState`
 //!   holds everything that is known and changes only by applying events (its non-durable part,
 //!   positions and surge demand, is named `Live`); `engine::dispatcher` holds the decisions
@@ -25,8 +28,6 @@
 //!   `engine::records::Trip::apply` is the one trip fold (the state and WatchTrip use it). The
 //!   dispatcher runs on its own thread (`runner`), recovers from the log on start (`recovery`),
 //!   and `Engine` is the handle to it.
-//! - [`config`]: settings and their embedded defaults.
-//! - [`config_load`]: defaults < TOML file < `DISPATCH_*` environment < flags, validated.
 //! - [`telemetry`]: Prometheus metrics (prometheus-client registry, scrape) and trip log lines,
 //!   derived from the event bus and the edge.
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
