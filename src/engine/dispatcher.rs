@@ -83,6 +83,18 @@ pub enum TripAction {
     Cancel,
 }
 
+impl TripAction {
+    /// The verb error messages use ("cannot start trip ...").
+    pub(crate) fn verb(self) -> &'static str {
+        match self {
+            TripAction::Arrive => "mark arrival for",
+            TripAction::Start => "start",
+            TripAction::Complete => "complete",
+            TripAction::Cancel => "cancel",
+        }
+    }
+}
+
 /// The settings decisions follow.
 #[derive(Clone, Debug)]
 pub(crate) struct Rules {

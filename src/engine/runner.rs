@@ -183,7 +183,7 @@ impl Runner {
                         outcome.unknown_driver += 1;
                     }
                     if outcome.examples.len() < 10 {
-                        outcome.examples.push(format!("{driver}: {why:?}"));
+                        outcome.examples.push(format!("{driver}: {why}"));
                     }
                 }
             }

@@ -52,7 +52,7 @@ impl Decide<'_> {
     fn offer_gone(&self, offer: OfferId) -> Error {
         match self.s.offer_outcome(offer) {
             Some(outcome) => Error::FailedPrecondition(format!(
-                "offer {offer} has already ended ({outcome:?}); an offer can be answered once, \
+                "offer {offer} has already ended: it was {outcome}; an offer can be answered once, \
                  within its window"
             )),
             None => Error::NotFound(format!(

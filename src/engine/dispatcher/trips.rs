@@ -25,10 +25,12 @@ impl Decide<'_> {
             return Ok(Some(trip.clone()));
         }
         if let Some(open) = self.s.open_trip_of(&req.rider) {
-            let status = self.s.trip(open).map(|t| t.status);
+            // An open trip is in memory (ended trips leave the rider index first).
+            let status = self.s.trip(open).map(|t| t.status.to_string());
             return Err(Error::FailedPrecondition(format!(
-                "rider {} already has open trip {open} ({status:?}); cancel it or wait for it to end",
-                req.rider
+                "rider {} already has open trip {open} ({}); cancel it or wait for it to end",
+                req.rider,
+                status.as_deref().unwrap_or("open")
             )));
         }
         Ok(None)
@@ -102,7 +104,8 @@ impl Decide<'_> {
                 _ => "",
             };
             return Err(Error::FailedPrecondition(format!(
-                "cannot {action:?} trip {trip_id}: it is {status:?}{hint}"
+                "cannot {} trip {trip_id}: it is {status}{hint}",
+                action.verb()
             )));
         }
         let driver = driver.clone();
@@ -142,7 +145,7 @@ impl Decide<'_> {
         let previous = trip.status;
         if previous.is_terminal() {
             return Err(Error::FailedPrecondition(format!(
-                "trip {trip_id} has already ended ({previous:?})"
+                "trip {trip_id} has already ended: it is {previous}"
             )));
         }
         let mut released = (None, None);
