@@ -321,7 +321,11 @@ async fn malformed_rider_and_query_input_is_invalid_argument() {
         "limit",
     );
     assert_code(
-        q.get_surge(pb::GetSurgeRequest { location: None }).await,
+        q.get_surge(pb::GetSurgeRequest {
+            location: None,
+            vehicle_class: 0,
+        })
+        .await,
         Code::InvalidArgument,
         "location",
     );

@@ -649,6 +649,7 @@ async fn surge_rises_where_demand_exceeds_supply() {
         .queries()
         .get_surge(pb::GetSurgeRequest {
             location: ll(PICKUP.0, PICKUP.1),
+            vehicle_class: 0,
         })
         .await
         .unwrap()

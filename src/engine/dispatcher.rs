@@ -253,9 +253,9 @@ impl Dispatcher {
         self.trip_snapshot(trip_id)
     }
 
-    /// The surge at a point.
-    pub fn surge(&mut self, now_ms: u64, point: LatLng) -> SurgeReading {
-        self.state.surge_reading(point, now_ms)
+    /// The surge for `class` at a point (`Any`: the whole market).
+    pub fn surge(&mut self, now_ms: u64, point: LatLng, class: VehicleClass) -> SurgeReading {
+        self.state.surge_reading(point, class, now_ms)
     }
 
     /// Counters describing the engine now.

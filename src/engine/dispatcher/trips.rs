@@ -178,8 +178,11 @@ impl Dispatcher {
         }
         // Demand and the reading are the state's non-durable part; the multiplier travels in
         // the event.
-        self.state.record_demand(req.pickup, now_ms);
-        let surge = self.state.surge_reading(req.pickup, now_ms).multiplier;
+        self.state.record_demand(req.pickup, req.class, now_ms);
+        let surge = self
+            .state
+            .surge_reading(req.pickup, req.class, now_ms)
+            .multiplier;
         let id = self.decide(now_ms, |c| c.request_trip(req, surge));
         Ok((self.trip_snapshot(id)?, false))
     }

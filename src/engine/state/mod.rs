@@ -31,7 +31,7 @@ use super::records::{
     Driver, DriverRecord, DriverStatus, LocationRejection, OfferOutcome, PendingOffer, Stats, Trip,
 };
 use crate::config::Config;
-use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, TripId};
+use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, TripId, VehicleClass};
 use crate::error::Error;
 use crate::events::{Event, MatchPolicy, OfferDetails, TripStatus};
 use crate::index::SpatialIndex;
@@ -407,16 +407,34 @@ impl DispatchState {
         self.live.set_position(key, position);
     }
 
-    /// Counts a request in the surge demand at `pickup`.
-    pub(crate) fn record_demand(&mut self, pickup: LatLng, now_ms: u64) {
-        self.live.surge_mut().record_request(pickup, now_ms);
+    /// Counts a request for `class` in the surge demand at `pickup`.
+    pub(crate) fn record_demand(&mut self, pickup: LatLng, class: VehicleClass, now_ms: u64) {
+        self.live.surge_mut().record_request(pickup, class, now_ms);
     }
 
-    /// The surge at `point`, with supply counted by the index around it.
-    pub(crate) fn surge_reading(&mut self, point: LatLng, now_ms: u64) -> SurgeReading {
-        let surge = self.live.surge_mut();
-        let supply = self.index.count_near(point, surge.supply_radius_m()) as u64;
-        surge.reading(point, supply, now_ms)
+    /// The surge for `class` at `point`, with supply counted by the index around it.
+    pub(crate) fn surge_reading(
+        &mut self,
+        point: LatLng,
+        class: VehicleClass,
+        now_ms: u64,
+    ) -> SurgeReading {
+        let supply = self.supply_near(point, self.live.surge().supply_radius_m(), class);
+        self.live.surge_mut().reading(point, class, supply, now_ms)
+    }
+
+    /// Surge supply for `class`: the available drivers within about `radius_m` of `point` who
+    /// serve it ([`VehicleClass::serves`], as matching decides). `Any` counts every available
+    /// driver by whole cells; a class calls `serves` once per driver in those cells.
+    pub(crate) fn supply_near(&self, point: LatLng, radius_m: f64, class: VehicleClass) -> u64 {
+        let n = if class == VehicleClass::Any {
+            self.index.count_near(point, radius_m)
+        } else {
+            self.index.count_near_where(point, radius_m, &mut |k| {
+                self.drivers[k.0 as usize].class.serves(class)
+            })
+        };
+        n as u64
     }
 
     /// Sweeps stale surge cells now and then.
