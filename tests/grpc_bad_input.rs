@@ -206,7 +206,7 @@ async fn trip_actions_out_of_turn_or_by_strangers_are_refused() {
     assert_code(
         d.start_trip(act("d-1")).await,
         Code::FailedPrecondition,
-        "Accepted",
+        "TRIP_STATUS_ACCEPTED",
     );
     assert_code(
         d.go_offline(pb::GoOfflineRequest {
