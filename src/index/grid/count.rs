@@ -117,7 +117,7 @@ mod tests {
         );
         assert_eq!(grid.count_near_where(center, 1_200.0, &mut |_| false), 0);
         // One key in three, against the exact filtered count.
-        let mut third = |key: DriverKey| key.0 % 3 == 0;
+        let mut third = |key: DriverKey| key.0.is_multiple_of(3);
         let mut out = Vec::new();
         grid.nearest(center, 1_200.0, usize::MAX, &mut third, &mut out);
         let exact = out.len() as f64;
