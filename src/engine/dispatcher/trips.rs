@@ -62,6 +62,22 @@ impl Decide<'_> {
                 self.emit(EventKind::OfferSent(offer));
             }
             (Some(_), MatchPolicy::Batch) => {}
+            // Nobody free, but someone online who could serve it is in range: it waits (for a
+            // retry, or a driver freeing up nearby; batch: the next flush) until its dispatch
+            // deadline.
+            (None, policy) if self.anyone_could_serve(pickup, req.class) => {
+                if policy == MatchPolicy::Greedy {
+                    let retry_at_ms = self.now_ms.saturating_add(
+                        self.rules
+                            .retry_interval_ms
+                            .min(self.rules.dispatch_timeout_ms),
+                    );
+                    self.emit(EventKind::SearchRetryScheduled {
+                        trip: id,
+                        retry_at_ms,
+                    });
+                }
+            }
             (None, _) => self.emit(EventKind::NoDrivers {
                 trip: id,
                 surge_multiplier,
@@ -196,6 +212,9 @@ impl Dispatcher {
         action: TripAction,
     ) -> Result<Trip, Error> {
         self.decide(now_ms, |c| c.trip_action(trip_id, driver, action))?;
+        if matches!(action, TripAction::Complete | TripAction::Cancel) {
+            self.serve_waiting(now_ms, self.state.driver_key(driver.as_str()));
+        }
         self.trip_snapshot(trip_id)
     }
 
@@ -206,7 +225,9 @@ impl Dispatcher {
         trip_id: TripId,
         rider: &ExternalId,
     ) -> Result<Trip, Error> {
+        let driver = self.state.entry(trip_id).and_then(|e| e.driver_key);
         self.decide(now_ms, |c| c.cancel_trip(trip_id, rider))?;
+        self.serve_waiting(now_ms, driver);
         self.trip_snapshot(trip_id)
     }
 }

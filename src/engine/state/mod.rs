@@ -101,6 +101,11 @@ pub struct DispatchState {
     batch: BTreeSet<TripId>,
     /// When the pending batch is matched; `Some` exactly while `batch` is not empty.
     batch_flush_at_ms: Option<u64>,
+    /// Greedy policy: the SEARCHING trips waiting for a driver (a retry armed), oldest first.
+    /// Exactly the trips whose `retry_at_ms` is set; a driver who frees up scans it for the
+    /// trips near it (see `Decide::next_waiting_for`), so it stays small: the trips of the last
+    /// dispatch timeout that found nobody free.
+    waiting: BTreeSet<TripId>,
     stats: Stats,
     next_offset: u64,
     live: Live,
@@ -142,6 +147,7 @@ impl DispatchState {
             timers: BinaryHeap::new(),
             batch: BTreeSet::new(),
             batch_flush_at_ms: None,
+            waiting: BTreeSet::new(),
             stats: Stats::default(),
             next_offset: first_offset,
             live: Live::new(config.surge.clone()),
@@ -250,6 +256,11 @@ impl DispatchState {
     /// The batch trips waiting for the next flush, oldest first.
     pub(crate) fn batch(&self) -> &BTreeSet<TripId> {
         &self.batch
+    }
+
+    /// The greedy trips waiting for a driver (SEARCHING, a retry armed), oldest first.
+    pub(crate) fn waiting(&self) -> &BTreeSet<TripId> {
+        &self.waiting
     }
 
     pub(crate) fn batch_window_ms(&self) -> u64 {
