@@ -1,10 +1,18 @@
-//! The surge signal: demand over supply around a pickup, as a price multiplier >= 1.
+//! The surge signal: demand over supply around a pickup, per vehicle class, as a price
+//! multiplier >= 1.
 //!
-//! Demand is counted per H3 hexagon (resolution 8, ~0.7 km²) over a sliding window, summed over
-//! the pickup's hexagon and its six neighbours so a request on a hexagon edge counts on both
-//! sides. Supply is the number of available drivers near the pickup right now, counted by the
-//! spatial index at cell granularity (`SpatialIndex::count_near`) when asked, because computing
-//! an H3 cell for every location update would cost more than all the rest of ingest.
+//! Demand is counted per H3 hexagon (resolution 8, ~0.7 km²) and per requested class over a
+//! sliding window, summed over the pickup's hexagon and its six neighbours so a request on a
+//! hexagon edge counts on both sides. Supply is the number of available drivers near the pickup
+//! right now, counted by the spatial index at cell granularity when asked, because computing an
+//! H3 cell for every location update would cost more than all the rest of ingest.
+//!
+//! Classes follow matching ([`VehicleClass::serves`]): the reading for class C counts the
+//! requests that asked for C as demand and the available drivers who could be offered a C trip
+//! as supply. Today a driver serves only its own class, so a COMFORT driver is no XL supply
+//! and an XL driver no COMFORT supply (it would never be offered the COMFORT trip). The reading
+//! for `Any` (UNSPECIFIED) is the whole market: every request is demand and every available
+//! driver supply, which is what the engine computed before classes counted.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -12,7 +20,7 @@ use std::time::Duration;
 use h3o::{CellIndex, Resolution};
 use rustc_hash::FxHashMap;
 
-use crate::domain::LatLng;
+use crate::domain::{LatLng, VehicleClass};
 
 /// Settings of the surge signal.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -44,19 +52,37 @@ pub struct SurgeReading {
     pub multiplier: f64,
     /// The H3 cell of the point.
     pub cell: CellIndex,
-    /// Requests in the cell and its neighbours during the window.
+    /// Requests for the reading's class in the cell and its neighbours during the window (all
+    /// requests for `Any`).
     pub demand: u64,
-    /// Available drivers near the point.
+    /// Available drivers near the point who serve the reading's class.
     pub supply: u64,
 }
 
-/// Sliding-window demand per H3 cell.
+/// The classes a reading can be for, in the order of [`ClassDemand`]: `Any` (the whole
+/// market) first.
+pub const READING_CLASSES: [VehicleClass; 4] = [
+    VehicleClass::Any,
+    VehicleClass::Economy,
+    VehicleClass::Comfort,
+    VehicleClass::Xl,
+];
+
+/// Demand around one cell for each of [`READING_CLASSES`], in that order.
+pub type ClassDemand = [u64; 4];
+
+/// Sliding-window demand per H3 cell and requested class.
 #[derive(Debug)]
 pub struct SurgeTracker {
     config: SurgeConfig,
     window_ms: u64,
-    /// Request times per cell, oldest first.
-    demand: FxHashMap<CellIndex, VecDeque<u64>>,
+    /// Request times and requested classes per cell, oldest first.
+    demand: FxHashMap<CellIndex, VecDeque<(u64, VehicleClass)>>,
+}
+
+/// Whether a request for `asked` counts as demand in a reading for `reading`.
+fn counts_for(asked: VehicleClass, reading: VehicleClass) -> bool {
+    reading == VehicleClass::Any || asked == reading
 }
 
 const RESOLUTION: Resolution = Resolution::Eight;
@@ -85,30 +111,41 @@ impl SurgeTracker {
         self.config.supply_radius_m
     }
 
-    /// Counts one trip request at `pickup`.
-    pub fn record_request(&mut self, pickup: LatLng, now_ms: u64) {
+    /// Counts one trip request for `class` at `pickup`.
+    pub fn record_request(&mut self, pickup: LatLng, class: VehicleClass, now_ms: u64) {
         let times = self.demand.entry(cell_of(pickup)).or_default();
-        times.push_back(now_ms);
+        times.push_back((now_ms, class));
         Self::expire(times, now_ms, self.window_ms);
     }
 
-    /// Requests in the window in `point`'s cell and its six neighbours, and that cell.
-    pub fn demand(&mut self, point: LatLng, now_ms: u64) -> (CellIndex, u64) {
+    /// Requests counting for `class` in the window in `point`'s cell and its six neighbours,
+    /// and that cell.
+    ///
+    /// # Runtime
+    /// O(requests in the window in the seven cells).
+    pub fn demand(&mut self, point: LatLng, class: VehicleClass, now_ms: u64) -> (CellIndex, u64) {
         let cell = cell_of(point);
         let mut demand = 0u64;
         for neighbour in cell.grid_disk::<Vec<_>>(1) {
             if let Some(times) = self.demand.get_mut(&neighbour) {
                 Self::expire(times, now_ms, self.window_ms);
-                demand += times.len() as u64;
+                demand += times.iter().filter(|t| counts_for(t.1, class)).count() as u64;
             }
         }
         (cell, demand)
     }
 
-    /// The surge at `point`, given the supply the caller counted there. The multiplier only
-    /// depends on supply while supply < demand, so a caller may stop counting at `demand`.
-    pub fn reading(&mut self, point: LatLng, supply: u64, now_ms: u64) -> SurgeReading {
-        let (cell, demand) = self.demand(point, now_ms);
+    /// The surge for `class` at `point`, given the supply of that class the caller counted
+    /// there. The multiplier only depends on supply while supply < demand, so a caller may stop
+    /// counting at `demand`.
+    pub fn reading(
+        &mut self,
+        point: LatLng,
+        class: VehicleClass,
+        supply: u64,
+        now_ms: u64,
+    ) -> SurgeReading {
+        let (cell, demand) = self.demand(point, class, now_ms);
         SurgeReading {
             multiplier: self.multiplier(demand, supply),
             cell,
@@ -123,22 +160,36 @@ impl SurgeTracker {
     }
 
     /// Every cell with a request inside the window at `now_ms`, with the demand `reading` would
-    /// count there (the cell and its six neighbours). Read-only, for the map view: expired
-    /// times are skipped, not dropped. O(cells with demand x 7).
-    pub fn active_demand(&self, now_ms: u64) -> Vec<(CellIndex, u64)> {
+    /// count there for each of [`READING_CLASSES`] (the cell and its six neighbours). Read-only,
+    /// for the map view: expired times are skipped, not dropped.
+    ///
+    /// # Runtime
+    /// O(cells with demand x 7 x requests per cell in the window).
+    pub fn active_demand(&self, now_ms: u64) -> Vec<(CellIndex, ClassDemand)> {
         let live = |cell: &CellIndex| {
-            self.demand.get(cell).map_or(0, |times| {
-                times
-                    .iter()
-                    .filter(|&&t| t.saturating_add(self.window_ms) > now_ms)
-                    .count() as u64
-            })
+            let mut by_class = ClassDemand::default();
+            if let Some(times) = self.demand.get(cell) {
+                for &(t, asked) in times {
+                    if t.saturating_add(self.window_ms) <= now_ms {
+                        continue;
+                    }
+                    for (n, &class) in by_class.iter_mut().zip(&READING_CLASSES) {
+                        *n += u64::from(counts_for(asked, class));
+                    }
+                }
+            }
+            by_class
         };
         self.demand
             .keys()
-            .filter(|cell| live(cell) > 0)
+            .filter(|cell| live(cell)[0] > 0)
             .map(|&cell| {
-                let demand = cell.grid_disk::<Vec<_>>(1).iter().map(live).sum();
+                let mut demand = ClassDemand::default();
+                for near in cell.grid_disk::<Vec<_>>(1) {
+                    for (total, n) in demand.iter_mut().zip(live(&near)) {
+                        *total += n;
+                    }
+                }
                 (cell, demand)
             })
             .collect()
@@ -153,10 +204,10 @@ impl SurgeTracker {
         });
     }
 
-    fn expire(times: &mut VecDeque<u64>, now_ms: u64, window_ms: u64) {
+    fn expire(times: &mut VecDeque<(u64, VehicleClass)>, now_ms: u64, window_ms: u64) {
         while times
             .front()
-            .is_some_and(|&t| t.saturating_add(window_ms) <= now_ms)
+            .is_some_and(|&(t, _)| t.saturating_add(window_ms) <= now_ms)
         {
             times.pop_front();
         }
@@ -169,19 +220,38 @@ mod tests {
 
     #[test]
     fn surge_rises_with_demand_and_decays_with_the_window() {
+        let any = VehicleClass::Any;
         let mut s = SurgeTracker::new(SurgeConfig::default());
         let p = LatLng::new(40.7, -74.0).unwrap();
-        assert_eq!(s.reading(p, 2, 0).multiplier, 1.0);
+        assert_eq!(s.reading(p, any, 2, 0).multiplier, 1.0);
         for i in 0..6 {
-            s.record_request(p, i * 1000);
+            s.record_request(p, any, i * 1000);
         }
-        let r = s.reading(p, 2, 10_000);
+        let r = s.reading(p, any, 2, 10_000);
         assert_eq!(r.demand, 6);
         assert_eq!(r.multiplier, 3.0);
-        assert_eq!(s.reading(p, 4, 10_000).multiplier, 1.5);
+        assert_eq!(s.reading(p, any, 4, 10_000).multiplier, 1.5);
         // A window later the requests no longer count.
-        assert_eq!(s.reading(p, 2, 70_000).demand, 0);
+        assert_eq!(s.reading(p, any, 2, 70_000).demand, 0);
         s.sweep(70_000);
         assert!(s.demand.is_empty());
+    }
+
+    #[test]
+    fn demand_counts_per_class_and_any_counts_all() {
+        let mut s = SurgeTracker::new(SurgeConfig::default());
+        let p = LatLng::new(40.7, -74.0).unwrap();
+        for _ in 0..3 {
+            s.record_request(p, VehicleClass::Xl, 0);
+        }
+        s.record_request(p, VehicleClass::Comfort, 0);
+        s.record_request(p, VehicleClass::Any, 0);
+        assert_eq!(s.demand(p, VehicleClass::Xl, 1).1, 3);
+        assert_eq!(s.demand(p, VehicleClass::Comfort, 1).1, 1);
+        assert_eq!(s.demand(p, VehicleClass::Economy, 1).1, 0);
+        assert_eq!(s.demand(p, VehicleClass::Any, 1).1, 5);
+        let active = s.active_demand(1);
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].1, [5, 0, 1, 3]);
     }
 }

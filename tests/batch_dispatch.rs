@@ -93,12 +93,13 @@ fn two_by_two(d: &mut Dispatcher) -> (TripId, TripId) {
 }
 
 #[test]
-fn greedy_strands_the_second_request_that_batch_serves() {
-    // Greedy: rider 1 takes A, the nearer driver; rider 2 then has nobody in range.
+fn greedy_leaves_the_second_request_waiting_that_batch_serves() {
+    // Greedy: rider 1 takes A, the nearer driver; rider 2 then has nobody free in range, only A
+    // (offered), so it waits for A instead of being served by B.
     let mut g = dispatcher(MatchPolicy::Greedy);
     let (r1, r2) = two_by_two(&mut g);
     assert_eq!(offered_to(&g, r1).as_deref(), Some("a"));
-    assert_eq!(g.trip(r2).unwrap().status, TripStatus::NoDrivers);
+    assert_eq!(g.trip(r2).unwrap().status, TripStatus::Searching);
 
     // Batch: both wait for the window, then rider 1 gets B and rider 2 gets A.
     let mut b = dispatcher(MatchPolicy::Batch);
@@ -235,9 +236,9 @@ fn nobody_in_range_ends_at_once_as_in_greedy() {
 }
 
 #[test]
-fn a_request_left_unpaired_at_its_first_window_is_told_at_once() {
-    // Two riders, one driver: the solver pairs one; the other gets its answer when the window
-    // closes (NO_DRIVERS), not several windows later.
+fn a_request_left_unpaired_waits_for_a_later_window() {
+    // Two riders, one driver: the solver pairs one; the other, with the driver online in range,
+    // keeps searching in later windows (issue 12 item 3) and gets the driver once it declines.
     let mut d = dispatcher(MatchPolicy::Batch);
     online(&mut d, T0, "a", 0.0);
     let r1 = request(&mut d, T0, "r1", 500.0);
@@ -248,9 +249,13 @@ fn a_request_left_unpaired_at_its_first_window_is_told_at_once() {
         Some("a"),
         "the nearer rider wins"
     );
-    let t2 = d.trip(r2).unwrap();
-    assert_eq!(t2.status, TripStatus::NoDrivers);
-    assert_eq!(t2.ended_at_ms, T0 + WINDOW_MS);
+    assert_eq!(d.trip(r2).unwrap().status, TripStatus::Searching);
+    d.check_invariants().unwrap();
+    let offer = d.trip(r1).unwrap().offer.unwrap();
+    d.respond(T0 + WINDOW_MS + 10, offer, &id("a"), false)
+        .unwrap();
+    d.fire_due(T0 + 2 * WINDOW_MS);
+    assert_eq!(offered_to(&d, r2).as_deref(), Some("a"));
     d.check_invariants().unwrap();
 }
 

@@ -201,12 +201,12 @@ async fn trip_actions_out_of_turn_or_by_strangers_are_refused() {
     assert_code(
         d.complete_trip(act("d-1")).await,
         Code::FailedPrecondition,
-        "Accepted",
+        "TRIP_STATUS_ACCEPTED",
     );
     assert_code(
         d.start_trip(act("d-1")).await,
         Code::FailedPrecondition,
-        "Accepted",
+        "TRIP_STATUS_ACCEPTED",
     );
     assert_code(
         d.go_offline(pb::GoOfflineRequest {
@@ -321,7 +321,11 @@ async fn malformed_rider_and_query_input_is_invalid_argument() {
         "limit",
     );
     assert_code(
-        q.get_surge(pb::GetSurgeRequest { location: None }).await,
+        q.get_surge(pb::GetSurgeRequest {
+            location: None,
+            vehicle_class: 0,
+        })
+        .await,
         Code::InvalidArgument,
         "location",
     );

@@ -182,7 +182,11 @@ async fn an_unanswered_offer_expires_after_15_s_and_cascades() {
         .await
         .unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
-    assert!(late.message().contains("Expired"), "{}", late.message());
+    assert!(
+        late.message().contains("it was expired"),
+        "{}",
+        late.message()
+    );
     let t = get_trip(&s, &trip.trip_id).await;
     assert_eq!(t.driver_id, "d-2");
     s.stop().await;
@@ -649,6 +653,7 @@ async fn surge_rises_where_demand_exceeds_supply() {
         .queries()
         .get_surge(pb::GetSurgeRequest {
             location: ll(PICKUP.0, PICKUP.1),
+            vehicle_class: 0,
         })
         .await
         .unwrap()

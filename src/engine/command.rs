@@ -50,7 +50,7 @@ pub(crate) enum Command {
         class: VehicleClass,
         reply: Reply<Vec<NearbyDriver>>,
     },
-    Surge(LatLng, Reply<SurgeReading>),
+    Surge(LatLng, VehicleClass, Reply<SurgeReading>),
     Stats(Reply<Stats>),
     /// Pending offers for a gateway and the offset of the next event, read atomically.
     PendingOffers(Option<ExternalId>, Reply<(Vec<Arc<OfferDetails>>, u64)>),

@@ -83,6 +83,18 @@ pub enum TripAction {
     Cancel,
 }
 
+impl TripAction {
+    /// The verb error messages use ("cannot start trip ...").
+    pub(crate) fn verb(self) -> &'static str {
+        match self {
+            TripAction::Arrive => "mark arrival for",
+            TripAction::Start => "start",
+            TripAction::Complete => "complete",
+            TripAction::Cancel => "cancel",
+        }
+    }
+}
+
 /// The settings decisions follow.
 #[derive(Clone, Debug)]
 pub(crate) struct Rules {
@@ -90,6 +102,7 @@ pub(crate) struct Rules {
     pub(crate) max_candidates: usize,
     pub(crate) offer_timeout_ms: u64,
     pub(crate) retry_interval_ms: u64,
+    pub(crate) dispatch_timeout_ms: u64,
     pub(crate) policy: MatchPolicy,
 }
 
@@ -160,6 +173,7 @@ impl Dispatcher {
                 max_candidates: d.max_candidates,
                 offer_timeout_ms: d.offer_timeout.as_millis() as u64,
                 retry_interval_ms: (d.retry_interval.as_millis() as u64).max(1),
+                dispatch_timeout_ms: d.dispatch_timeout.as_millis() as u64,
                 policy: d.policy,
             },
             // The one place the ETA model is chosen; only the candidate search uses it.
@@ -212,6 +226,30 @@ impl Dispatcher {
         }
     }
 
+    /// After a driver may have become AVAILABLE (a decline, an expiry, a withdrawn offer, a
+    /// drop-off, a cancel, going online): the greedy trips waiting near it are searched again
+    /// now, oldest first, until the driver holds an offer or no waiting trip could take it, so
+    /// a freed driver is offered in the same command instead of on the next retry tick.
+    ///
+    /// # Runtime
+    /// O(w) per trip searched, for w waiting trips (`DispatchState::waiting`), plus one
+    /// candidate search per trip searched; the loop ends once the driver is offered, and every
+    /// trip it searches leaves the waiting set (its best candidate includes this driver).
+    fn serve_waiting(&mut self, now_ms: u64, driver: Option<DriverKey>) {
+        let Some(key) = driver else {
+            return;
+        };
+        let mut skip: Vec<TripId> = Vec::new();
+        loop {
+            let next = self.decide(now_ms, |c| c.next_waiting_for(key, &skip));
+            let Some(trip) = next else {
+                return;
+            };
+            skip.push(trip);
+            self.decide(now_ms, |c| c.continue_search(trip));
+        }
+    }
+
     fn snapshot(&self, key: DriverKey) -> Driver {
         self.state.driver(key)
     }
@@ -241,9 +279,9 @@ impl Dispatcher {
         self.trip_snapshot(trip_id)
     }
 
-    /// The surge at a point.
-    pub fn surge(&mut self, now_ms: u64, point: LatLng) -> SurgeReading {
-        self.state.surge_reading(point, now_ms)
+    /// The surge for `class` at a point (`Any`: the whole market).
+    pub fn surge(&mut self, now_ms: u64, point: LatLng, class: VehicleClass) -> SurgeReading {
+        self.state.surge_reading(point, class, now_ms)
     }
 
     /// Counters describing the engine now.

@@ -311,8 +311,8 @@ impl Engine {
     }
 
     /// See [`Dispatcher::surge`].
-    pub async fn surge(&self, point: LatLng) -> Result<SurgeReading, Error> {
-        self.call(|r| Command::Surge(point, r)).await
+    pub async fn surge(&self, point: LatLng, class: VehicleClass) -> Result<SurgeReading, Error> {
+        self.call(|r| Command::Surge(point, class, r)).await
     }
 
     /// See [`Dispatcher::stats`].

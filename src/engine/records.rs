@@ -286,6 +286,18 @@ pub enum OfferOutcome {
     Cancelled,
 }
 
+/// A lower-case word (`expired`): what error messages say.
+impl std::fmt::Display for OfferOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OfferOutcome::Accepted => "accepted",
+            OfferOutcome::Declined => "declined",
+            OfferOutcome::Expired => "expired",
+            OfferOutcome::Cancelled => "cancelled",
+        })
+    }
+}
+
 /// Why a location update was not applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LocationRejection {
@@ -299,6 +311,21 @@ pub enum LocationRejection {
     DriverOffline,
     /// Shed under overload (decided by the runner).
     Shed,
+}
+
+/// What a person reads in a location summary's examples.
+impl std::fmt::Display for LocationRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LocationRejection::InvalidCoordinates => "invalid coordinates",
+            LocationRejection::InvalidDriverId => "invalid driver_id",
+            LocationRejection::UnknownDriver => "unknown driver; call GoOnline first",
+            LocationRejection::DriverOffline => {
+                "the driver is offline; call GoOnline before reporting locations"
+            }
+            LocationRejection::Shed => "shed: the engine is overloaded",
+        })
+    }
 }
 
 /// One nearby available driver.

@@ -183,7 +183,7 @@ impl Runner {
                         outcome.unknown_driver += 1;
                     }
                     if outcome.examples.len() < 10 {
-                        outcome.examples.push(format!("{driver}: {why:?}"));
+                        outcome.examples.push(format!("{driver}: {why}"));
                     }
                 }
             }
@@ -248,8 +248,8 @@ impl Runner {
                 // for a commit (and skip a hop through the log writer).
                 let _ = reply.send(Ok(d.nearby(now, center, radius_m, limit, class)));
             }
-            Command::Surge(point, r) => {
-                let _ = r.send(Ok(d.surge(now, point)));
+            Command::Surge(point, class, r) => {
+                let _ = r.send(Ok(d.surge(now, point, class)));
             }
             Command::Stats(r) => answer!(r, Ok(d.stats())),
             Command::PendingOffers(gateway, r) => {

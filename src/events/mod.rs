@@ -63,6 +63,22 @@ pub enum TripStatus {
     NoDrivers,
 }
 
+/// The proto's name (`TRIP_STATUS_ACCEPTED`): the words error messages use.
+impl std::fmt::Display for TripStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TripStatus::Searching => "TRIP_STATUS_SEARCHING",
+            TripStatus::Offered => "TRIP_STATUS_OFFERED",
+            TripStatus::Accepted => "TRIP_STATUS_ACCEPTED",
+            TripStatus::Arrived => "TRIP_STATUS_ARRIVED",
+            TripStatus::InProgress => "TRIP_STATUS_IN_PROGRESS",
+            TripStatus::Completed => "TRIP_STATUS_COMPLETED",
+            TripStatus::Cancelled => "TRIP_STATUS_CANCELLED",
+            TripStatus::NoDrivers => "TRIP_STATUS_NO_DRIVERS",
+        })
+    }
+}
+
 impl TripStatus {
     /// Whether the trip has ended.
     pub fn is_terminal(self) -> bool {

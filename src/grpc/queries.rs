@@ -73,8 +73,10 @@ impl QueryService for QueryApi {
         &self,
         request: Request<pb::GetSurgeRequest>,
     ) -> Result<Response<pb::GetSurgeResponse>, Status> {
-        let point = convert::latlng("location", request.into_inner().location)?;
-        let reading = self.engine.surge(point).await.map_err(status)?;
+        let req = request.into_inner();
+        let point = convert::latlng("location", req.location)?;
+        let class = convert::vehicle_class(req.vehicle_class)?;
+        let reading = self.engine.surge(point, class).await.map_err(status)?;
         Ok(Response::new(pb::GetSurgeResponse {
             multiplier: reading.multiplier,
             h3_cell: reading.cell.to_string(),

@@ -361,7 +361,21 @@ impl SpatialIndex for GridIndex {
     /// # Runtime
     /// O(cells in the radius' window), independent of the drivers they hold.
     fn count_near(&self, center: LatLng, radius_m: f64) -> usize {
-        self.count_cells_near(center, radius_m)
+        self.count_cells_near(center, radius_m, None)
+    }
+
+    /// Counts the drivers passing `filter` in the same cells as `count_near`.
+    ///
+    /// # Runtime
+    /// O(cells in the radius' window + the drivers they hold): one filter call per driver,
+    /// no distance computed.
+    fn count_near_where(
+        &self,
+        center: LatLng,
+        radius_m: f64,
+        filter: &mut dyn FnMut(DriverKey) -> bool,
+    ) -> usize {
+        self.count_cells_near(center, radius_m, Some(filter))
     }
 
     /// # Runtime

@@ -71,6 +71,20 @@ pub trait SpatialIndex: Send {
         out.len()
     }
 
+    /// About how many drivers within `radius_m` of `center` pass `filter` (surge supply of one
+    /// vehicle class), at the same granularity as [`count_near`](Self::count_near). This
+    /// default counts exactly.
+    fn count_near_where(
+        &self,
+        center: LatLng,
+        radius_m: f64,
+        filter: &mut dyn FnMut(DriverKey) -> bool,
+    ) -> usize {
+        let mut out = Vec::new();
+        self.nearest(center, radius_m, usize::MAX, filter, &mut out);
+        out.len()
+    }
+
     /// Clears `out` and fills it with up to `k` drivers within `radius_m` metres (inclusive) of
     /// `center` for which `filter` returns true, in ascending distance (ties: ascending key).
     fn nearest(

@@ -11,13 +11,13 @@
 //! those, has the highest total score. Each paired trip gets its offer through the ordinary
 //! offer path (15 s window, cascade on failure, back into the next batch).
 //!
-//! A trip left unpaired at its first flush has lost every candidate to trips the assignment
-//! served instead; it ends at once as NO_DRIVERS, as greedy tells a request with nobody in
-//! range, so no request waits more than one window for its first answer. (Carrying it to later
-//! windows served more trips in the load generator's scarce city, 0.968 vs 0.879 match rate,
-//! but made riders wait several windows: request-to-offer p99 7.9 s with a 2 s window.) A trip
-//! whose earlier offer failed keeps rejoining batches until its dispatch deadline, as greedy
-//! keeps retrying.
+//! A trip left unpaired at a flush has lost every candidate to trips the assignment served
+//! instead, or found none free. It waits for the next window (BatchFlushed re-arms it) until its
+//! dispatch deadline while any ONLINE driver who could serve it (free, offered or on a trip) is
+//! within the search radius, as greedy waits; only a trip never offered with nobody online in
+//! range ends at once as NO_DRIVERS (issue 12 item 3: "no drivers" means nobody could serve).
+//! A driver freeing up is matched at the next flush, at most one window later, so batch trips
+//! need no prompt re-search of their own.
 //!
 //! The pending batch is durable state: its members are exactly the SEARCHING batch-policy
 //! trips (joining and leaving happen in `apply`, on the events that make a trip search or stop
@@ -35,8 +35,8 @@ impl Decide<'_> {
     /// Matches the pending batch: trips past their dispatch deadline end as NO_DRIVERS; a lone
     /// trip is offered its best candidate (no solver); otherwise the candidates of all trips
     /// are paired by a minimum-cost assignment and each paired trip is offered its driver.
-    /// Unpaired trips never offered end as NO_DRIVERS; those whose offer failed wait for the
-    /// next window (BatchFlushed re-arms it).
+    /// Unpaired trips wait for the next window (BatchFlushed re-arms it), except a trip never
+    /// offered that nobody online in range could serve, which ends as NO_DRIVERS.
     ///
     /// # Runtime
     /// For b trips with up to c candidates each: b candidate searches (as greedy), plus the
@@ -69,7 +69,7 @@ impl Decide<'_> {
             let Some(trip) = s.trip(trip_id) else {
                 continue;
             };
-            if trip.offers_made == 0 {
+            if trip.offers_made == 0 && !self.anyone_could_serve(trip.pickup, trip.class) {
                 self.no_drivers(trip);
             } else {
                 waiting += 1;

@@ -99,10 +99,14 @@ impl Dispatcher {
                 self.state.move_driver(key, req.position);
                 key
             }
-            Online::Now => self
-                .state
-                .driver_key(req.driver.as_str())
-                .expect("DriverOnline registers the driver"),
+            Online::Now => {
+                let key = self
+                    .state
+                    .driver_key(req.driver.as_str())
+                    .expect("DriverOnline registers the driver");
+                self.serve_waiting(now_ms, Some(key));
+                key
+            }
         };
         Ok(self.snapshot(key))
     }

@@ -52,7 +52,7 @@ impl Decide<'_> {
     fn offer_gone(&self, offer: OfferId) -> Error {
         match self.s.offer_outcome(offer) {
             Some(outcome) => Error::FailedPrecondition(format!(
-                "offer {offer} has already ended ({outcome:?}); an offer can be answered once, \
+                "offer {offer} has already ended: it was {outcome}; an offer can be answered once, \
                  within its window"
             )),
             None => Error::NotFound(format!(
@@ -156,6 +156,10 @@ impl Dispatcher {
     ) -> Result<Trip, Error> {
         let (trip, search) = self.decide(now_ms, |c| c.respond(offer, driver, accept))?;
         self.search_again(now_ms, search);
+        if !accept {
+            // The decliner is free again: a rider waiting nearby gets it now.
+            self.serve_waiting(now_ms, self.state.driver_key(driver.as_str()));
+        }
         self.trip_snapshot(trip)
     }
 }

@@ -3,8 +3,8 @@
 //! batched matching and the nearby query share it.
 
 use super::{Decide, Dispatcher};
-use crate::domain::{DriverKey, LatLng, VehicleClass};
-use crate::engine::records::NearbyDriver;
+use crate::domain::{DriverKey, LatLng, TripId, VehicleClass};
+use crate::engine::records::{DriverStatus, NearbyDriver};
 use crate::matching::{CandidateFacts, EtaSource, ScoreBreakdown};
 
 /// A scored candidate for a trip.
@@ -64,6 +64,51 @@ impl Decide<'_> {
                 score,
             });
         }
+    }
+
+    /// Whether any ONLINE driver (available, offered or on a trip) who serves `class` is
+    /// within the search radius of `pickup`: if so a request that found nobody free waits for
+    /// one; if not it ends as NO_DRIVERS.
+    ///
+    /// # Runtime
+    /// One indexed lookup for an available driver; failing that, O(d) over the driver table
+    /// (busy drivers are not indexed: their positions move without events). Only requests that
+    /// found no free candidate pay it.
+    pub(super) fn anyone_could_serve(&self, pickup: LatLng, class: VehicleClass) -> bool {
+        let s = self.s;
+        let radius_m = self.rules.search_radius_m;
+        let serves = &mut |k: DriverKey| s.record(k).class.serves(class);
+        if s.index().count_near_where(pickup, radius_m, serves) > 0 {
+            return true;
+        }
+        s.records().iter().any(|d| {
+            matches!(d.status, DriverStatus::Offered(_) | DriverStatus::OnTrip(_))
+                && d.class.serves(class)
+                && s.live().position(d.key).distance_m(pickup) <= radius_m
+        })
+    }
+
+    /// The oldest greedy trip waiting for a driver that `key` (if AVAILABLE) could take now:
+    /// it serves the trip's class, the trip has not tried it, and the pickup is within the
+    /// search radius. `skip`: trips already searched in this pass.
+    ///
+    /// # Runtime
+    /// O(w) for w waiting trips: one distance each.
+    pub(super) fn next_waiting_for(&self, key: DriverKey, skip: &[TripId]) -> Option<TripId> {
+        let s = self.s;
+        let d = s.record(key);
+        if d.status != DriverStatus::Available {
+            return None;
+        }
+        let at = s.index().position(key)?;
+        s.waiting().iter().copied().find(|t| {
+            !skip.contains(t)
+                && s.entry(*t).is_some_and(|e| {
+                    d.class.serves(e.trip.class)
+                        && !e.tried.contains(&key)
+                        && at.distance_m(e.trip.pickup) <= self.rules.search_radius_m
+                })
+        })
     }
 
     /// The best-scoring candidate (ties: the nearer), and how many candidates there were.

@@ -23,12 +23,13 @@ impl Dispatcher {
     }
 
     fn expire(&mut self, now_ms: u64, offer: OfferId) {
-        let trip = self.decide(now_ms, |c| {
-            let details = &c.s.offer(offer)?.details;
-            let trip = details.trip;
-            c.emit(EventKind::OfferExpired(super::offer_ref(details)));
-            Some(trip)
+        let expired = self.decide(now_ms, |c| {
+            let pending = c.s.offer(offer)?;
+            let (trip, driver) = (pending.details.trip, pending.driver);
+            c.emit(EventKind::OfferExpired(super::offer_ref(&pending.details)));
+            Some((trip, driver))
         });
-        self.search_again(now_ms, trip);
+        self.search_again(now_ms, expired.map(|e| e.0));
+        self.serve_waiting(now_ms, expired.map(|e| e.1));
     }
 }

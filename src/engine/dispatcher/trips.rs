@@ -25,10 +25,12 @@ impl Decide<'_> {
             return Ok(Some(trip.clone()));
         }
         if let Some(open) = self.s.open_trip_of(&req.rider) {
-            let status = self.s.trip(open).map(|t| t.status);
+            // An open trip is in memory (ended trips leave the rider index first).
+            let status = self.s.trip(open).map(|t| t.status.to_string());
             return Err(Error::FailedPrecondition(format!(
-                "rider {} already has open trip {open} ({status:?}); cancel it or wait for it to end",
-                req.rider
+                "rider {} already has open trip {open} ({}); cancel it or wait for it to end",
+                req.rider,
+                status.as_deref().unwrap_or("open")
             )));
         }
         Ok(None)
@@ -60,6 +62,22 @@ impl Decide<'_> {
                 self.emit(EventKind::OfferSent(offer));
             }
             (Some(_), MatchPolicy::Batch) => {}
+            // Nobody free, but someone online who could serve it is in range: it waits (for a
+            // retry, or a driver freeing up nearby; batch: the next flush) until its dispatch
+            // deadline.
+            (None, policy) if self.anyone_could_serve(pickup, req.class) => {
+                if policy == MatchPolicy::Greedy {
+                    let retry_at_ms = self.now_ms.saturating_add(
+                        self.rules
+                            .retry_interval_ms
+                            .min(self.rules.dispatch_timeout_ms),
+                    );
+                    self.emit(EventKind::SearchRetryScheduled {
+                        trip: id,
+                        retry_at_ms,
+                    });
+                }
+            }
             (None, _) => self.emit(EventKind::NoDrivers {
                 trip: id,
                 surge_multiplier,
@@ -102,7 +120,8 @@ impl Decide<'_> {
                 _ => "",
             };
             return Err(Error::FailedPrecondition(format!(
-                "cannot {action:?} trip {trip_id}: it is {status:?}{hint}"
+                "cannot {} trip {trip_id}: it is {status}{hint}",
+                action.verb()
             )));
         }
         let driver = driver.clone();
@@ -142,7 +161,7 @@ impl Decide<'_> {
         let previous = trip.status;
         if previous.is_terminal() {
             return Err(Error::FailedPrecondition(format!(
-                "trip {trip_id} has already ended ({previous:?})"
+                "trip {trip_id} has already ended: it is {previous}"
             )));
         }
         let mut released = (None, None);
@@ -175,8 +194,11 @@ impl Dispatcher {
         }
         // Demand and the reading are the state's non-durable part; the multiplier travels in
         // the event.
-        self.state.record_demand(req.pickup, now_ms);
-        let surge = self.state.surge_reading(req.pickup, now_ms).multiplier;
+        self.state.record_demand(req.pickup, req.class, now_ms);
+        let surge = self
+            .state
+            .surge_reading(req.pickup, req.class, now_ms)
+            .multiplier;
         let id = self.decide(now_ms, |c| c.request_trip(req, surge));
         Ok((self.trip_snapshot(id)?, false))
     }
@@ -190,6 +212,9 @@ impl Dispatcher {
         action: TripAction,
     ) -> Result<Trip, Error> {
         self.decide(now_ms, |c| c.trip_action(trip_id, driver, action))?;
+        if matches!(action, TripAction::Complete | TripAction::Cancel) {
+            self.serve_waiting(now_ms, self.state.driver_key(driver.as_str()));
+        }
         self.trip_snapshot(trip_id)
     }
 
@@ -200,7 +225,9 @@ impl Dispatcher {
         trip_id: TripId,
         rider: &ExternalId,
     ) -> Result<Trip, Error> {
+        let driver = self.state.entry(trip_id).and_then(|e| e.driver_key);
         self.decide(now_ms, |c| c.cancel_trip(trip_id, rider))?;
+        self.serve_waiting(now_ms, driver);
         self.trip_snapshot(trip_id)
     }
 }

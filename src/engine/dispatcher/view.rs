@@ -17,6 +17,7 @@ use super::Dispatcher;
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
 use crate::engine::records::{DriverStatus, Stats};
 use crate::events::TripStatus;
+use crate::surge::READING_CLASSES;
 
 /// How often the runner publishes a view, ms of engine time (about four per second).
 pub const VIEW_INTERVAL_MS: u64 = 250;
@@ -80,12 +81,14 @@ pub struct OfferLine {
     pub expires_at_ms: u64,
 }
 
-/// One H3 cell whose surge multiplier is above 1.
+/// One H3 cell whose surge multiplier is above 1: the highest over the vehicle classes (the
+/// whole-market reading and each class's own, see `surge.rs`), so a cell short of XL drivers
+/// shows even while the market as a whole is not.
 #[derive(Clone, Debug)]
 pub struct SurgeCell {
     /// The cell (resolution of the surge tracker).
     pub cell: CellIndex,
-    /// Its multiplier at its centre, > 1.
+    /// Its multiplier at its centre, the maximum over the classes, > 1.
     pub multiplier: f64,
 }
 
@@ -194,13 +197,18 @@ impl Dispatcher {
         let mut surge: Vec<SurgeCell> = tracker
             .active_demand(now_ms)
             .into_iter()
-            // With demand <= 1 the multiplier is 1 whatever the supply: skip the count.
-            .filter(|&(_, demand)| demand > 1)
             .filter_map(|(cell, demand)| {
                 let c = h3o::LatLng::from(cell);
                 let centre = LatLng::new(c.lat(), c.lng()).ok()?;
-                let supply = s.index().count_near(centre, radius_m) as u64;
-                let multiplier = tracker.multiplier(demand, supply);
+                let multiplier = demand
+                    .iter()
+                    .zip(READING_CLASSES)
+                    // With demand <= 1 the multiplier is 1 whatever the supply: skip the count.
+                    .filter(|&(&d, _)| d > 1)
+                    .map(|(&d, class)| {
+                        tracker.multiplier(d, s.supply_near(centre, radius_m, class))
+                    })
+                    .fold(1.0, f64::max);
                 (multiplier > 1.0).then_some(SurgeCell { cell, multiplier })
             })
             .collect();

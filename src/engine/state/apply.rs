@@ -121,6 +121,7 @@ impl DispatchState {
                 entry.tried.push(key);
                 entry.driver_key = Some(key);
                 entry.retry_at_ms = None;
+                self.waiting.remove(&details.trip);
                 self.batch_leave(details.trip);
                 self.offers.insert(
                     details.offer,
@@ -186,6 +187,7 @@ impl DispatchState {
             EventKind::SearchRetryScheduled { trip, retry_at_ms } => {
                 if let Some(entry) = self.trips.get_mut(trip) {
                     entry.retry_at_ms = Some(*retry_at_ms);
+                    self.waiting.insert(*trip);
                     self.timers
                         .push(Reverse((*retry_at_ms, Timer::Retry(*trip))));
                 }
@@ -206,9 +208,6 @@ impl DispatchState {
         let Some(trip) = Trip::requested(event, self.rules.dispatch_timeout_ms) else {
             return;
         };
-        let EventKind::TripRequested { candidates, .. } = event.kind else {
-            return;
-        };
         let id = trip.id;
         self.open_by_rider.insert(trip.rider.clone(), id);
         if let Some(request_id) = &trip.request_id {
@@ -216,9 +215,10 @@ impl DispatchState {
                 .insert((trip.rider.clone(), request_id.clone()), id);
         }
         self.stats.trips_requested += 1;
-        // Batch policy: a request with candidates in range waits for the next flush (one
-        // without any ends at once as NO_DRIVERS, in the event that follows).
-        let joins = trip.policy == MatchPolicy::Batch && candidates > 0;
+        // Batch policy: a request waits for the next flush. One that nobody online could
+        // serve ends at once as NO_DRIVERS, in the event that follows, which leaves the batch
+        // again (logs written when only requests with candidates joined replay the same).
+        let joins = trip.policy == MatchPolicy::Batch;
         self.trips.insert(
             id,
             TripEntry {
@@ -304,6 +304,7 @@ impl DispatchState {
             return;
         };
         entry.retry_at_ms = None;
+        self.waiting.remove(&trip_id);
         let rider = entry.trip.rider.clone();
         if self.open_by_rider.get(&rider) == Some(&trip_id) {
             self.open_by_rider.remove(&rider);

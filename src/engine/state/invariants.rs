@@ -135,6 +135,15 @@ impl DispatchState {
                 }
             }
         }
+        let armed = self.trips.values().filter(|e| e.retry_at_ms.is_some());
+        if armed.count() != self.waiting.len()
+            || self
+                .waiting
+                .iter()
+                .any(|t| self.trips.get(t).is_none_or(|e| e.retry_at_ms.is_none()))
+        {
+            return Err("the waiting set is not the trips with a retry armed".into());
+        }
         if self.batch.is_empty() != self.batch_flush_at_ms.is_none() {
             return Err(format!(
                 "batch of {} with flush {:?}",

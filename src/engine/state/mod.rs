@@ -31,7 +31,7 @@ use super::records::{
     Driver, DriverRecord, DriverStatus, LocationRejection, OfferOutcome, PendingOffer, Stats, Trip,
 };
 use crate::config::Config;
-use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, TripId};
+use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, TripId, VehicleClass};
 use crate::error::Error;
 use crate::events::{Event, MatchPolicy, OfferDetails, TripStatus};
 use crate::index::SpatialIndex;
@@ -101,6 +101,11 @@ pub struct DispatchState {
     batch: BTreeSet<TripId>,
     /// When the pending batch is matched; `Some` exactly while `batch` is not empty.
     batch_flush_at_ms: Option<u64>,
+    /// Greedy policy: the SEARCHING trips waiting for a driver (a retry armed), oldest first.
+    /// Exactly the trips whose `retry_at_ms` is set; a driver who frees up scans it for the
+    /// trips near it (see `Decide::next_waiting_for`), so it stays small: the trips of the last
+    /// dispatch timeout that found nobody free.
+    waiting: BTreeSet<TripId>,
     stats: Stats,
     next_offset: u64,
     live: Live,
@@ -142,6 +147,7 @@ impl DispatchState {
             timers: BinaryHeap::new(),
             batch: BTreeSet::new(),
             batch_flush_at_ms: None,
+            waiting: BTreeSet::new(),
             stats: Stats::default(),
             next_offset: first_offset,
             live: Live::new(config.surge.clone()),
@@ -250,6 +256,11 @@ impl DispatchState {
     /// The batch trips waiting for the next flush, oldest first.
     pub(crate) fn batch(&self) -> &BTreeSet<TripId> {
         &self.batch
+    }
+
+    /// The greedy trips waiting for a driver (SEARCHING, a retry armed), oldest first.
+    pub(crate) fn waiting(&self) -> &BTreeSet<TripId> {
+        &self.waiting
     }
 
     pub(crate) fn batch_window_ms(&self) -> u64 {
@@ -407,16 +418,34 @@ impl DispatchState {
         self.live.set_position(key, position);
     }
 
-    /// Counts a request in the surge demand at `pickup`.
-    pub(crate) fn record_demand(&mut self, pickup: LatLng, now_ms: u64) {
-        self.live.surge_mut().record_request(pickup, now_ms);
+    /// Counts a request for `class` in the surge demand at `pickup`.
+    pub(crate) fn record_demand(&mut self, pickup: LatLng, class: VehicleClass, now_ms: u64) {
+        self.live.surge_mut().record_request(pickup, class, now_ms);
     }
 
-    /// The surge at `point`, with supply counted by the index around it.
-    pub(crate) fn surge_reading(&mut self, point: LatLng, now_ms: u64) -> SurgeReading {
-        let surge = self.live.surge_mut();
-        let supply = self.index.count_near(point, surge.supply_radius_m()) as u64;
-        surge.reading(point, supply, now_ms)
+    /// The surge for `class` at `point`, with supply counted by the index around it.
+    pub(crate) fn surge_reading(
+        &mut self,
+        point: LatLng,
+        class: VehicleClass,
+        now_ms: u64,
+    ) -> SurgeReading {
+        let supply = self.supply_near(point, self.live.surge().supply_radius_m(), class);
+        self.live.surge_mut().reading(point, class, supply, now_ms)
+    }
+
+    /// Surge supply for `class`: the available drivers within about `radius_m` of `point` who
+    /// serve it ([`VehicleClass::serves`], as matching decides). `Any` counts every available
+    /// driver by whole cells; a class calls `serves` once per driver in those cells.
+    pub(crate) fn supply_near(&self, point: LatLng, radius_m: f64, class: VehicleClass) -> u64 {
+        let n = if class == VehicleClass::Any {
+            self.index.count_near(point, radius_m)
+        } else {
+            self.index.count_near_where(point, radius_m, &mut |k| {
+                self.drivers[k.0 as usize].class.serves(class)
+            })
+        };
+        n as u64
     }
 
     /// Sweeps stale surge cells now and then.
