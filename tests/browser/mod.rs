@@ -2,7 +2,10 @@
 //! it over gRPC, and headless Chromium driven through `chromedriver` (WebDriver, spoken by the
 //! `fantoccini` crate). Every wait is on observable state with a generous deadline, so a
 //! loaded 2-core machine makes the tests slower, not flaky.
-#![allow(unreachable_pub, reason = "shared by the browser test crate through mod browser")]
+#![allow(
+    unreachable_pub,
+    reason = "shared by the browser test crate through mod browser"
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
