@@ -1,5 +1,5 @@
 //! What a run found: the JSON report (field names are a contract with whoever reads it), the
-//! summary table for people, and the small statistics behind them (percentiles, Gini).
+//! summary table for people; the statistics behind them (`stats`) and the host readings (`host`).
 //!
 //! Latencies are recorded in microseconds in HdrHistograms (3 significant digits) at the
 //! client and reported in milliseconds.
@@ -8,82 +8,11 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
-/// Longest latency a histogram records, microseconds (10 minutes); longer values saturate.
-const MAX_LATENCY_US: u64 = 600_000_000;
+mod host;
+mod stats;
 
-/// A latency histogram in microseconds.
-pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-        .expect("bounds 1..600e6 with 3 significant figures are valid") // constant arguments
-}
-
-/// Records one latency, saturating instead of failing on outliers.
-pub fn record_us(h: &mut Histogram<u64>, us: u64) {
-    h.saturating_record(us.clamp(1, MAX_LATENCY_US));
-}
-
-/// Percentiles of a latency distribution, milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Percentiles {
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// 99.9th percentile.
-    pub p999: f64,
-    /// Largest value seen.
-    pub max: f64,
-    /// Number of samples.
-    pub count: u64,
-}
-
-impl Percentiles {
-    /// Percentiles of a histogram of microseconds; all zero when it is empty.
-    pub fn from_us(h: &Histogram<u64>) -> Percentiles {
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        Percentiles {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            max: h.max() as f64 / 1000.0,
-            count: h.len(),
-        }
-    }
-
-    /// Whether p50 <= p90 <= p99 <= p999 <= max.
-    pub fn is_monotone(&self) -> bool {
-        self.p50 <= self.p90
-            && self.p90 <= self.p99
-            && self.p99 <= self.p999
-            && self.p999 <= self.max
-    }
-}
-
-/// Gini coefficient of non-negative counts: 0 when everyone has the same, towards 1 when one
-/// has everything. 0 for an empty or all-zero input.
-pub fn gini(counts: &[u32]) -> f64 {
-    let n = counts.len();
-    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
-    if n == 0 || total == 0 {
-        return 0.0;
-    }
-    let mut sorted = counts.to_vec();
-    sorted.sort_unstable();
-    // G = 2 * sum(i * x_i) / (n * sum x) - (n + 1) / n, with i from 1 over ascending x.
-    let weighted: f64 = sorted
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| (i as f64 + 1.0) * f64::from(c))
-        .sum();
-    let n = n as f64;
-    2.0 * weighted / (n * total as f64) - (n + 1.0) / n
-}
+pub use host::{load_average_1m, pid_cpu_s, process_cpu_s};
+pub use stats::{Percentiles, gini, latency_histogram, record_us};
 
 /// Everything a run measured. The first block of fields is the contract named in issue 4; the
 /// rest explain them.
@@ -383,35 +312,6 @@ impl Report {
         }
         s
     }
-}
-
-/// CPU seconds (user + system) this process used so far; 0 where `/proc` is missing.
-pub fn process_cpu_s() -> f64 {
-    cpu_s_from("/proc/self/stat").unwrap_or(0.0)
-}
-
-/// CPU seconds (user + system, all threads) process `pid` used so far; `None` where `/proc`
-/// is missing or the process is gone.
-pub fn pid_cpu_s(pid: u32) -> Option<f64> {
-    cpu_s_from(&format!("/proc/{pid}/stat"))
-}
-
-fn cpu_s_from(path: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // Fields after the command name (which may contain spaces) start at state (field 3);
-    // utime and stime are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ on Linux).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
-    Some((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-/// The host's 1-minute load average; 0 where `/proc` is missing.
-pub fn load_average_1m() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
