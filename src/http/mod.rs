@@ -16,6 +16,7 @@ mod auth;
 mod describe;
 mod snapshot;
 mod stream;
+mod tiles;
 mod trips;
 
 use std::future::Future;

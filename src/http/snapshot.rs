@@ -7,16 +7,16 @@
 //! the same viewport between two publishes share one build.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use super::tiles::{ViewTiles, r};
 use super::{ApiError, AppState, bad_request};
 use crate::domain::LatLng;
 use crate::engine::MapView;
@@ -29,7 +29,7 @@ const MAX_POINTS_LIMIT: usize = 200_000;
 /// Aim for at most this many cells when aggregating.
 const TARGET_CELLS: f64 = 5_000.0;
 /// Cell sizes, degrees, from fine to coarse.
-const CELL_SIZES_DEG: [f64; 14] = [
+static CELL_SIZES_DEG: [f64; 14] = [
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 /// Built answers kept for the current view.
@@ -118,7 +118,7 @@ fn parse_query(params: &HashMap<String, String>) -> Result<SnapshotQuery, ApiErr
     Ok(SnapshotQuery { bbox, max_points })
 }
 
-/// Built answers for one view.
+/// Built answers for one view, and that view's tile index.
 #[derive(Debug, Default)]
 pub(super) struct Cache {
     inner: Mutex<CacheInner>,
@@ -128,6 +128,8 @@ pub(super) struct Cache {
 struct CacheInner {
     /// Identity of the view the entries were cut from.
     view: usize,
+    /// Its drivers sorted into tiles, built by the first snapshot that needs them.
+    tiles: Arc<OnceLock<ViewTiles>>,
     entries: Vec<(SnapshotQuery, axum::body::Bytes)>,
 }
 
@@ -139,35 +141,32 @@ pub(super) async fn snapshot(
     let query = parse_query(&params.map_err(unreadable)?.0)?;
     let view = s.view.borrow().clone();
     let id = Arc::as_ptr(&view) as usize;
-    let cached = {
-        let c = s.snapshots.inner.lock();
-        (c.view == id)
-            .then(|| c.entries.iter().find(|(q, _)| *q == query))
-            .flatten()
-            .map(|(_, body)| body.clone())
+    let (cached, tiles) = {
+        let mut c = s.snapshots.inner.lock();
+        if c.view != id {
+            c.view = id;
+            c.entries.clear();
+            c.tiles = Arc::default();
+        }
+        let cached = c.entries.iter().find(|(q, _)| *q == query);
+        (cached.map(|(_, body)| body.clone()), c.tiles.clone())
     };
     let body = match cached {
         Some(body) => body,
         None => {
-            let body = axum::body::Bytes::from(build(&view, &query));
+            let tiles = tiles.get_or_init(|| ViewTiles::new(view.clone(), &CELL_SIZES_DEG));
+            let body = axum::body::Bytes::from(build(&view, tiles, &query));
             let mut c = s.snapshots.inner.lock();
-            if c.view != id {
-                c.view = id;
-                c.entries.clear();
+            if c.view == id {
+                if c.entries.len() >= CACHE_ENTRIES {
+                    c.entries.remove(0);
+                }
+                c.entries.push((query, body.clone()));
             }
-            if c.entries.len() >= CACHE_ENTRIES {
-                c.entries.remove(0);
-            }
-            c.entries.push((query, body.clone()));
             body
         }
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-/// Rounded to 1e-5 degrees (about a metre): the page needs no more, and the JSON is shorter.
-fn r(x: f64) -> f64 {
-    (x * 1e5).round() / 1e5
 }
 
 fn point(p: LatLng) -> [f64; 2] {
@@ -198,19 +197,6 @@ impl From<&Stats> for StatsJson {
 }
 
 #[derive(Serialize)]
-#[serde(tag = "mode", rename_all = "lowercase")]
-enum Drivers<'a> {
-    Points {
-        points: Vec<(f64, f64, u8, &'a str)>,
-    },
-    Cells {
-        cell_deg: f64,
-        /// `[lng, lat, count, available]`, lng/lat the cell centre.
-        cells: Vec<(f64, f64, u32, u32)>,
-    },
-}
-
-#[derive(Serialize)]
 struct TripJson<'a> {
     trip: String,
     status: &'static str,
@@ -238,67 +224,49 @@ struct SurgeJson {
     boundary: Vec<[f64; 2]>,
 }
 
+/// Everything of a snapshot but the drivers, in the order the JSON has them.
 #[derive(Serialize)]
-struct SnapshotJson<'a> {
+struct Head {
     at_ms: u64,
     offset: u64,
     stats: StatsJson,
     bounds: Option<[f64; 4]>,
-    drivers: Drivers<'a>,
-    trips: Vec<TripJson<'a>>,
-    offers: Vec<OfferJson<'a>>,
-    surge: Vec<SurgeJson>,
 }
 
-/// The JSON answer for one query of one view.
-fn build(view: &MapView, q: &SnapshotQuery) -> Vec<u8> {
+/// The JSON answer for one query of one view: the head, the drivers spliced from the view's
+/// tiles (points, or cells when more than `max_points` are in view), then trips, offers and
+/// surge inside the bbox.
+fn build(view: &MapView, tiles: &ViewTiles, q: &SnapshotQuery) -> Vec<u8> {
     let inside = |p: LatLng| q.bbox.is_none_or(|b| b.contains(p));
-    let visible: Vec<_> = view.drivers.iter().filter(|d| inside(d.position)).collect();
-    let drivers = if visible.len() <= q.max_points {
-        Drivers::Points {
-            points: visible
-                .iter()
-                .map(|d| {
-                    let [lng, lat] = point(d.position);
-                    (lng, lat, d.state as u8, d.id.as_str())
-                })
-                .collect(),
-        }
-    } else {
-        let [min_lng, min_lat, max_lng, max_lat] =
-            q.bbox.map(|b| b.0).or(view.bounds).unwrap_or_default();
+    let bbox = q.bbox.map(|b| b.0);
+    let head = Head {
+        at_ms: view.at_ms,
+        offset: view.offset,
+        stats: StatsJson::from(&view.stats),
+        bounds: view.bounds.map(|b| b.map(r)),
+    };
+    let mut out = Vec::with_capacity(64 * 1024);
+    // Plain structs of numbers and strings always serialise.
+    let _ = serde_json::to_writer(&mut out, &head);
+    out.pop(); // the head's closing brace: the drivers and the lists follow
+    out.extend_from_slice(br#","drivers":{"mode":"points","points":"#);
+    let mark = out.len() - br#""mode":"points","points":"#.len();
+    if !tiles.write_points(&mut out, bbox, q.max_points) {
+        out.truncate(mark);
+        let [min_lng, min_lat, max_lng, max_lat] = bbox.or(view.bounds).unwrap_or_default();
         let area = (max_lng - min_lng).max(0.0) * (max_lat - min_lat).max(0.0);
         let wanted = (area / TARGET_CELLS.min(q.max_points as f64)).sqrt();
-        let cell_deg = CELL_SIZES_DEG
+        let level = CELL_SIZES_DEG
             .iter()
-            .copied()
-            .find(|&c| c >= wanted)
-            .unwrap_or(CELL_SIZES_DEG[CELL_SIZES_DEG.len() - 1]);
-        let mut counts: FxHashMap<(i64, i64), (u32, u32)> = FxHashMap::default();
-        for d in &visible {
-            let key = (
-                (d.position.lng_deg() / cell_deg).floor() as i64,
-                (d.position.lat_deg() / cell_deg).floor() as i64,
-            );
-            let c = counts.entry(key).or_default();
-            c.0 += 1;
-            c.1 += u32::from(d.state as u8 == 0);
-        }
-        let mut cells: Vec<_> = counts
-            .into_iter()
-            .map(|((x, y), (n, a))| {
-                let centre = |i: i64| r((i as f64 + 0.5) * cell_deg);
-                (centre(x), centre(y), n, a)
-            })
-            .collect();
-        cells.sort_by(|a, b| {
-            (a.1, a.0)
-                .partial_cmp(&(b.1, b.0))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
-        Drivers::Cells { cell_deg, cells }
-    };
-    let trips = view
+            .position(|&c| c >= wanted)
+            .unwrap_or(CELL_SIZES_DEG.len() - 1);
+        out.extend_from_slice(br#""mode":"cells","cell_deg":"#);
+        let _ = serde_json::to_writer(&mut out, &CELL_SIZES_DEG[level]);
+        out.extend_from_slice(br#","cells":"#);
+        tiles.write_cells(&mut out, bbox, level);
+    }
+    out.push(b'}');
+    let trips: Vec<_> = view
         .trips
         .iter()
         .filter(|t| inside(t.pickup))
@@ -312,7 +280,9 @@ fn build(view: &MapView, q: &SnapshotQuery) -> Vec<u8> {
             requested_at_ms: t.requested_at_ms,
         })
         .collect();
-    let offers = view
+    out.extend_from_slice(br#","trips":"#);
+    let _ = serde_json::to_writer(&mut out, &trips);
+    let offers: Vec<_> = view
         .offers
         .iter()
         .filter(|o| inside(o.from) || inside(o.to))
@@ -325,7 +295,9 @@ fn build(view: &MapView, q: &SnapshotQuery) -> Vec<u8> {
             expires_at_ms: o.expires_at_ms,
         })
         .collect();
-    let surge = view
+    out.extend_from_slice(br#","offers":"#);
+    let _ = serde_json::to_writer(&mut out, &offers);
+    let surge: Vec<_> = view
         .surge
         .iter()
         .filter_map(|c| {
@@ -343,18 +315,10 @@ fn build(view: &MapView, q: &SnapshotQuery) -> Vec<u8> {
             })
         })
         .collect();
-    let body = SnapshotJson {
-        at_ms: view.at_ms,
-        offset: view.offset,
-        stats: StatsJson::from(&view.stats),
-        bounds: view.bounds.map(|b| b.map(r)),
-        drivers,
-        trips,
-        offers,
-        surge,
-    };
-    // Plain structs of numbers and strings always serialise.
-    serde_json::to_vec(&body).unwrap_or_default()
+    out.extend_from_slice(br#","surge":"#);
+    let _ = serde_json::to_writer(&mut out, &surge);
+    out.push(b'}');
+    out
 }
 
 /// `GET /api/map/roads?bbox=...`: the road graph's segments. No road map is loaded in this
