@@ -133,6 +133,55 @@ fn snapping_finds_the_road_and_refuses_far_points() {
     );
 }
 
+/// Distance from `p` to segment `a`-`b`, metres, in a local plane around `p`.
+fn segment_distance_m(p: LatLng, a: LatLng, b: LatLng) -> f64 {
+    let m_lat = 111_195.0;
+    let m_lng = m_lat * p.lat_deg().to_radians().cos();
+    let xy = |q: LatLng| {
+        (
+            (q.lng_deg() - p.lng_deg()) * m_lng,
+            (q.lat_deg() - p.lat_deg()) * m_lat,
+        )
+    };
+    let ((ax, ay), (bx, by)) = (xy(a), xy(b));
+    let (dx, dy) = (bx - ax, by - ay);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 > 0.0 {
+        (-(ax * dx + ay * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    ((ax + dx * t).powi(2) + (ay + dy * t).powi(2)).sqrt()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A snap lands on the nearest segment of the whole map (checked against every segment),
+    /// and its edge offset leads back to the point it reports.
+    #[test]
+    fn snaps_land_on_the_nearest_road_at_a_consistent_offset(
+        edge in 0u32..1_000, along in 0.0..1.0f64, north_m in -40.0..40.0f64
+    ) {
+        let g = monaco();
+        let e = EdgeId(edge % g.edge_count() as u32);
+        let on = g.point_along(e, g.edge(e).length_m * along);
+        let p = LatLng::new(on.lat_deg() + north_m / 111_195.0, on.lng_deg()).unwrap();
+        let s = g.snap(p).expect("a point within 40 m of a road snaps");
+        let nearest = g
+            .edges()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, _)| g.shape(EdgeId(i as u32)).windows(2))
+            .map(|w| segment_distance_m(p, w[0], w[1]))
+            .fold(f64::INFINITY, f64::min);
+        prop_assert!((s.distance_m - nearest).abs() < 0.5, "{} vs {nearest}", s.distance_m);
+        prop_assert!(s.point.distance_m(p) - s.distance_m < 0.5);
+        let back = g.point_along(s.edge, s.offset_m);
+        prop_assert!(back.distance_m(s.point) < 1.0, "{} m", back.distance_m(s.point));
+    }
+}
+
 #[test]
 fn routes_drive_connected_edges_in_the_routed_time() {
     let g = monaco();

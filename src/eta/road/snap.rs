@@ -42,8 +42,21 @@ impl Plane {
     }
 }
 
-/// One shape segment: its edge and the index of its first shape point within the edge.
-type Segment = GeomWithData<Line<[f64; 2]>, (EdgeId, u32)>;
+/// One shape segment, in the plane, with what a landing on it needs (worked out once at
+/// build, so a snap is one tree search and a few multiplications).
+type Segment = GeomWithData<Line<[f64; 2]>, SegmentData>;
+
+/// Where a segment lies on its edge.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SegmentData {
+    edge: EdgeId,
+    /// Index of its first shape point within the edge.
+    k: u32,
+    /// Metres along the edge where it starts (great-circle, as the edge's length).
+    before_m: f64,
+    /// Its own great-circle length, metres.
+    length_m: f64,
+}
 
 /// The nearest-segment index.
 #[derive(Debug)]
@@ -71,9 +84,18 @@ impl SnapIndex {
                 continue;
             }
             let pts = &shapes[e.shape.start as usize..e.shape.end as usize];
+            let mut before_m = 0.0;
             for (k, w) in pts.windows(2).enumerate() {
                 let line = Line::new(plane.xy(w[0]), plane.xy(w[1]));
-                segments.push(Segment::new(line, (EdgeId(i as u32), k as u32)));
+                let length_m = w[0].distance_m(w[1]);
+                let data = SegmentData {
+                    edge: EdgeId(i as u32),
+                    k: k as u32,
+                    before_m,
+                    length_m,
+                };
+                segments.push(Segment::new(line, data));
+                before_m += length_m;
             }
         }
         SnapIndex {
@@ -85,7 +107,7 @@ impl SnapIndex {
     /// The nearest road position to `p` within `max_m`, if any.
     ///
     /// # Runtime
-    /// O(log s) for s segments.
+    /// O(log s) for s segments: one tree search, no walk along the edge's shape.
     pub(super) fn snap(
         &self,
         p: LatLng,
@@ -95,7 +117,7 @@ impl SnapIndex {
     ) -> Option<(Landing, f64)> {
         let q = self.plane.xy(p);
         let seg = self.tree.nearest_neighbor(q)?;
-        let (edge, k) = seg.data;
+        let d = seg.data;
         let [a, b] = [seg.geom().from, seg.geom().to];
         let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
         let len2 = dx * dx + dy * dy;
@@ -104,22 +126,19 @@ impl SnapIndex {
         } else {
             0.0
         };
-        let e = &edges[edge.0 as usize];
-        let pts = &shapes[e.shape.start as usize..e.shape.end as usize];
-        let (pa, pb) = (pts[k as usize], pts[k as usize + 1]);
-        let point = lerp(pa, pb, t);
-        let distance_m = p.distance_m(point);
+        // The plane is exact to far below GPS noise over a city: measure the snap there.
+        let (fx, fy) = (a[0] + dx * t - q[0], a[1] + dy * t - q[1]);
+        let distance_m = (fx * fx + fy * fy).sqrt();
         if distance_m > max_m {
             return None;
         }
-        let before: f64 = pts[..=k as usize]
-            .windows(2)
-            .map(|w| w[0].distance_m(w[1]))
-            .sum();
-        let offset_m = (before + pa.distance_m(point)).min(e.length_m);
+        let e = &edges[d.edge.0 as usize];
+        let pts = &shapes[e.shape.start as usize..e.shape.end as usize];
+        let point = lerp(pts[d.k as usize], pts[d.k as usize + 1], t);
+        let offset_m = (d.before_m + d.length_m * t).min(e.length_m);
         Some((
             Landing {
-                edge,
+                edge: d.edge,
                 offset_m,
                 point,
             },
