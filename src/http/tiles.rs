@@ -330,10 +330,12 @@ mod tests {
             })
             .collect();
         let bounds = (!drivers.is_empty()).then(|| {
-            drivers.iter().fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |b, d| {
-                let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
-                [b[0].min(lng), b[1].min(lat), b[2].max(lng), b[3].max(lat)]
-            })
+            drivers
+                .iter()
+                .fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |b, d| {
+                    let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
+                    [b[0].min(lng), b[1].min(lat), b[2].max(lng), b[3].max(lat)]
+                })
         });
         Arc::new(MapView {
             bounds,
