@@ -8,6 +8,8 @@
 //!   was measured against.
 //! - `eta/road_bucket/20_to_1`: the bucket search alone on the same snapped points, so the two
 //!   search strategies compare like for like.
+//! - `eta/road_snap/21`: snapping the 20 candidates and the pickup alone, the rest of
+//!   `eta/road/20_to_1`.
 //! - `eta/haversine/20_to_1`: the straight-line model, the floor.
 //!
 //! Pickups and candidates are random points on the map's roads (seeded); the candidates of a
@@ -101,6 +103,17 @@ fn bench(c: &mut Criterion) {
             i += 1;
             graph.many_to_one_snapped(from, to, &mut times);
             black_box(&times);
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("road_snap/21", |b| {
+        b.iter(|| {
+            let (pickup, cands) = &scenarios[i % scenarios.len()];
+            i += 1;
+            black_box(graph.snap(*pickup));
+            for &(p, _) in cands {
+                black_box(graph.snap(p));
+            }
         })
     });
     group.finish();
