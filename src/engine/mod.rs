@@ -8,7 +8,9 @@
 //! - [`records`]: drivers, trips (with the one trip fold) and the snapshots handed to callers.
 //! - `command`: the bounded-channel messages, one variant per operation.
 //! - `runner`: the dispatcher thread's loop and its commit stage; `writer`: the log writer
-//!   thread behind it; `recovery`: replaying the log on start.
+//!   thread behind it; `recovery`: the newest good snapshot plus the log after it on start.
+//! - [`snapshot`]: the state on disk at an offset (atomic files, CRC, format version), written
+//!   by its own thread from a copy the dispatcher takes at a group boundary.
 //!
 //! All channels are bounded: when full, calls fail fast with `RESOURCE_EXHAUSTED`, location
 //! batches are shed (counted), and a writer that falls behind holds the dispatcher back.
@@ -18,6 +20,7 @@ pub mod dispatcher;
 pub mod records;
 mod recovery;
 mod runner;
+pub mod snapshot;
 pub mod state;
 mod writer;
 
@@ -85,8 +88,8 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, LogError> {
         let mut dispatcher = Dispatcher::new(config, index, 0);
-        let log = recovery::recover(config, &mut dispatcher, &*clock)?;
-        let log_dir = log.as_ref().map(|l| l.dir().to_path_buf());
+        let recovered = recovery::recover(config, &mut dispatcher, &*clock)?;
+        let log_dir = recovered.as_ref().map(|r| r.log.dir().to_path_buf());
         let bus = Arc::new(EventBus::new(
             config.limits.event_buffer,
             dispatcher.next_offset(),
@@ -101,9 +104,14 @@ impl Engine {
         } else {
             GROUP_MAX
         };
-        let sink = match log {
-            None => Sink::Memory(bus.clone()),
-            Some(log) => Sink::Log(writer::Writer::start(log, bus.clone())),
+        let (sink, snapshots) = match recovered {
+            None => (Sink::Memory(bus.clone()), None),
+            Some(r) => {
+                let (snapshotter, schedule) =
+                    snapshot::start(config, r.snapshot, dispatcher.next_offset(), clock.now_ms());
+                let writer = writer::Writer::start(r.log, bus.clone(), snapshotter);
+                (Sink::Log(writer), schedule)
+            }
         };
         let (view, view_rx) = map_view::ViewPublisher::new();
         let started_at_ms = clock.now_ms();
@@ -118,6 +126,7 @@ impl Engine {
             group_max,
             deferred: Vec::with_capacity(group_max),
             next_retention_ms: 0,
+            snapshots,
         };
         let thread = std::thread::Builder::new()
             .name("dispatcher".into())

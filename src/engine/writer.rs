@@ -7,6 +7,9 @@
 //! out before the events of any earlier command are durable. If the log fails, the writer
 //! stops: the bus closes, pending callers get UNAVAILABLE, and the dispatcher stops at its
 //! next hand-over instead of acknowledging anything that is not on disk.
+//!
+//! A state snapshot queued by the dispatcher goes to the snapshot thread only after the events
+//! before it are durable, so no snapshot is ever ahead of the log.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +17,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Deferred;
+use super::snapshot::Snapshotter;
+use super::state::StateImage;
 use crate::events::{Event, EventBus, EventLog};
 
 /// Groups waiting for the writer before the dispatcher is held back.
@@ -25,6 +30,8 @@ enum Job {
     Commit(Vec<Event>, Vec<Deferred>),
     /// Delete old segments no longer needed from this offset on.
     Retain(u64),
+    /// The state at the end of the groups before it, for the snapshot thread.
+    Snapshot(Box<StateImage>),
 }
 
 /// The dispatcher's handle to the writer thread.
@@ -34,12 +41,21 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread owning `log`.
-    pub(super) fn start(log: EventLog, bus: Arc<EventBus>) -> Writer {
+    /// Starts the writer thread owning `log` (and the snapshot thread, if any).
+    pub(super) fn start(
+        log: EventLog,
+        bus: Arc<EventBus>,
+        snapshots: Option<Snapshotter>,
+    ) -> Writer {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let thread = std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || run(log, bus, rx))
+            .spawn(move || {
+                run(log, bus, rx, snapshots.as_ref());
+                if let Some(s) = snapshots {
+                    s.finish();
+                }
+            })
             .expect("spawning the log writer thread needs only memory");
         Writer { tx, thread }
     }
@@ -54,6 +70,12 @@ impl Writer {
         let _ = self.tx.try_send(Job::Retain(keep_from));
     }
 
+    /// Queues a snapshot of the state after the groups already submitted; skipped if the
+    /// writer is backed up (the next one will do).
+    pub(super) fn snapshot(&self, image: StateImage) {
+        let _ = self.tx.try_send(Job::Snapshot(Box::new(image)));
+    }
+
     /// Lets the writer commit what it was given, then waits for it.
     pub(super) fn finish(self) {
         drop(self.tx);
@@ -62,17 +84,20 @@ impl Writer {
     }
 }
 
-fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>) {
+fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>, snaps: Option<&Snapshotter>) {
     let mut events = Vec::new();
     let mut replies: Vec<Deferred> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut retain = None;
+        let mut image = None;
         let mut take = |job: Job, events: &mut Vec<Event>, replies: &mut Vec<Deferred>| match job {
             Job::Commit(e, r) => {
                 events.extend(e);
                 replies.extend(r);
             }
             Job::Retain(from) => retain = Some(from),
+            // Events merged after it are committed first too: still never ahead of the log.
+            Job::Snapshot(i) => image = Some(i),
         };
         take(first, &mut events, &mut replies);
         for _ in 1..MERGE_MAX {
@@ -91,6 +116,9 @@ fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>) {
         }
         for reply in replies.drain(..) {
             reply();
+        }
+        if let (Some(image), Some(snaps)) = (image, snaps) {
+            snaps.offer(image);
         }
         if let Some(keep_from) = retain {
             match log.enforce_retention(keep_from) {

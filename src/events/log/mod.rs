@@ -80,6 +80,14 @@ pub struct LogConfig {
     pub retention_age: Duration,
     /// Truncate at a corrupt record in the middle of the log instead of refusing to start.
     pub truncate_corrupt: bool,
+    /// A snapshot of the state is written after this many events (0: not by count).
+    pub snapshot_every_events: u64,
+    /// ...or after this much time with new events (0: not by time).
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Snapshots kept; the log is kept from the oldest of them. 0 turns snapshots off
+    /// (recovery replays the whole log, retention keeps what the state needs).
+    pub snapshot_keep: usize,
 }
 
 impl Default for LogConfig {
@@ -91,6 +99,9 @@ impl Default for LogConfig {
             retention_bytes: 4 << 30,
             retention_age: Duration::from_secs(7 * 24 * 3600),
             truncate_corrupt: false,
+            snapshot_every_events: 500_000,
+            snapshot_interval: Duration::from_secs(60),
+            snapshot_keep: 2,
         }
     }
 }
