@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::watch;
 
 use super::Deferred;
 use super::snapshot::Snapshotter;
@@ -46,12 +47,13 @@ impl Writer {
         log: EventLog,
         bus: Arc<EventBus>,
         snapshots: Option<Snapshotter>,
+        failure: watch::Sender<Option<String>>,
     ) -> Writer {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let thread = std::thread::Builder::new()
             .name("event-log".into())
             .spawn(move || {
-                run(log, bus, rx, snapshots.as_ref());
+                run(log, bus, rx, snapshots.as_ref(), &failure);
                 if let Some(s) = snapshots {
                     s.finish();
                 }
@@ -84,31 +86,48 @@ impl Writer {
     }
 }
 
-fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>, snaps: Option<&Snapshotter>) {
+/// The writer loop, until the dispatcher is done or the log cannot be written (then the cause
+/// goes to `failure`).
+fn run(
+    mut log: EventLog,
+    bus: Arc<EventBus>,
+    rx: Receiver<Job>,
+    snaps: Option<&Snapshotter>,
+    failure: &watch::Sender<Option<String>>,
+) {
     let mut events = Vec::new();
     let mut replies: Vec<Deferred> = Vec::new();
     while let Ok(first) = rx.recv() {
+        // Merge commits; a retention or snapshot job ends the group, so it is handled after
+        // exactly the commits queued before it (and before the replies of any after it).
         let mut retain = None;
         let mut image = None;
-        let mut take = |job: Job, events: &mut Vec<Event>, replies: &mut Vec<Deferred>| match job {
-            Job::Commit(e, r) => {
-                events.extend(e);
-                replies.extend(r);
+        let mut job = Some(first);
+        let mut merged = 0;
+        while let Some(next) = job.take() {
+            match next {
+                Job::Commit(e, r) => {
+                    events.extend(e);
+                    replies.extend(r);
+                }
+                Job::Retain(from) => retain = Some(from),
+                Job::Snapshot(i) => image = Some(i),
             }
-            Job::Retain(from) => retain = Some(from),
-            // Events merged after it are committed first too: still never ahead of the log.
-            Job::Snapshot(i) => image = Some(i),
-        };
-        take(first, &mut events, &mut replies);
-        for _ in 1..MERGE_MAX {
-            match rx.try_recv() {
-                Ok(job) => take(job, &mut events, &mut replies),
-                Err(_) => break,
+            merged += 1;
+            if retain.is_some() || image.is_some() || merged == MERGE_MAX {
+                break;
             }
+            job = rx.try_recv().ok();
         }
         if !events.is_empty() {
             if let Err(e) = log.append(&events).and_then(|()| log.commit()) {
-                tracing::error!(error = %e, "event log write failed; the engine stops");
+                tracing::error!(
+                    error = %e,
+                    "event log write failed; the engine stops acknowledging anything"
+                );
+                // Set before the pending replies drop with this frame, so their callers (who
+                // get UNAVAILABLE) and health hear why.
+                failure.send_replace(Some(e.to_string()));
                 bus.close();
                 return;
             }

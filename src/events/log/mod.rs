@@ -62,6 +62,18 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
+/// What the process does once the log cannot be written (disk full, I/O error). Either way
+/// health turns NOT_SERVING and every call gets UNAVAILABLE naming the cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLogFailure {
+    /// Drain and exit non-zero, so an orchestrator restarts the process or fails over.
+    #[default]
+    Exit,
+    /// Keep running, refusing every call, until an operator restarts it.
+    Stay,
+}
+
 /// Settings of the durable log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -88,6 +100,13 @@ pub struct LogConfig {
     /// Snapshots kept; the log is kept from the oldest of them. 0 turns snapshots off
     /// (recovery replays the whole log, retention keeps what the state needs).
     pub snapshot_keep: usize,
+    /// What the process does once the log cannot be written.
+    pub on_failure: OnLogFailure,
+    /// Fault injection for tests: the commit after this many succeeded fails as a full disk
+    /// would. Not a setting (never read from a file).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub fail_after_commits: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -102,6 +121,8 @@ impl Default for LogConfig {
             snapshot_every_events: 500_000,
             snapshot_interval: Duration::from_secs(60),
             snapshot_keep: 2,
+            on_failure: OnLogFailure::Exit,
+            fail_after_commits: None,
         }
     }
 }
