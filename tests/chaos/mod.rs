@@ -55,7 +55,10 @@ pub(crate) fn tear_last_segment(data_dir: &Path, rng: &mut impl Rng) -> usize {
 
 /// Cuts the newest snapshot at a random byte (recovery must fall back to an older one or to
 /// the log). Returns the snapshot and where it was cut.
-pub(crate) fn tear_newest_snapshot(data_dir: &Path, rng: &mut impl Rng) -> Option<(PathBuf, usize)> {
+pub(crate) fn tear_newest_snapshot(
+    data_dir: &Path,
+    rng: &mut impl Rng,
+) -> Option<(PathBuf, usize)> {
     let snapshot = newest(&data_dir.join("snapshots"), ".snap")?;
     let bytes = std::fs::read(&snapshot).unwrap();
     let cut = rng.random_range(0..bytes.len());
