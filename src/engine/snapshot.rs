@@ -59,7 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<StateImage, String> {
     if bytes.len() < HEADER {
         return Err(format!("{} bytes, shorter than the header", bytes.len()));
     }
-    if &bytes[..7] != &MAGIC[..7] {
+    if bytes[..7] != MAGIC[..7] {
         return Err("not a snapshot file (bad magic)".into());
     }
     if bytes[7] != MAGIC[7] {

@@ -95,7 +95,7 @@ impl DispatchState {
     /// # Runtime
     /// O(d log d + t + o + q), plus one index insert per available driver.
     pub fn restore(&mut self, image: StateImage) -> Result<(), String> {
-        if !self.drivers.is_empty() || !self.trips.is_empty() || self.index.len() != 0 {
+        if !self.drivers.is_empty() || !self.trips.is_empty() || !self.index.is_empty() {
             return Err("a snapshot is only restored into a fresh state".into());
         }
         check_keys(&image)?;
