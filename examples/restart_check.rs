@@ -6,7 +6,7 @@
 //! from, the events it replayed) and the size of the data dir.
 //!
 //! ```text
-//! cargo build --release --bin dispatchd -p loadgen
+//! cargo build --release --bin dispatchd && cargo build --release -p loadgen
 //! cargo run --release --example restart_check -- --load-secs 120 --drivers 100000 \
 //!     --requests-per-sec 1000
 //! ```
@@ -124,7 +124,7 @@ async fn main() -> Result<()> {
     for bin in [&dispatchd, &loadgen] {
         if !bin.exists() {
             return Err(format!(
-                "{} not found: cargo build --release --bin dispatchd -p loadgen",
+                "{} not found: cargo build --release --bin dispatchd && cargo build --release -p loadgen",
                 bin.display()
             )
             .into());

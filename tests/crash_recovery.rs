@@ -67,6 +67,9 @@ async fn spawn_server(data_dir: &std::path::Path) -> (Child, Channel) {
             "600",
             "--set",
             "log.snapshot_every_events=50",
+            // Long runs outlast the default 10 min: acknowledged trips must stay readable.
+            "--set",
+            "dispatch.trip_retention=24h",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -80,11 +80,31 @@ async fn answers(channel: &Channel, within: Duration) -> bool {
     matches!(tokio::time::timeout(within, call).await, Ok(Ok(_)))
 }
 
-/// SIGSTOPs the server until it visibly stops answering, then SIGCONTs it and waits until it
-/// answers again: calls in flight meanwhile just wait.
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/<pid>/task/*/stat`). A
+/// thread inside an uninterruptible call (an fsync) only stops once the call returns.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the parenthesised command name.
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    })
+}
+
+/// SIGSTOPs the server until it is stopped (every thread) and visibly stops answering, then
+/// SIGCONTs it and waits until it answers again: calls in flight meanwhile just wait.
 pub(crate) async fn pause_and_resume(pid: u32, channel: &Channel) {
     signal(pid, "-STOP");
-    // Stopped: a probe cannot be answered (bounded wait; it is already stopped).
+    let mut waited = 0;
+    while !all_threads_stopped(pid) {
+        assert!(waited < 30_000, "dispatchd never stopped after SIGSTOP");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waited += 1;
+    }
     assert!(
         !answers(channel, Duration::from_millis(300)).await,
         "a stopped process answered"
