@@ -164,7 +164,8 @@ impl std::borrow::Borrow<str> for ExternalId {
 /// The engine's dense handle for a driver: an index into its driver table and the key the
 /// spatial index stores. Dense small integers let the index map driver -> slot with a `Vec`
 /// instead of a hash table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct DriverKey(pub u32);
 
 macro_rules! engine_id {

@@ -26,8 +26,10 @@
 //!   positions and surge demand, is named `Live`); `engine::dispatcher` holds the decisions
 //!   (drivers, trips, offers, search, batch, timers), which read the state and return events;
 //!   `engine::records::Trip::apply` is the one trip fold (the state and WatchTrip use it). The
-//!   dispatcher runs on its own thread (`runner`), recovers from the log on start (`recovery`),
-//!   and `Engine` is the handle to it.
+//!   dispatcher runs on its own thread (`runner`), snapshots its state now and then
+//!   (`engine::snapshot`: a copy at a group boundary, written by its own thread), recovers on
+//!   start from the newest good snapshot plus the log after it (`recovery`), and `Engine` is
+//!   the handle to it.
 //! - [`telemetry`]: Prometheus metrics (prometheus-client registry, scrape) and trip log lines,
 //!   derived from the event bus and the edge.
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
@@ -41,7 +43,8 @@
 //! the state and returns events; applying them is the only way the state changes), and its
 //! events are committed to the durable log, then published to the bus, before the reply
 //! returns. Subscribers and the metrics follow the bus; offer streams and trip watchers get
-//! their events from the router. On start the engine replays the log to rebuild its state.
+//! their events from the router. On start the engine restores its newest snapshot and replays
+//! the log after it to rebuild its state.
 
 pub mod clock;
 pub mod config;

@@ -15,7 +15,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::events::{Follower, Router};
+use crate::events::{Follower, OnLogFailure, Router};
 use crate::grpc::{DriverApi, EdgeLayer, EventApi, QueryApi, RiderApi};
 use crate::index;
 use crate::pb::{
@@ -87,6 +87,7 @@ pub async fn run(
     health.set_serving::<RiderServiceServer<RiderApi>>().await;
     health.set_serving::<QueryServiceServer<QueryApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
+    let log_failed = watch_log(engine.log_failure(), health.clone(), config.log.on_failure);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -107,7 +108,10 @@ pub async fn run(
     let signal = {
         let health = health.clone();
         async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                () = log_failed => {}
+            }
             tracing::info!("shutting down: refusing new connections, draining in-flight calls");
             health
                 .set_not_serving::<DriverServiceServer<DriverApi>>()
@@ -193,7 +197,55 @@ pub async fn run(
     }
     follower.abort();
     tracing::info!("drained; dispatcher stopped");
-    result
+    let failure = engine.log_failure().borrow().clone();
+    match failure {
+        Some(cause) if config.log.on_failure == OnLogFailure::Exit => Err(format!(
+            "the event log cannot be written ({cause}); exiting (log.on_failure = \"exit\") \
+             so an orchestrator restarts this process or fails over"
+        )
+        .into()),
+        _ => result,
+    }
+}
+
+/// Once the event log cannot be written: an ERROR line, health NOT_SERVING for every service
+/// (calls already get UNAVAILABLE naming the cause from the engine). The returned future then
+/// completes if `on_failure` is `exit`, starting the drain; with `stay` it never does.
+fn watch_log(
+    mut failure: watch::Receiver<Option<String>>,
+    health: tonic_health::server::HealthReporter,
+    on_failure: OnLogFailure,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        // Err: the log writer ended without failing (or there is no log).
+        let Ok(cause) = failure.wait_for(Option::is_some).await.map(|c| c.clone()) else {
+            return;
+        };
+        tracing::error!(
+            cause = cause.as_deref().unwrap_or_default(),
+            ?on_failure,
+            "the event log cannot be written: health is NOT_SERVING and every call fails \
+             with UNAVAILABLE"
+        );
+        for service in [
+            "",
+            <DriverServiceServer<DriverApi> as tonic::server::NamedService>::NAME,
+            <RiderServiceServer<RiderApi> as tonic::server::NamedService>::NAME,
+            <QueryServiceServer<QueryApi> as tonic::server::NamedService>::NAME,
+            <EventServiceServer<EventApi> as tonic::server::NamedService>::NAME,
+        ] {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        let _ = failed_tx.send(());
+    });
+    async move {
+        if failed_rx.await.is_err() || on_failure == OnLogFailure::Stay {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The TLS settings from `tls.cert_path` and `tls.key_path`, if set.

@@ -340,6 +340,20 @@ impl Dispatcher {
         self.state.resume_at(offset)
     }
 
+    /// Restores a fresh dispatcher to the state a snapshot holds; see
+    /// [`DispatchState::restore`]. Recovery then replays the log from its offset.
+    pub fn restore(&mut self, image: super::state::StateImage) -> Result<(), String> {
+        if self.has_events() {
+            return Err("a snapshot is only restored into a fresh dispatcher".into());
+        }
+        self.state.restore(image)
+    }
+
+    /// Back to a fresh state, keeping the rules and the index (recovery starting over).
+    pub(crate) fn clear_state(&mut self) {
+        self.state.clear();
+    }
+
     /// Ends a recovery at `now_ms`. Every deadline came back with the log, so little is left:
     /// a pending batch whose flush fell due while the engine was down waits one fresh window
     /// (its drivers may have moved on), and a searching trip left without a next search (a log

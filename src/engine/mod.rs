@@ -8,7 +8,9 @@
 //! - [`records`]: drivers, trips (with the one trip fold) and the snapshots handed to callers.
 //! - `command`: the bounded-channel messages, one variant per operation.
 //! - `runner`: the dispatcher thread's loop and its commit stage; `writer`: the log writer
-//!   thread behind it; `recovery`: replaying the log on start.
+//!   thread behind it; `recovery`: the newest good snapshot plus the log after it on start.
+//! - [`snapshot`]: the state on disk at an offset (atomic files, CRC, format version), written
+//!   by its own thread from a copy the dispatcher takes at a group boundary.
 //!
 //! All channels are bounded: when full, calls fail fast with `RESOURCE_EXHAUSTED`, location
 //! batches are shed (counted), and a writer that falls behind holds the dispatcher back.
@@ -18,6 +20,7 @@ pub mod dispatcher;
 pub mod records;
 mod recovery;
 mod runner;
+pub mod snapshot;
 pub mod state;
 mod writer;
 
@@ -68,6 +71,9 @@ struct Inner {
     log_dir: Option<std::path::PathBuf>,
     view: tokio::sync::watch::Receiver<Arc<MapView>>,
     started_at_ms: u64,
+    recovered_from: Option<u64>,
+    /// Why the event log cannot be written, once it cannot.
+    log_failure: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// A handle to the running engine. Cheap to clone; every clone talks to the same dispatcher.
@@ -85,8 +91,9 @@ impl Engine {
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, LogError> {
         let mut dispatcher = Dispatcher::new(config, index, 0);
-        let log = recovery::recover(config, &mut dispatcher, &*clock)?;
-        let log_dir = log.as_ref().map(|l| l.dir().to_path_buf());
+        let recovered = recovery::recover(config, &mut dispatcher, &*clock)?;
+        let log_dir = recovered.as_ref().map(|r| r.log.dir().to_path_buf());
+        let recovered_from = recovered.as_ref().and_then(|r| r.snapshot);
         let bus = Arc::new(EventBus::new(
             config.limits.event_buffer,
             dispatcher.next_offset(),
@@ -101,9 +108,15 @@ impl Engine {
         } else {
             GROUP_MAX
         };
-        let sink = match log {
-            None => Sink::Memory(bus.clone()),
-            Some(log) => Sink::Log(writer::Writer::start(log, bus.clone())),
+        let (failure_tx, log_failure) = tokio::sync::watch::channel(None);
+        let (sink, snapshots) = match recovered {
+            None => (Sink::Memory(bus.clone()), None),
+            Some(r) => {
+                let (snapshotter, schedule) =
+                    snapshot::start(config, r.snapshot, dispatcher.next_offset(), clock.now_ms());
+                let writer = writer::Writer::start(r.log, bus.clone(), snapshotter, failure_tx);
+                (Sink::Log(writer), schedule)
+            }
         };
         let (view, view_rx) = map_view::ViewPublisher::new();
         let started_at_ms = clock.now_ms();
@@ -118,6 +131,7 @@ impl Engine {
             group_max,
             deferred: Vec::with_capacity(group_max),
             next_retention_ms: 0,
+            snapshots,
         };
         let thread = std::thread::Builder::new()
             .name("dispatcher".into())
@@ -134,6 +148,8 @@ impl Engine {
                 log_dir,
                 view: view_rx,
                 started_at_ms,
+                recovered_from,
+                log_failure,
             }),
         })
     }
@@ -147,6 +163,30 @@ impl Engine {
     /// clock. Counters that are not rebuilt from the log (location updates) count from here.
     pub fn started_at_ms(&self) -> u64 {
         self.inner.started_at_ms
+    }
+
+    /// The offset of the snapshot this engine's state was restored from at start (`None`:
+    /// no log, no usable snapshot, or snapshots off; the whole log was replayed).
+    pub fn recovered_from_snapshot(&self) -> Option<u64> {
+        self.inner.recovered_from
+    }
+
+    /// Why the event log cannot be written, once it cannot (the engine then acknowledges
+    /// nothing more); watch it to turn health NOT_SERVING.
+    pub fn log_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.log_failure.clone()
+    }
+
+    /// The error for a call the dispatcher can no longer take: shutting down, or the log
+    /// failed (named).
+    fn stopped(&self) -> Error {
+        match &*self.inner.log_failure.borrow() {
+            Some(cause) => Error::Unavailable(format!(
+                "the event log cannot be written ({cause}); this server acknowledges nothing \
+                 until it is restarted: retry on another instance"
+            )),
+            None => Error::Unavailable("the dispatcher has stopped (server shutting down)".into()),
+        }
     }
 
     /// The event stream.
@@ -195,9 +235,9 @@ impl Engine {
                     "the dispatcher queue is full; retry with backoff".into(),
                 ));
             }
-            Err(TrySendError::Disconnected(_)) => return Err(stopped()),
+            Err(TrySendError::Disconnected(_)) => return Err(self.stopped()),
         }
-        rx.await.map_err(|_| stopped())?
+        rx.await.map_err(|_| self.stopped())?
     }
 
     /// See [`Dispatcher::go_online`].
@@ -227,7 +267,7 @@ impl Engine {
             .location_tx
             .try_send(LocationBatch { updates, reply })
         {
-            Ok(()) => rx.await.map(Some).map_err(|_| stopped()),
+            Ok(()) => rx.await.map(Some).map_err(|_| self.stopped()),
             Err(TrySendError::Full(_)) => {
                 self.inner
                     .counters
@@ -235,7 +275,7 @@ impl Engine {
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
-            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+            Err(TrySendError::Disconnected(_)) => Err(self.stopped()),
         }
     }
 
@@ -333,10 +373,6 @@ impl Engine {
     pub async fn tick(&self) -> Result<(), Error> {
         self.call(Command::Tick).await
     }
-}
-
-fn stopped() -> Error {
-    Error::Unavailable("the dispatcher has stopped (server shutting down)".into())
 }
 
 /// A reply waiting for its command group to be committed.

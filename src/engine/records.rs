@@ -7,11 +7,13 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass};
 use crate::events::{CancelledBy, Event, EventKind, MatchPolicy, OfferDetails, TripStatus};
 
 /// Where a driver is in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DriverStatus {
     /// Not taking trips.
     Offline,
@@ -54,7 +56,7 @@ pub struct Driver {
 
 /// A driver's durable record: everything about it that events set. Its position is not here
 /// but in the state's non-durable part (positions change between events).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DriverRecord {
     pub(crate) id: ExternalId,
     pub(crate) key: DriverKey,
@@ -117,7 +119,7 @@ pub(crate) fn day_of(now_ms: u64) -> u64 {
 
 /// A trip request and everything that happened to it. Its id is the offset of its
 /// TripRequested event.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trip {
     /// Engine-issued id.
     pub id: TripId,
@@ -267,14 +269,14 @@ impl Trip {
 }
 
 /// A pending offer.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct PendingOffer {
     pub(crate) details: Arc<OfferDetails>,
     pub(crate) driver: DriverKey,
 }
 
 /// How an offer ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OfferOutcome {
     /// The driver accepted.
     Accepted,
@@ -350,7 +352,7 @@ pub struct NearbyDriver {
 /// Counters describing the engine. The state counts and the trip counters are rebuilt by
 /// replaying the event log; `location_updates` is not (positions are not logged), so it counts
 /// from this engine's start only. The proto's `GetStatsResponse` names each one's lifetime.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Known drivers who are offline.
     pub drivers_offline: u64,

@@ -1,27 +1,116 @@
-//! Recovery: rebuilding the dispatcher from the durable log on start.
+//! Recovery: rebuilding the dispatcher from the newest good snapshot and the log after it.
 //!
-//! Every logged event goes through the same `DispatchState::apply` that live operation uses, so
-//! the state (deadlines included) is the one that wrote the log. Then `finish_recovery` gives a
-//! batch whose flush fell due while down a fresh window and searches for any trip a torn log
-//! left without a next search; the runner's first `fire_due` expires the offers whose window
-//! passed meanwhile, and they cascade.
+//! The newest snapshot that decodes and fits is restored (a corrupt one is skipped with a
+//! warning, the next older tried), then every logged event from its offset on goes through the
+//! same `DispatchState::apply` that live operation uses, so the state (deadlines included) is
+//! the one that wrote the log. With no usable snapshot the whole log is replayed. A snapshot
+//! ahead of the log's end (the log was cut at a corrupt record) belongs to a history that is
+//! gone: it is deleted and an older one used.
+//!
+//! Then `finish_recovery` gives a batch whose flush fell due while down a fresh window and
+//! searches for any trip a torn log left without a next search; the runner's first `fire_due`
+//! expires the offers whose window passed meanwhile, and they cascade.
+
+use std::path::Path;
+use std::time::Instant;
 
 use super::dispatcher::Dispatcher;
+use super::snapshot::SnapshotStore;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::events::log::RecoveryReport;
 use crate::events::{EventLog, LogError};
 
-/// Opens the log in `config.log.data_dir` (if any) and replays it into `dispatcher`.
+/// What recovery opened and started from.
+#[derive(Debug)]
+pub(super) struct Recovered {
+    /// The log, ready for appends.
+    pub(super) log: EventLog,
+    /// The offset of the snapshot the state was restored from, if any.
+    pub(super) snapshot: Option<u64>,
+}
+
+/// Opens the log in `config.log.data_dir` (if any) and rebuilds `dispatcher` (fresh) from it.
 pub(super) fn recover(
     config: &Config,
     dispatcher: &mut Dispatcher,
     clock: &dyn Clock,
-) -> Result<Option<EventLog>, LogError> {
+) -> Result<Option<Recovered>, LogError> {
     let Some(dir) = &config.log.data_dir else {
         return Ok(None);
     };
-    let mut first = true;
-    let (log, report) = EventLog::open(&config.log, dir, |event| {
+    let started = Instant::now();
+    let store = SnapshotStore::new(dir);
+    let mut candidates = if config.log.snapshot_keep > 0 {
+        store.list()?
+    } else {
+        Vec::new()
+    };
+    let mut log_end = u64::MAX;
+    let (log, report, snapshot) = loop {
+        let mut chosen = None;
+        while let Some((offset, path)) = candidates.pop() {
+            if offset > log_end {
+                tracing::warn!(
+                    snapshot = %path.display(),
+                    log_end,
+                    "snapshot is ahead of the log's end; deleting it"
+                );
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            match store
+                .load(&path)
+                .and_then(|image| dispatcher.restore(image))
+            {
+                Ok(()) => {
+                    chosen = Some(offset);
+                    break;
+                }
+                Err(why) => tracing::warn!(
+                    snapshot = %path.display(),
+                    "snapshot unusable ({why}); trying an older one"
+                ),
+            }
+        }
+        let (log, report) = replay_log(config, dir, dispatcher, chosen)?;
+        match chosen {
+            Some(offset) if log.next_offset() < offset => {
+                // Only a log cut at a corrupt record ends before a snapshot: start over below.
+                log_end = log.next_offset();
+                candidates.push((offset, store.path(offset)));
+                dispatcher.clear_state();
+            }
+            _ => break (log, report, chosen),
+        }
+    };
+    for warning in &report.warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        snapshot = ?snapshot,
+        events = report.events,
+        segments = report.segments,
+        next_offset = log.next_offset(),
+        took_ms = started.elapsed().as_millis() as u64,
+        dir = %dir.display(),
+        "event log recovered"
+    );
+    dispatcher.finish_recovery(clock.now_ms());
+    Ok(Some(Recovered { log, snapshot }))
+}
+
+/// Replays the log into `dispatcher`: from the snapshot's offset if one was restored, else
+/// all of it.
+fn replay_log(
+    config: &Config,
+    dir: &Path,
+    dispatcher: &mut Dispatcher,
+    snapshot: Option<u64>,
+) -> Result<(EventLog, RecoveryReport), LogError> {
+    let mut first = snapshot.is_none();
+    let from = snapshot.unwrap_or(0);
+    let (log, report) = EventLog::open_from(&config.log, dir, from, |event| {
         if std::mem::take(&mut first) {
             // Retention may have deleted the oldest segments.
             dispatcher
@@ -30,21 +119,10 @@ pub(super) fn recover(
         }
         dispatcher.replay(&event).map_err(|e| e.to_string())
     })?;
-    if report.events == 0 {
+    if report.events == 0 && snapshot.is_none() {
         // An empty log (possibly an empty segment after retention) goes on from its next
         // offset; nothing else has touched the fresh dispatcher.
         let _ = dispatcher.resume_at(log.next_offset());
     }
-    for warning in &report.warnings {
-        tracing::warn!("{warning}");
-    }
-    tracing::info!(
-        events = report.events,
-        segments = report.segments,
-        next_offset = log.next_offset(),
-        dir = %dir.display(),
-        "event log recovered"
-    );
-    dispatcher.finish_recovery(clock.now_ms());
-    Ok(Some(log))
+    Ok((log, report))
 }

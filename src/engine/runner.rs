@@ -54,6 +54,8 @@ pub(super) struct Runner {
     pub(super) next_retention_ms: u64,
     /// Publishes the map view every `VIEW_INTERVAL_MS` of engine time.
     pub(super) view: super::map_view::ViewPublisher,
+    /// When to snapshot the state (with a log and snapshots on).
+    pub(super) snapshots: Option<super::snapshot::Schedule>,
 }
 
 impl Runner {
@@ -97,6 +99,7 @@ impl Runner {
                 break;
             }
             self.enforce_retention(now);
+            self.maybe_snapshot(now);
             self.view.maybe_publish(&self.dispatcher, now);
         }
         self.commit();
@@ -168,7 +171,33 @@ impl Runner {
             return;
         }
         self.next_retention_ms = now.saturating_add(RETENTION_CHECK_MS);
-        writer.retain_from(self.dispatcher.oldest_needed_offset());
+        let needed = self.dispatcher.oldest_needed_offset();
+        let floor = self
+            .snapshots
+            .as_ref()
+            .map_or(needed, |s| s.retention_floor(needed));
+        writer.retain_from(floor);
+    }
+
+    /// At a group boundary (every invariant holds, the group's events handed over): copies
+    /// the state for a snapshot when one is due. The copy is the only pause it causes here.
+    fn maybe_snapshot(&mut self, now: u64) {
+        let (Sink::Log(writer), Some(schedule)) = (&self.sink, &mut self.snapshots) else {
+            return;
+        };
+        if !schedule.due(self.dispatcher.next_offset(), now) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let image = self.dispatcher.state().image();
+        let pause_us = started.elapsed().as_micros() as u64;
+        tracing::info!(
+            offset = image.next_offset(),
+            drivers = image.driver_count(),
+            pause_us,
+            "state copied for a snapshot"
+        );
+        writer.snapshot(image);
     }
 
     fn apply_batch(&mut self, batch: LocationBatch) {

@@ -7,13 +7,19 @@
 //! out before the events of any earlier command are durable. If the log fails, the writer
 //! stops: the bus closes, pending callers get UNAVAILABLE, and the dispatcher stops at its
 //! next hand-over instead of acknowledging anything that is not on disk.
+//!
+//! A state snapshot queued by the dispatcher goes to the snapshot thread only after the events
+//! before it are durable, so no snapshot is ever ahead of the log.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::watch;
 
 use super::Deferred;
+use super::snapshot::Snapshotter;
+use super::state::StateImage;
 use crate::events::{Event, EventBus, EventLog};
 
 /// Groups waiting for the writer before the dispatcher is held back.
@@ -25,6 +31,8 @@ enum Job {
     Commit(Vec<Event>, Vec<Deferred>),
     /// Delete old segments no longer needed from this offset on.
     Retain(u64),
+    /// The state at the end of the groups before it, for the snapshot thread.
+    Snapshot(Box<StateImage>),
 }
 
 /// The dispatcher's handle to the writer thread.
@@ -34,12 +42,22 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread owning `log`.
-    pub(super) fn start(log: EventLog, bus: Arc<EventBus>) -> Writer {
+    /// Starts the writer thread owning `log` (and the snapshot thread, if any).
+    pub(super) fn start(
+        log: EventLog,
+        bus: Arc<EventBus>,
+        snapshots: Option<Snapshotter>,
+        failure: watch::Sender<Option<String>>,
+    ) -> Writer {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let thread = std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || run(log, bus, rx))
+            .spawn(move || {
+                run(log, bus, rx, snapshots.as_ref(), &failure);
+                if let Some(s) = snapshots {
+                    s.finish();
+                }
+            })
             .expect("spawning the log writer thread needs only memory");
         Writer { tx, thread }
     }
@@ -54,6 +72,12 @@ impl Writer {
         let _ = self.tx.try_send(Job::Retain(keep_from));
     }
 
+    /// Queues a snapshot of the state after the groups already submitted; skipped if the
+    /// writer is backed up (the next one will do).
+    pub(super) fn snapshot(&self, image: StateImage) {
+        let _ = self.tx.try_send(Job::Snapshot(Box::new(image)));
+    }
+
     /// Lets the writer commit what it was given, then waits for it.
     pub(super) fn finish(self) {
         drop(self.tx);
@@ -62,28 +86,48 @@ impl Writer {
     }
 }
 
-fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>) {
+/// The writer loop, until the dispatcher is done or the log cannot be written (then the cause
+/// goes to `failure`).
+fn run(
+    mut log: EventLog,
+    bus: Arc<EventBus>,
+    rx: Receiver<Job>,
+    snaps: Option<&Snapshotter>,
+    failure: &watch::Sender<Option<String>>,
+) {
     let mut events = Vec::new();
     let mut replies: Vec<Deferred> = Vec::new();
     while let Ok(first) = rx.recv() {
+        // Merge commits; a retention or snapshot job ends the group, so it is handled after
+        // exactly the commits queued before it (and before the replies of any after it).
         let mut retain = None;
-        let mut take = |job: Job, events: &mut Vec<Event>, replies: &mut Vec<Deferred>| match job {
-            Job::Commit(e, r) => {
-                events.extend(e);
-                replies.extend(r);
+        let mut image = None;
+        let mut job = Some(first);
+        let mut merged = 0;
+        while let Some(next) = job.take() {
+            match next {
+                Job::Commit(e, r) => {
+                    events.extend(e);
+                    replies.extend(r);
+                }
+                Job::Retain(from) => retain = Some(from),
+                Job::Snapshot(i) => image = Some(i),
             }
-            Job::Retain(from) => retain = Some(from),
-        };
-        take(first, &mut events, &mut replies);
-        for _ in 1..MERGE_MAX {
-            match rx.try_recv() {
-                Ok(job) => take(job, &mut events, &mut replies),
-                Err(_) => break,
+            merged += 1;
+            if retain.is_some() || image.is_some() || merged == MERGE_MAX {
+                break;
             }
+            job = rx.try_recv().ok();
         }
         if !events.is_empty() {
             if let Err(e) = log.append(&events).and_then(|()| log.commit()) {
-                tracing::error!(error = %e, "event log write failed; the engine stops");
+                tracing::error!(
+                    error = %e,
+                    "event log write failed; the engine stops acknowledging anything"
+                );
+                // Set before the pending replies drop with this frame, so their callers (who
+                // get UNAVAILABLE) and health hear why.
+                failure.send_replace(Some(e.to_string()));
                 bus.close();
                 return;
             }
@@ -91,6 +135,9 @@ fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>) {
         }
         for reply in replies.drain(..) {
             reply();
+        }
+        if let (Some(image), Some(snaps)) = (image, snaps) {
+            snaps.offer(image);
         }
         if let Some(keep_from) = retain {
             match log.enforce_retention(keep_from) {

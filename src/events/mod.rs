@@ -28,7 +28,7 @@ use crate::matching::ScoreBreakdown;
 
 pub use bus::{EventBus, Lagged};
 pub use follow::{FollowError, Follower};
-pub use log::{EventLog, FsyncPolicy, LogConfig, LogCursor, LogError};
+pub use log::{EventLog, FsyncPolicy, LogConfig, LogCursor, LogError, OnLogFailure};
 pub use router::{RouteKey, Router, RouterStats, Watch};
 
 /// One state change, as published.

@@ -43,6 +43,11 @@ impl Live {
         self.positions[key.0 as usize]
     }
 
+    /// Every known driver's last position, by key (a snapshot copies them).
+    pub(super) fn positions(&self) -> &[LatLng] {
+        &self.positions
+    }
+
     /// Location reports applied since the process started.
     pub fn location_updates(&self) -> u64 {
         self.location_updates
@@ -56,6 +61,11 @@ impl Live {
         } else {
             self.positions[i] = position;
         }
+    }
+
+    /// Forgets every position (a refused snapshot leaves the state fresh).
+    pub(super) fn clear_positions(&mut self) {
+        self.positions.clear();
     }
 
     pub(super) fn count_location_update(&mut self) {

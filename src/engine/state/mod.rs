@@ -16,6 +16,7 @@
 //!   `apply` set and from `now` alone, so a replayed state reaches the same point.
 
 mod apply;
+mod image;
 mod invariants;
 mod live;
 
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+pub use image::StateImage;
 pub use live::Live;
 
 use super::records::{
@@ -39,7 +41,9 @@ use crate::surge::SurgeReading;
 
 /// A deadline the state keeps. Entries that no longer match the state when they come due
 /// (an offer answered before its expiry, a retry overtaken by an offer) are dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub(crate) enum Timer {
     /// The pending offer's window closes.
     OfferDeadline(OfferId),
@@ -63,7 +67,7 @@ pub(crate) enum Due {
 }
 
 /// A trip and what only the engine needs about it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TripEntry {
     /// The record callers see, folded by [`Trip::apply`].
     pub(crate) trip: Trip,

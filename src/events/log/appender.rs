@@ -21,6 +21,7 @@ pub struct EventLog {
     next_offset: u64,
     scratch: Vec<u8>,
     dirty: bool,
+    commits: u64,
 }
 
 impl EventLog {
@@ -48,6 +49,7 @@ impl EventLog {
             next_offset,
             scratch: Vec::with_capacity(1 << 16),
             dirty: false,
+            commits: 0,
         })
     }
 
@@ -94,6 +96,11 @@ impl EventLog {
             .expect("an active segment always exists")
             .path
             .clone();
+        if self.config.fail_after_commits == Some(self.commits) {
+            let injected = std::io::Error::from_raw_os_error(28); // ENOSPC
+            return Err(io_err(&path)(injected));
+        }
+        self.commits += 1;
         self.writer.flush().map_err(io_err(&path))?;
         if self.config.fsync != FsyncPolicy::Never {
             self.writer.get_ref().sync_data().map_err(io_err(&path))?;

@@ -62,6 +62,18 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
+/// What the process does once the log cannot be written (disk full, I/O error). Either way
+/// health turns NOT_SERVING and every call gets UNAVAILABLE naming the cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLogFailure {
+    /// Drain and exit non-zero, so an orchestrator restarts the process or fails over.
+    #[default]
+    Exit,
+    /// Keep running, refusing every call, until an operator restarts it.
+    Stay,
+}
+
 /// Settings of the durable log.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -80,6 +92,21 @@ pub struct LogConfig {
     pub retention_age: Duration,
     /// Truncate at a corrupt record in the middle of the log instead of refusing to start.
     pub truncate_corrupt: bool,
+    /// A snapshot of the state is written after this many events (0: not by count).
+    pub snapshot_every_events: u64,
+    /// ...or after this much time with new events (0: not by time).
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// Snapshots kept; the log is kept from the oldest of them. 0 turns snapshots off
+    /// (recovery replays the whole log, retention keeps what the state needs).
+    pub snapshot_keep: usize,
+    /// What the process does once the log cannot be written.
+    pub on_failure: OnLogFailure,
+    /// Fault injection for tests: the commit after this many succeeded fails as a full disk
+    /// would. Not a setting (never read from a file).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub fail_after_commits: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -91,6 +118,11 @@ impl Default for LogConfig {
             retention_bytes: 4 << 30,
             retention_age: Duration::from_secs(7 * 24 * 3600),
             truncate_corrupt: false,
+            snapshot_every_events: 500_000,
+            snapshot_interval: Duration::from_secs(60),
+            snapshot_keep: 2,
+            on_failure: OnLogFailure::Exit,
+            fail_after_commits: None,
         }
     }
 }

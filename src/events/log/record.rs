@@ -27,7 +27,8 @@ pub fn encode_record(event: &Event, out: &mut Vec<u8>) {
 }
 
 /// What a record at some position turned out to be.
-pub(crate) enum Decoded {
+#[derive(Debug)]
+pub enum Decoded {
     /// A good event and the record's total size.
     Event(Event, usize),
     /// The bytes end before the record does (a torn write, if at the end of the log).
@@ -36,7 +37,9 @@ pub(crate) enum Decoded {
     Bad(String),
 }
 
-pub(crate) fn decode_record(bytes: &[u8]) -> Decoded {
+/// Decodes the record at the start of `bytes` (recovery and cursors call it on every record;
+/// the fuzz tests feed it arbitrary bytes). Never panics.
+pub fn decode_record(bytes: &[u8]) -> Decoded {
     if bytes.len() < RECORD_HEADER {
         return Decoded::Truncated;
     }

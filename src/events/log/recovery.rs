@@ -29,6 +29,18 @@ impl EventLog {
     pub fn open(
         config: &LogConfig,
         data_dir: &Path,
+        replay: impl FnMut(Event) -> Result<(), String>,
+    ) -> Result<(EventLog, RecoveryReport), LogError> {
+        EventLog::open_from(config, data_dir, 0, replay)
+    }
+
+    /// As [`EventLog::open`], but replays only the events from offset `from` on (recovery
+    /// from a snapshot): segments that end before it are not even read, so their records are
+    /// not verified either.
+    pub fn open_from(
+        config: &LogConfig,
+        data_dir: &Path,
+        from: u64,
         mut replay: impl FnMut(Event) -> Result<(), String>,
     ) -> Result<(EventLog, RecoveryReport), LogError> {
         let dir = events_dir(data_dir);
@@ -39,6 +51,11 @@ impl EventLog {
         let mut i = 0;
         while i < segments.len() {
             let last = i + 1 == segments.len();
+            if !last && segments[i + 1].first_offset <= from {
+                // Wholly before `from`: the snapshot already holds its events.
+                i += 1;
+                continue;
+            }
             let seg = segments[i].clone();
             let bytes = fs::read(&seg.path).map_err(io_err(&seg.path))?;
             report.segments += 1;
@@ -80,8 +97,10 @@ impl EventLog {
                             break;
                         }
                         let offset = event.offset;
-                        replay(event).map_err(|why| LogError::Replay { offset, why })?;
-                        report.events += 1;
+                        if offset >= from {
+                            replay(event).map_err(|why| LogError::Replay { offset, why })?;
+                            report.events += 1;
+                        }
                         expected += 1;
                         pos += size;
                     }

@@ -1,0 +1,93 @@
+//! The snapshot's pause on the dispatcher thread: how long copying the state
+//! (`DispatchState::image`) takes with N drivers online and some trips open, the only part of
+//! a snapshot the dispatcher waits for. Also reported, off the dispatcher thread: encoding the
+//! copy and its size, and restoring it (the first half of a restart).
+//!
+//! Not criterion: the question is the tail (p99) of a rare pause, so it prints percentiles
+//! over repeated copies. `cargo bench --bench snapshot` (100k drivers);
+//! `SNAPSHOT_BENCH_DRIVERS=20000` for another fleet size.
+
+use std::time::{Duration, Instant};
+
+use dispatch::config::Config;
+use dispatch::domain::{ExternalId, LatLng, Rating, VehicleClass};
+use dispatch::engine::{Dispatcher, GoOnline, TripRequest};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const T0: u64 = 1_700_000_000_000;
+const COPIES: usize = 200;
+
+fn fleet(n: usize) -> Dispatcher {
+    let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let side = (n as f64 / 111.0).sqrt() / 111.195 / 2.0;
+    let point = |rng: &mut ChaCha8Rng| {
+        LatLng::new(
+            40.7 + rng.random_range(-side..side),
+            -74.0 + rng.random_range(-side..side) / 0.758,
+        )
+        .unwrap()
+    };
+    for i in 0..n {
+        let go = GoOnline {
+            driver: ExternalId::new("id", &format!("driver-{i:06}")).unwrap(),
+            position: point(&mut rng),
+            rating: Rating::new(rng.random_range(4.0..5.0)).unwrap(),
+            class: VehicleClass::Economy,
+            gateway: Some(ExternalId::new("id", &format!("gw-{}", i % 16)).unwrap()),
+        };
+        d.go_online(T0, go).unwrap();
+    }
+    // A few thousand open trips with pending offers, as a city at 1,000 requests/s holds.
+    for i in 0..3_000 {
+        let req = TripRequest {
+            rider: ExternalId::new("id", &format!("rider-{i}")).unwrap(),
+            request_id: None,
+            pickup: point(&mut rng),
+            dropoff: point(&mut rng),
+            class: VehicleClass::Any,
+        };
+        let _ = d.request_trip(T0 + i, req);
+    }
+    let _ = d.take_events();
+    d
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let n: usize = std::env::var("SNAPSHOT_BENCH_DRIVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let d = fleet(n);
+    let mut pauses = Vec::with_capacity(COPIES);
+    let mut image = d.state().image();
+    for _ in 0..COPIES {
+        let started = Instant::now();
+        image = std::hint::black_box(d.state().image());
+        pauses.push(started.elapsed());
+    }
+    pauses.sort();
+    let started = Instant::now();
+    let bytes = dispatch::engine::snapshot::encode(&image);
+    let encode = started.elapsed();
+    let started = Instant::now();
+    let decoded = dispatch::engine::snapshot::decode(&bytes).unwrap();
+    let mut restored = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
+    restored.restore(decoded).unwrap();
+    let restore = started.elapsed();
+    println!(
+        "snapshot/copy_on_dispatcher_thread/{n}: p50 {:?} p99 {:?} max {:?} over {COPIES} copies",
+        percentile(&pauses, 0.5),
+        percentile(&pauses, 0.99),
+        pauses[COPIES - 1]
+    );
+    println!(
+        "snapshot/encode_off_thread/{n}: {encode:?}, {} bytes; decode+restore: {restore:?}",
+        bytes.len()
+    );
+}

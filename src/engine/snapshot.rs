@@ -1,0 +1,354 @@
+//! Snapshots: the durable state at an offset, on disk, so recovery replays only the log after
+//! it and retention may delete the segments before it.
+//!
+//! Layout: `<data_dir>/snapshots/<next offset, 20 digits>.snap`, one file per snapshot:
+//! `[magic "DSPSNAP" + format version: 8 bytes][next offset: u64 LE][payload length: u64 LE]
+//! [crc32 of offset and payload: u32 LE][payload]`, the payload a [`StateImage`] encoded with
+//! postcard (the format the log's records use). A file is written to a `.tmp` name, fsynced,
+//! renamed into place and the directory fsynced, so a crash leaves either the whole snapshot or
+//! none (a stray `.tmp` is ignored and deleted later).
+//!
+//! Who does what: the dispatcher thread copies the state at a group boundary ([`StateImage`],
+//! no encoding) and hands it to the log writer after that group's events; the writer passes it
+//! on once everything before it is durable, so a snapshot never runs ahead of the log; the
+//! [`Snapshotter`] thread encodes, writes and prunes it. Recovery (`engine::recovery`) takes
+//! the newest snapshot that decodes and fits, warning about each one it skips.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::state::StateImage;
+use crate::events::LogError;
+
+/// First bytes of every snapshot file: "DSPSNAP", format version 1.
+const MAGIC: &[u8; 8] = b"DSPSNAP\x01";
+/// Magic, offset, length, crc.
+const HEADER: usize = 8 + 8 + 8 + 4;
+/// No floor yet: retention falls back to what the state itself needs.
+pub(super) const NO_FLOOR: u64 = u64::MAX;
+
+/// The snapshots directory under a data dir.
+pub fn snapshots_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("snapshots")
+}
+
+/// Encodes an image as a whole snapshot file.
+pub fn encode(image: &StateImage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + 64 * image.driver_count());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&image.next_offset().to_le_bytes());
+    out.extend_from_slice(&[0; 12]);
+    // Serializing plain data into a Vec cannot fail.
+    let mut out = postcard::to_extend(image, out).expect("postcard encodes images into a Vec");
+    let len = (out.len() - HEADER) as u64;
+    out[16..24].copy_from_slice(&len.to_le_bytes());
+    let crc = checksum(&out[8..16], &out[HEADER..]);
+    out[24..28].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decodes a snapshot file; says what is wrong with one that is not whole and valid.
+pub fn decode(bytes: &[u8]) -> Result<StateImage, String> {
+    if bytes.len() < HEADER {
+        return Err(format!("{} bytes, shorter than the header", bytes.len()));
+    }
+    if bytes[..7] != MAGIC[..7] {
+        return Err("not a snapshot file (bad magic)".into());
+    }
+    if bytes[7] != MAGIC[7] {
+        return Err(format!(
+            "snapshot format version {} (this build reads {})",
+            bytes[7], MAGIC[7]
+        ));
+    }
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    let (offset, len) = (word(8), word(16));
+    let crc = u32::from_le_bytes(bytes[24..28].try_into().unwrap_or([0; 4]));
+    let payload = &bytes[HEADER..];
+    if payload.len() as u64 != len {
+        return Err(format!(
+            "payload of {} bytes where the header says {len} (torn write?)",
+            payload.len()
+        ));
+    }
+    if checksum(&bytes[8..16], payload) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let image: StateImage =
+        postcard::from_bytes(payload).map_err(|e| format!("undecodable state: {e}"))?;
+    if image.next_offset() != offset {
+        return Err(format!(
+            "header offset {offset} but the state is at {}",
+            image.next_offset()
+        ));
+    }
+    Ok(image)
+}
+
+fn checksum(offset: &[u8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(offset);
+    h.update(payload);
+    h.finalize()
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The snapshot files of one data dir.
+#[derive(Clone, Debug)]
+pub struct SnapshotStore {
+    dir: PathBuf,
+}
+
+impl SnapshotStore {
+    /// The store under `data_dir` (created on first write).
+    pub fn new(data_dir: &Path) -> Self {
+        SnapshotStore {
+            dir: snapshots_dir(data_dir),
+        }
+    }
+
+    /// The path of the snapshot at `offset`.
+    pub fn path(&self, offset: u64) -> PathBuf {
+        self.dir.join(format!("{offset:020}.snap"))
+    }
+
+    /// Every snapshot file, by offset, oldest first (none if the directory does not exist).
+    pub fn list(&self) -> Result<Vec<(u64, PathBuf)>, LogError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io_err(&self.dir))?.path();
+            let offset = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".snap"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(offset) = offset {
+                out.push((offset, path));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Reads and decodes one snapshot file.
+    pub fn load(&self, path: &Path) -> Result<StateImage, String> {
+        let bytes = fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+        decode(&bytes)
+    }
+
+    /// Writes `image` atomically (temp file, fsync, rename, fsync of the directory); returns
+    /// the file size, bytes.
+    pub fn write(&self, image: &StateImage) -> Result<u64, LogError> {
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let bytes = encode(image);
+        let path = self.path(image.next_offset());
+        let tmp = path.with_extension("snap.tmp");
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(io_err(&tmp))?;
+        file.write_all(&bytes).map_err(io_err(&tmp))?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Deletes every snapshot (and stray temp file) except the offsets in `keep`.
+    pub fn prune(&self, keep: &[u64]) -> Result<usize, LogError> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Ok(0);
+        };
+        let mut deleted = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let offset = name
+                .strip_suffix(".snap")
+                .and_then(|n| n.parse::<u64>().ok());
+            let stray = name.ends_with(".snap.tmp");
+            if stray || offset.is_some_and(|o| !keep.contains(&o)) {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// The snapshot writer thread: encodes and writes the images the log writer passes on, keeps
+/// the newest `keep`, and publishes the oldest kept offset (the retention floor).
+pub(super) struct Snapshotter {
+    tx: Sender<Box<StateImage>>,
+    thread: JoinHandle<()>,
+}
+
+impl Snapshotter {
+    /// Starts the thread. `known` are the snapshots already on disk known to be good (the one
+    /// recovery used), oldest first; `floor` gets the oldest kept offset.
+    pub(super) fn start(
+        store: SnapshotStore,
+        keep: usize,
+        known: Vec<u64>,
+        floor: Arc<AtomicU64>,
+    ) -> Snapshotter {
+        // One waiting image at most: a newer one is never worth queueing behind an older one.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if let Some(oldest) = known.first() {
+            floor.store(*oldest, Ordering::Relaxed);
+        }
+        let thread = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || run(store, keep.max(1), known, floor, rx))
+            .expect("spawning the snapshot thread needs only memory");
+        Snapshotter { tx, thread }
+    }
+
+    /// Hands an image over; dropped (false) if the previous one is still being written.
+    pub(super) fn offer(&self, image: Box<StateImage>) -> bool {
+        match self.tx.try_send(image) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                tracing::debug!("snapshot skipped: the previous one is still being written");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// Writes what it was given, then waits for the thread.
+    pub(super) fn finish(self) {
+        drop(self.tx);
+        // A panic on the snapshot thread was already reported by the panic hook.
+        let _ = self.thread.join();
+    }
+}
+
+fn run(
+    store: SnapshotStore,
+    keep: usize,
+    mut known: Vec<u64>,
+    floor: Arc<AtomicU64>,
+    rx: Receiver<Box<StateImage>>,
+) {
+    while let Ok(image) = rx.recv() {
+        let started = Instant::now();
+        let offset = image.next_offset();
+        match store.write(&image) {
+            Ok(bytes) => {
+                known.retain(|o| *o != offset);
+                known.push(offset);
+                let excess = known.len().saturating_sub(keep);
+                known.drain(..excess);
+                if let Err(e) = store.prune(&known) {
+                    tracing::warn!(error = %e, "deleting old snapshots failed");
+                }
+                floor.store(known[0], Ordering::Relaxed);
+                tracing::info!(
+                    offset,
+                    bytes,
+                    drivers = image.driver_count(),
+                    write_ms = started.elapsed().as_millis() as u64,
+                    "snapshot written"
+                );
+            }
+            // The log still holds everything: a failed snapshot only means a longer replay.
+            Err(e) => tracing::warn!(error = %e, offset, "snapshot failed"),
+        }
+    }
+}
+
+/// The snapshot thread and the dispatcher's schedule for a logged engine (none when
+/// `log.snapshot_keep` is 0). `recovered` is the snapshot recovery started from.
+pub(super) fn start(
+    config: &crate::config::Config,
+    recovered: Option<u64>,
+    offset: u64,
+    now_ms: u64,
+) -> (Option<Snapshotter>, Option<Schedule>) {
+    let Some(dir) = &config.log.data_dir else {
+        return (None, None);
+    };
+    if config.log.snapshot_keep == 0 {
+        return (None, None);
+    }
+    let schedule = Schedule::new(&config.log, offset, now_ms);
+    let snapshotter = Snapshotter::start(
+        SnapshotStore::new(dir),
+        config.log.snapshot_keep,
+        recovered.into_iter().collect(),
+        schedule.floor.clone(),
+    );
+    (Some(snapshotter), Some(schedule))
+}
+
+/// When the dispatcher thread copies the state: every `every_events` events or `interval_ms`
+/// of engine time, whichever comes first (0 turns either off), at a group boundary.
+#[derive(Debug)]
+pub(super) struct Schedule {
+    every_events: u64,
+    interval_ms: u64,
+    last_offset: u64,
+    next_at_ms: u64,
+    /// The oldest kept snapshot's offset, [`NO_FLOOR`] before the first one.
+    pub(super) floor: Arc<AtomicU64>,
+}
+
+impl Schedule {
+    /// A schedule from the log settings, counting from `offset` at `now_ms`.
+    pub(super) fn new(config: &crate::events::LogConfig, offset: u64, now_ms: u64) -> Self {
+        let interval_ms = config.snapshot_interval.as_millis() as u64;
+        Schedule {
+            every_events: config.snapshot_every_events,
+            interval_ms,
+            last_offset: offset,
+            next_at_ms: now_ms.saturating_add(interval_ms),
+            floor: Arc::new(AtomicU64::new(NO_FLOOR)),
+        }
+    }
+
+    /// Whether a snapshot is due at `offset` (the next event's) and `now_ms`; if so, counts
+    /// from here.
+    pub(super) fn due(&mut self, offset: u64, now_ms: u64) -> bool {
+        let new_events = offset.saturating_sub(self.last_offset);
+        let by_count = self.every_events > 0 && new_events >= self.every_events;
+        let by_time = self.interval_ms > 0 && now_ms >= self.next_at_ms && new_events > 0;
+        if by_count || by_time {
+            self.last_offset = offset;
+            self.next_at_ms = now_ms.saturating_add(self.interval_ms);
+        }
+        by_count || by_time
+    }
+
+    /// Where log retention may delete up to: the oldest kept snapshot, or `needed` (what the
+    /// state itself needs) before there is one.
+    pub(super) fn retention_floor(&self, needed: u64) -> u64 {
+        match self.floor.load(Ordering::Relaxed) {
+            NO_FLOOR => needed,
+            floor => floor,
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Snapshots on a real engine and data dir: a restart restores the newest snapshot and replays
+//! only the log after it into the same state a whole replay gives; a corrupt or torn newest
+//! snapshot falls back to the previous one, and with none left to the whole log; retention
+//! deletes the segments before the oldest kept snapshot even when a driver who went online in
+//! them is still online (without snapshots those segments must stay).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dispatch::clock::ManualClock;
+use dispatch::config::Config;
+use dispatch::domain::{ExternalId, LatLng, Rating, VehicleClass};
+use dispatch::engine::snapshot::SnapshotStore;
+use dispatch::engine::{Engine, GoOnline, TripRequest};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn config(dir: &Path, every_events: u64, keep: usize) -> Config {
+    let mut c = Config::default();
+    c.log.data_dir = Some(dir.to_path_buf());
+    c.log.snapshot_every_events = every_events;
+    c.log.snapshot_interval = Duration::ZERO;
+    c.log.snapshot_keep = keep;
+    c
+}
+
+fn id(s: &str) -> ExternalId {
+    ExternalId::new("id", s).unwrap()
+}
+
+fn start(c: &Config, clock: &Arc<ManualClock>) -> Engine {
+    Engine::start(c, dispatch::index::default_index(), clock.clone()).unwrap()
+}
+
+async fn online(e: &Engine, driver: &str, north_m: f64) {
+    e.go_online(GoOnline {
+        driver: id(driver),
+        position: LatLng::new(40.75 + north_m / 111_195.0, -73.99).unwrap(),
+        rating: Rating::new(4.8).unwrap(),
+        class: VehicleClass::Economy,
+        gateway: Some(id("gw")),
+    })
+    .await
+    .unwrap();
+}
+
+async fn request(e: &Engine, rider: &str) -> dispatch::engine::Trip {
+    e.request_trip(TripRequest {
+        rider: id(rider),
+        request_id: Some(id(rider)),
+        pickup: LatLng::new(40.75, -73.99).unwrap(),
+        dropoff: LatLng::new(40.77, -73.97).unwrap(),
+        class: VehicleClass::Any,
+    })
+    .await
+    .unwrap()
+    .0
+}
+
+/// Waits (polling the directory, bounded) until `n` snapshot files are on disk.
+fn wait_for_snapshots(dir: &Path, n: usize) -> Vec<(u64, std::path::PathBuf)> {
+    let store = SnapshotStore::new(dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = store.list().unwrap();
+        if list.len() >= n {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} snapshots appeared",
+            list.len()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What a caller can see of the state: counters, every trip and every driver.
+async fn observe(e: &Engine, trips: &[dispatch::domain::TripId], drivers: &[&str]) -> String {
+    let mut out = format!(
+        "{:?}\n",
+        dispatch::engine::Stats {
+            location_updates: 0,
+            ..e.stats().await.unwrap()
+        }
+    );
+    for t in trips {
+        out += &format!("{:?}\n", e.trip(*t).await.map(|t| t.0));
+    }
+    for d in drivers {
+        let d = e.driver(id(d)).await.unwrap();
+        out += &format!(
+            "{} {:?} {} {}\n",
+            d.id, d.status, d.acceptance_rate, d.online_offset
+        );
+    }
+    out
+}
+
+const DRIVERS: [&str; 4] = ["d-1", "d-2", "d-3", "d-4"];
+
+/// Drivers online, trips in several states, with snapshots every 4 events along the way.
+async fn some_history(e: &Engine) -> Vec<dispatch::domain::TripId> {
+    for (i, d) in DRIVERS.iter().enumerate() {
+        online(e, d, 100.0 * (i as f64 + 1.0)).await;
+    }
+    let mut trips = Vec::new();
+    for r in ["r-1", "r-2", "r-3"] {
+        let t = request(e, r).await;
+        trips.push(t.id);
+        if r != "r-2" {
+            let offer = t.offer.expect("a driver is free");
+            e.respond(offer, t.driver.unwrap(), r == "r-1")
+                .await
+                .unwrap();
+        }
+    }
+    e.go_offline(id("d-4")).await.unwrap();
+    trips
+}
+
+#[tokio::test]
+async fn a_restart_from_a_snapshot_sees_what_a_whole_replay_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let e = start(&config(dir.path(), 4, 2), &clock);
+    let trips = some_history(&e).await;
+    let before = observe(&e, &trips, &DRIVERS).await;
+    wait_for_snapshots(dir.path(), 2);
+    e.shutdown();
+
+    let e = start(&config(dir.path(), 4, 2), &clock);
+    let newest = SnapshotStore::new(dir.path())
+        .list()
+        .unwrap()
+        .last()
+        .unwrap()
+        .0;
+    assert_eq!(e.recovered_from_snapshot(), Some(newest));
+    assert_eq!(observe(&e, &trips, &DRIVERS).await, before);
+    e.shutdown();
+
+    // Snapshots off: the whole log, the same state.
+    let e = start(&config(dir.path(), 4, 0), &clock);
+    assert_eq!(e.recovered_from_snapshot(), None);
+    assert_eq!(observe(&e, &trips, &DRIVERS).await, before);
+    e.shutdown();
+}
+
+#[tokio::test]
+async fn a_corrupt_newest_snapshot_falls_back_to_the_previous_then_to_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let c = config(dir.path(), 4, 2);
+    let e = start(&c, &clock);
+    let trips = some_history(&e).await;
+    let before = observe(&e, &trips, &DRIVERS).await;
+    wait_for_snapshots(dir.path(), 2);
+    e.shutdown();
+    let snaps = SnapshotStore::new(dir.path()).list().unwrap();
+    assert_eq!(snaps.len(), 2, "two kept");
+    let (older, newest) = (snaps[0].clone(), snaps[1].clone());
+
+    // One flipped byte in the newest payload: the checksum catches it.
+    let mut bytes = std::fs::read(&newest.1).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&newest.1, &bytes).unwrap();
+    let e = start(&c, &clock);
+    assert_eq!(e.recovered_from_snapshot(), Some(older.0));
+    assert_eq!(observe(&e, &trips, &DRIVERS).await, before);
+    e.shutdown();
+
+    // The older one torn (cut short) too: the whole log.
+    let bytes = std::fs::read(&older.1).unwrap();
+    std::fs::write(&older.1, &bytes[..bytes.len() / 2]).unwrap();
+    let e = start(&c, &clock);
+    assert_eq!(e.recovered_from_snapshot(), None);
+    assert_eq!(observe(&e, &trips, &DRIVERS).await, before);
+    e.shutdown();
+}
+
+fn segments(dir: &Path) -> Vec<u64> {
+    let mut out: Vec<u64> = std::fs::read_dir(dispatch::events::log::events_dir(dir))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// d-0 goes online first and stays online; many drivers come and go after it, filling small
+/// segments; then the retention check runs (every 60 s of engine time).
+async fn churn_then_retention(c: &Config, clock: &Arc<ManualClock>, dir: &Path) -> Engine {
+    let e = start(c, clock);
+    online(&e, "d-0", 50.0).await;
+    for i in 0..60 {
+        let d = format!("d-{}", i + 1);
+        online(&e, &d, 200.0).await;
+        e.go_offline(id(&d)).await.unwrap();
+    }
+    if c.log.snapshot_keep > 0 {
+        wait_for_snapshots(dir, c.log.snapshot_keep);
+    }
+    clock.advance(Duration::from_secs(61));
+    e.tick().await.unwrap();
+    e
+}
+
+fn small_segments(dir: &Path, keep: usize) -> Config {
+    let mut c = config(dir, 40, keep);
+    c.log.segment_bytes = 1024;
+    c.log.retention_bytes = 0;
+    c
+}
+
+#[tokio::test]
+async fn retention_deletes_the_segments_before_the_oldest_kept_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let c = small_segments(dir.path(), 2);
+    let e = churn_then_retention(&c, &clock, dir.path()).await;
+    // The writer deletes after the tick's reply: wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while segments(dir.path())[0] == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "retention never deleted the first segment"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = observe(&e, &[], &["d-0", "d-60"]).await;
+    e.shutdown();
+    // Nothing a kept snapshot needs was deleted (retention ran with the floor of its time;
+    // snapshots written since only move it forward).
+    let oldest_snapshot = SnapshotStore::new(dir.path()).list().unwrap()[0].0;
+    let segs = segments(dir.path());
+    assert!(
+        segs[0] <= oldest_snapshot,
+        "{segs:?} vs snapshot {oldest_snapshot}"
+    );
+
+    // d-0's online event is gone from disk, yet it comes back online from the snapshot.
+    let e = start(&c, &clock);
+    assert!(e.recovered_from_snapshot().is_some());
+    assert_eq!(observe(&e, &[], &["d-0", "d-60"]).await, before);
+    e.shutdown();
+}
+
+#[tokio::test]
+async fn without_snapshots_retention_keeps_what_the_state_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let c = small_segments(dir.path(), 0);
+    let e = churn_then_retention(&c, &clock, dir.path()).await;
+    // A second tick: the first one's retention job has been handled by the time this one's
+    // reply comes back (the writer takes jobs in order).
+    e.tick().await.unwrap();
+    assert_eq!(segments(dir.path())[0], 0, "d-0 went online in segment 0");
+    assert!(SnapshotStore::new(dir.path()).list().unwrap().is_empty());
+    e.shutdown();
+}
