@@ -230,8 +230,7 @@ impl Report {
                     ),
                 );
                 row("nearby latency", lat(&self.nearby_ms));
-                if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_query)
-                {
+                if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_query) {
                     row(
                         "server CPU per query",
                         format!(
@@ -324,7 +323,10 @@ impl Report {
             }
         }
         if let Some(rss) = self.server_rss_mib {
-            row("server RSS", format!("{rss:.0} MiB at the end of the window"));
+            row(
+                "server RSS",
+                format!("{rss:.0} MiB at the end of the window"),
+            );
         }
         for e in &self.error_examples {
             row("error example", e.clone());

@@ -61,6 +61,9 @@ enum Op {
 struct Copy {
     index: GridIndex,
     drivers: Vec<Option<Driver>>,
+    /// Each driver's class, apart from the records: the search filter reads one byte per
+    /// candidate instead of a record's cache line (the filter was ~6 % of a query's CPU).
+    classes: Vec<VehicleClass>,
     ids: FxHashMap<ExternalId, DriverKey>,
     surge: SurgeTracker,
 }
@@ -70,6 +73,7 @@ impl Copy {
         Copy {
             index: GridIndex::new(),
             drivers: Vec::new(),
+            classes: Vec::new(),
             ids: FxHashMap::default(),
             surge: SurgeTracker::new(config.surge.clone()),
         }
@@ -85,7 +89,9 @@ impl Copy {
                 let i = key.0 as usize;
                 if self.drivers.len() <= i {
                     self.drivers.resize(i + 1, None);
+                    self.classes.resize(i + 1, VehicleClass::Any);
                 }
+                self.classes[i] = driver.class;
                 if self.drivers[i].is_none() {
                     self.ids.insert(driver.id.clone(), *key);
                 }
@@ -107,10 +113,9 @@ impl Copy {
     }
 
     fn serves(&self, key: DriverKey, class: VehicleClass) -> bool {
-        self.drivers
+        self.classes
             .get(key.0 as usize)
-            .and_then(Option::as_ref)
-            .is_some_and(|d| d.class.serves(class))
+            .is_some_and(|c| c.serves(class))
     }
 }
 
