@@ -28,8 +28,9 @@
 //!   `engine::records::Trip::apply` is the one trip fold (the state and WatchTrip use it). The
 //!   dispatcher runs on its own thread (`runner`), snapshots its state now and then
 //!   (`engine::snapshot`: a copy at a group boundary, written by its own thread), recovers on
-//!   start from the newest good snapshot plus the log after it (`recovery`), and `Engine` is
-//!   the handle to it.
+//!   start from the newest good snapshot plus the log after it (`recovery`), publishes a read
+//!   view at every command group (`reads`: NearbyDrivers, GetSurge and GetDriver are answered
+//!   from it on the caller's thread), and `Engine` is the handle to it.
 //! - [`telemetry`]: Prometheus metrics (prometheus-client registry, scrape) and trip log lines,
 //!   derived from the event bus and the edge.
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
@@ -42,9 +43,10 @@
 //! channel, is executed by the dispatcher thread with `now` from the clock (a decision reads
 //! the state and returns events; applying them is the only way the state changes), and its
 //! events are committed to the durable log, then published to the bus, before the reply
-//! returns. Subscribers and the metrics follow the bus; offer streams and trip watchers get
-//! their events from the router. On start the engine restores its newest snapshot and replays
-//! the log after it to rebuild its state.
+//! returns. Reads of drivers and surge skip the channel: they read the view published at the
+//! last group's commit. Subscribers and the metrics follow the bus; offer streams and trip
+//! watchers get their events from the router. On start the engine restores its newest
+//! snapshot and replays the log after it to rebuild its state.
 
 pub mod clock;
 pub mod config;

@@ -154,6 +154,39 @@ impl SurgeTracker {
         }
     }
 
+    /// [`reading`](Self::reading) without dropping expired request times: times outside the
+    /// window are skipped instead, so a shared reader (the engine's read view) can answer from
+    /// `&self`. Same answer as `reading` at the same `now_ms`.
+    ///
+    /// # Runtime
+    /// O(requests kept in the seven cells).
+    pub fn reading_at(
+        &self,
+        point: LatLng,
+        class: VehicleClass,
+        supply: u64,
+        now_ms: u64,
+    ) -> SurgeReading {
+        let cell = cell_of(point);
+        let mut demand = 0u64;
+        for neighbour in cell.grid_disk::<Vec<_>>(1) {
+            if let Some(times) = self.demand.get(&neighbour) {
+                demand += times
+                    .iter()
+                    .filter(|&&(t, asked)| {
+                        t.saturating_add(self.window_ms) > now_ms && counts_for(asked, class)
+                    })
+                    .count() as u64;
+            }
+        }
+        SurgeReading {
+            multiplier: self.multiplier(demand, supply),
+            cell,
+            demand,
+            supply,
+        }
+    }
+
     /// `clamp(demand / max(supply, 1), 1, max_multiplier)`.
     pub fn multiplier(&self, demand: u64, supply: u64) -> f64 {
         (demand as f64 / supply.max(1) as f64).clamp(1.0, self.config.max_multiplier)

@@ -2,12 +2,13 @@
 //!
 //! Each of `--clients` tasks makes one call at a time (a closed loop, so the latency measured
 //! is the server's plus loopback, not a queue inside the load generator) at points drawn from
-//! the demand distribution, and keeps its own HdrHistogram; they are merged at the end.
+//! the demand distribution, and keeps its own HdrHistogram; they are merged at the end. With a
+//! known server pid the report divides the server's CPU seconds over the window by the queries.
 
 use crate::config::Config;
 use crate::error::Result;
 use crate::progress::Progress;
-use crate::report::{Percentiles, Report, latency_histogram, record_us};
+use crate::report::{Percentiles, Report, latency_histogram, pid_cpu_s, pid_rss_mib, record_us};
 use crate::rpc::Conn;
 use crate::rpc::{self, Ids};
 use crate::warmup::{city_for, warm_up_report};
@@ -107,6 +108,8 @@ pub(crate) async fn run(
     );
     let stop_flag = Arc::new(AtomicBool::new(false));
     let live = Arc::new(AtomicU64::new(0));
+    // The server's CPU over the query window (warm-up excluded), for CPU per query.
+    let cpu_before = cfg.server_pid.and_then(pid_cpu_s);
     let start = Instant::now();
     let deadline = start + cfg.duration;
     let tasks: Vec<_> = (0..cfg.clients)
@@ -151,6 +154,14 @@ pub(crate) async fn run(
         }
     }
     report.duration_s = start.elapsed().as_secs_f64();
+    if let (Some(pid), Some(before)) = (cfg.server_pid, cpu_before) {
+        report.server_cpu_s = pid_cpu_s(pid).map(|after| after - before);
+        report.server_rss_mib = pid_rss_mib(pid);
+    }
+    report.server_cpu_us_per_query = report
+        .server_cpu_s
+        .filter(|_| report.nearby_queries > 0)
+        .map(|cpu| cpu * 1e6 / report.nearby_queries as f64);
     report.nearby_ms = Percentiles::from_us(&all);
     report.samples.nearby_us = Some(all);
     report.error_examples.truncate(10);

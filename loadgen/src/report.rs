@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 mod host;
 mod stats;
 
-pub use host::{load_average_1m, pid_cpu_s, process_cpu_s};
+pub use host::{load_average_1m, pid_cpu_s, pid_rss_mib, process_cpu_s};
 pub use stats::{Percentiles, gini, latency_histogram, record_us};
 
 /// Everything a run measured. The first block of fields is the contract named in issue 4; the
@@ -121,6 +121,12 @@ pub struct Report {
     /// `server_cpu_s / events_published`, microseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_event: Option<f64>,
+    /// Nearby mode with a known server pid: `server_cpu_s / nearby_queries`, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_query: Option<f64>,
+    /// With a known server pid: the server's resident memory at the end of the window, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rss_mib: Option<f64>,
     /// `--watch-trips`: WatchTrip streams kept open.
     #[serde(default)]
     pub watch_trips: u64,
@@ -224,6 +230,15 @@ impl Report {
                     ),
                 );
                 row("nearby latency", lat(&self.nearby_ms));
+                if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_query) {
+                    row(
+                        "server CPU per query",
+                        format!(
+                            "{per:.1} us ({cpu:.1} CPU s over {} queries in the window)",
+                            self.nearby_queries
+                        ),
+                    );
+                }
             }
             _ => {
                 row(
@@ -306,6 +321,12 @@ impl Report {
                     ),
                 );
             }
+        }
+        if let Some(rss) = self.server_rss_mib {
+            row(
+                "server RSS",
+                format!("{rss:.0} MiB at the end of the window"),
+            );
         }
         for e in &self.error_examples {
             row("error example", e.clone());

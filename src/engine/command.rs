@@ -7,11 +7,10 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::dispatcher::{GoOnline, TripAction, TripRequest};
-use super::records::{Driver, NearbyDriver, Stats, Trip};
-use crate::domain::{ExternalId, LatLng, OfferId, TripId, VehicleClass};
+use super::records::{Driver, Stats, Trip};
+use crate::domain::{ExternalId, LatLng, OfferId, TripId};
 use crate::error::Error;
 use crate::events::OfferDetails;
-use crate::surge::SurgeReading;
 
 /// Where a command's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -42,15 +41,6 @@ pub(crate) enum Command {
     },
     /// The trip and the offset of the next event, read atomically.
     GetTrip(TripId, Reply<(Trip, u64)>),
-    GetDriver(ExternalId, Reply<Driver>),
-    Nearby {
-        center: LatLng,
-        radius_m: f64,
-        limit: usize,
-        class: VehicleClass,
-        reply: Reply<Vec<NearbyDriver>>,
-    },
-    Surge(LatLng, VehicleClass, Reply<SurgeReading>),
     Stats(Reply<Stats>),
     /// Pending offers for a gateway and the offset of the next event, read atomically.
     PendingOffers(Option<ExternalId>, Reply<(Vec<Arc<OfferDetails>>, u64)>),

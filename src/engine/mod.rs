@@ -11,12 +11,15 @@
 //!   thread behind it; `recovery`: the newest good snapshot plus the log after it on start.
 //! - [`snapshot`]: the state on disk at an offset (atomic files, CRC, format version), written
 //!   by its own thread from a copy the dispatcher takes at a group boundary.
+//! - `reads`: the read view NearbyDrivers, GetSurge and GetDriver are answered from on the
+//!   caller's thread (two copies swapped per command group), never through the queue.
 //!
 //! All channels are bounded: when full, calls fail fast with `RESOURCE_EXHAUSTED`, location
 //! batches are shed (counted), and a writer that falls behind holds the dispatcher back.
 
 mod command;
 pub mod dispatcher;
+mod reads;
 pub mod records;
 mod recovery;
 mod runner;
@@ -70,6 +73,7 @@ struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     log_dir: Option<std::path::PathBuf>,
     view: tokio::sync::watch::Receiver<Arc<MapView>>,
+    reads: reads::ReadView,
     started_at_ms: u64,
     recovered_from: Option<u64>,
     /// Why the event log cannot be written, once it cannot.
@@ -119,9 +123,12 @@ impl Engine {
             }
         };
         let (view, view_rx) = map_view::ViewPublisher::new();
+        let (reads, read_publisher) = reads::ReadView::new(config, &dispatcher, clock.clone());
         let started_at_ms = clock.now_ms();
         let runner = Runner {
             view,
+            reads: read_publisher,
+            location_replies: Vec::new(),
             dispatcher,
             control_rx,
             location_rx,
@@ -147,6 +154,7 @@ impl Engine {
                 thread: Mutex::new(Some(thread)),
                 log_dir,
                 view: view_rx,
+                reads,
                 started_at_ms,
                 recovered_from,
                 log_failure,
@@ -327,12 +335,14 @@ impl Engine {
         self.call(|r| Command::GetTrip(trip, r)).await
     }
 
-    /// See [`Dispatcher::driver`].
+    /// See [`Dispatcher::driver`]. Answered from the read view on the caller's thread, as of
+    /// the last committed command group (see `reads`).
     pub async fn driver(&self, driver: ExternalId) -> Result<Driver, Error> {
-        self.call(|r| Command::GetDriver(driver, r)).await
+        self.inner.reads.driver(driver.as_str())
     }
 
-    /// See [`Dispatcher::nearby`].
+    /// See [`Dispatcher::nearby`]. Answered from the read view on the caller's thread, as of
+    /// the last committed command group.
     pub async fn nearby(
         &self,
         center: LatLng,
@@ -340,19 +350,13 @@ impl Engine {
         limit: usize,
         class: VehicleClass,
     ) -> Result<Vec<NearbyDriver>, Error> {
-        self.call(|reply| Command::Nearby {
-            center,
-            radius_m,
-            limit,
-            class,
-            reply,
-        })
-        .await
+        Ok(self.inner.reads.nearby(center, radius_m, limit, class))
     }
 
-    /// See [`Dispatcher::surge`].
+    /// See [`Dispatcher::surge`]. Answered from the read view on the caller's thread, as of
+    /// the last committed command group.
     pub async fn surge(&self, point: LatLng, class: VehicleClass) -> Result<SurgeReading, Error> {
-        self.call(|r| Command::Surge(point, class, r)).await
+        Ok(self.inner.reads.surge(point, class))
     }
 
     /// See [`Dispatcher::stats`].

@@ -8,12 +8,17 @@
 //! up, makes it durable with one fsync, publishes, and only then replies. So an acknowledged
 //! call is on disk, subscribers never see an event that could be lost, and a caller that gets an
 //! answer and then subscribes from the trip's offset misses nothing.
+//!
+//! At each commit the runner first publishes the read view (`reads`) with what the group
+//! touched, then answers the group's location batches, then hands the rest on: so every reply
+//! comes after the view shows its change.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
+use tokio::sync::oneshot;
 
 use super::Deferred;
 use super::command::{Command, LocationBatch, LocationOutcome};
@@ -56,6 +61,10 @@ pub(super) struct Runner {
     pub(super) view: super::map_view::ViewPublisher,
     /// When to snapshot the state (with a log and snapshots on).
     pub(super) snapshots: Option<super::snapshot::Schedule>,
+    /// Publishes the read view at every commit.
+    pub(super) reads: super::reads::ReadPublisher,
+    /// The group's location batch outcomes, sent once the read view shows them.
+    pub(super) location_replies: Vec<(oneshot::Sender<LocationOutcome>, LocationOutcome)>,
 }
 
 impl Runner {
@@ -95,14 +104,14 @@ impl Runner {
                     }
                 }
             }
-            if !self.commit() || disconnected {
+            if !self.commit(now) || disconnected {
                 break;
             }
             self.enforce_retention(now);
             self.maybe_snapshot(now);
             self.view.maybe_publish(&self.dispatcher, now);
         }
-        self.commit();
+        self.commit(self.clock.now_ms());
         match self.sink {
             // Wait until everything handed over is durable and answered.
             Sink::Log(writer) => writer.finish(),
@@ -141,8 +150,13 @@ impl Runner {
 
     /// Hands the group's events and replies to the commit stage. Returns false once the log
     /// writer has failed: the engine then stops rather than acknowledge what is not on disk.
-    fn commit(&mut self) -> bool {
+    fn commit(&mut self, now_ms: u64) -> bool {
         let events = self.dispatcher.take_events();
+        self.reads.publish(&self.dispatcher, &events, now_ms);
+        for (reply, outcome) in self.location_replies.drain(..) {
+            // The gateway may have hung up; its summary is then moot.
+            let _ = reply.send(outcome);
+        }
         let replies = std::mem::take(&mut self.deferred);
         match &self.sink {
             Sink::Memory(bus) => {
@@ -204,7 +218,12 @@ impl Runner {
         let mut outcome = LocationOutcome::default();
         for (driver, position) in &batch.updates {
             match self.dispatcher.apply_location(driver, position.to_owned()) {
-                Ok(()) => outcome.accepted += 1,
+                Ok(()) => {
+                    outcome.accepted += 1;
+                    if let Some(key) = self.dispatcher.state().driver_key(driver) {
+                        self.reads.touch(key);
+                    }
+                }
                 Err(why) => {
                     if why == LocationRejection::DriverOffline {
                         outcome.driver_offline += 1;
@@ -217,9 +236,9 @@ impl Runner {
                 }
             }
         }
-        // Positions are not logged, so the summary need not wait for a commit. The gateway may
-        // have hung up; its summary is then moot.
-        let _ = batch.reply.send(outcome);
+        // Positions are not logged, so the summary need not wait for the log: it goes out once
+        // the read view shows the batch, at this group's commit.
+        self.location_replies.push((batch.reply, outcome));
     }
 
     fn execute(&mut self, cmd: Command) {
@@ -265,21 +284,6 @@ impl Runner {
             // The offset is read after this group's events are counted, so following from
             // it misses nothing and repeats nothing.
             Command::GetTrip(trip, r) => answer!(r, d.trip(trip).map(|t| (t, d.next_offset()))),
-            Command::GetDriver(id, r) => answer!(r, d.driver(id.as_str())),
-            Command::Nearby {
-                center,
-                radius_m,
-                limit,
-                class,
-                reply,
-            } => {
-                // Positions and surge demand are never logged, so these answers need not wait
-                // for a commit (and skip a hop through the log writer).
-                let _ = reply.send(Ok(d.nearby(now, center, radius_m, limit, class)));
-            }
-            Command::Surge(point, class, r) => {
-                let _ = r.send(Ok(d.surge(now, point, class)));
-            }
             Command::Stats(r) => answer!(r, Ok(d.stats())),
             Command::PendingOffers(gateway, r) => {
                 answer!(r, Ok((d.pending_offers(gateway.as_ref()), d.next_offset())))

@@ -33,8 +33,9 @@ pub struct Eta {
     pub source: EtaSource,
 }
 
-/// Estimates driving time between two points.
-pub trait EtaModel: Send + std::fmt::Debug {
+/// Estimates driving time between two points. `Sync`: the engine's read view answers
+/// NearbyDrivers on many gRPC threads at once with one shared model.
+pub trait EtaModel: Send + Sync + std::fmt::Debug {
     /// Seconds to drive from `from` to `to`, given their great-circle `distance_m`, at `now_ms`.
     fn eta_s(&self, from: LatLng, to: LatLng, distance_m: f64, now_ms: u64) -> f64 {
         self.estimate(from, to, distance_m, now_ms).eta_s

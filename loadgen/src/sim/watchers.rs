@@ -16,7 +16,7 @@ use dispatch::pb::rider_service_client::RiderServiceClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::report::{Report, pid_cpu_s};
+use crate::report::{Report, pid_cpu_s, pid_rss_mib};
 use crate::rpc::Conn;
 
 /// Up to `max` open WatchTrip streams, spread over the run's connections.
@@ -85,13 +85,14 @@ impl Watchers {
     }
 }
 
-/// The server's CPU seconds and published events over the next `window` (from now); `None`
+/// The server's CPU seconds and published events over the next `window` (from now), and its
+/// resident memory at the end; `None`
 /// without a pid, without `/proc`, or if GetStats fails.
 pub(super) fn measure_window(
     pid: Option<u32>,
     conn: Conn,
     window: Duration,
-) -> JoinHandle<Option<(f64, u64)>> {
+) -> JoinHandle<Option<(f64, u64, Option<f64>)>> {
     tokio::spawn(async move {
         let pid = pid?;
         let mut queries = QueryServiceClient::new(conn);
@@ -105,13 +106,14 @@ pub(super) fn measure_window(
         let (cpu0, off0) = (pid_cpu_s(pid)?, offset().await?);
         tokio::time::sleep(window).await;
         let (cpu1, off1) = (pid_cpu_s(pid)?, offset().await?);
-        Some((cpu1 - cpu0, off1.saturating_sub(off0)))
+        Some((cpu1 - cpu0, off1.saturating_sub(off0), pid_rss_mib(pid)))
     })
 }
 
 /// Records a window measurement in the report.
-pub(super) fn record_window(report: &mut Report, measured: Option<(f64, u64)>) {
-    if let Some((cpu_s, events)) = measured {
+pub(super) fn record_window(report: &mut Report, measured: Option<(f64, u64, Option<f64>)>) {
+    if let Some((cpu_s, events, rss_mib)) = measured {
+        report.server_rss_mib = rss_mib;
         report.server_cpu_s = Some(cpu_s);
         report.events_published = Some(events);
         report.server_cpu_us_per_event = (events > 0).then(|| cpu_s * 1e6 / events as f64);
