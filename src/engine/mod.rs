@@ -8,13 +8,15 @@
 //! - [`records`]: drivers, trips (with the one trip fold) and the snapshots handed to callers.
 //! - `command`: the bounded-channel messages, one variant per operation.
 //! - `runner`: the dispatcher thread's loop and its commit stage; `writer`: the log writer
-//!   thread behind it; `recovery`: replaying the log on start.
+//!   thread behind it; `recovery`: replaying the log on start; `recording`: the runner's
+//!   hand-over of each command to the input journal (`record.enabled`).
 //!
 //! All channels are bounded: when full, calls fail fast with `RESOURCE_EXHAUSTED`, location
 //! batches are shed (counted), and a writer that falls behind holds the dispatcher back.
 
 mod command;
 pub mod dispatcher;
+mod recording;
 pub mod records;
 mod recovery;
 mod runner;
@@ -107,7 +109,9 @@ impl Engine {
         };
         let (view, view_rx) = map_view::ViewPublisher::new();
         let started_at_ms = clock.now_ms();
+        let recorder = recording::Recorder::start(config, dispatcher.next_offset(), started_at_ms)?;
         let runner = Runner {
+            recorder,
             view,
             dispatcher,
             control_rx,

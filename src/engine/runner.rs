@@ -54,12 +54,17 @@ pub(super) struct Runner {
     pub(super) next_retention_ms: u64,
     /// Publishes the map view every `VIEW_INTERVAL_MS` of engine time.
     pub(super) view: super::map_view::ViewPublisher,
+    /// The input journal, when `record.enabled`.
+    pub(super) recorder: Option<super::recording::Recorder>,
 }
 
 impl Runner {
     pub(super) fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             let now = self.clock.now_ms();
+            if let Some(r) = &mut self.recorder {
+                r.fire(now, self.dispatcher.next_deadline_ms());
+            }
             self.dispatcher.fire_due(now);
             let wait = self.dispatcher.next_deadline_ms().map_or(IDLE_WAIT, |at| {
                 Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAIT)
@@ -104,6 +109,9 @@ impl Runner {
             // Wait until everything handed over is durable and answered.
             Sink::Log(writer) => writer.finish(),
             Sink::Memory(bus) => bus.close(),
+        }
+        if let Some(r) = self.recorder {
+            r.finish();
         }
     }
 
@@ -191,10 +199,16 @@ impl Runner {
         // Positions are not logged, so the summary need not wait for a commit. The gateway may
         // have hung up; its summary is then moot.
         let _ = batch.reply.send(outcome);
+        if let Some(r) = &mut self.recorder {
+            r.locations(self.clock.now_ms(), batch.updates);
+        }
     }
 
     fn execute(&mut self, cmd: Command) {
         let now = self.clock.now_ms();
+        if let Some(r) = &mut self.recorder {
+            r.command(now, &cmd);
+        }
         let d = &mut self.dispatcher;
         d.fire_due(now);
         let deferred = &mut self.deferred;
