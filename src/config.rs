@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::events::{LogConfig, MatchPolicy};
+use crate::journal::RecordConfig;
 use crate::matching::{EtaConfig, ScoreWeights};
 use crate::surge::SurgeConfig;
 
@@ -42,6 +43,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The durable event log (off unless `data_dir` is set; `dispatchd` sets `./data`).
     pub log: LogConfig,
+    /// Recording the engine's inputs for replay (off unless `enabled`).
+    pub record: RecordConfig,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             log: LogConfig::default(),
+            record: RecordConfig::default(),
         }
     }
 }
@@ -416,6 +420,11 @@ impl Config {
             self.tls.cert_path.is_some() == self.tls.key_path.is_some(),
             "tls.cert_path",
             "and `tls.key_path` must be set together",
+        )?;
+        check(
+            !self.record.enabled || crate::journal::journal_dir(self).is_some(),
+            "record.enabled",
+            "needs `record.dir` or a data dir (`log.data_dir`) to put the journal in",
         )?;
         Ok(())
     }

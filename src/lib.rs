@@ -16,6 +16,8 @@
 //!   call is acknowledged (`events::log`), their in-memory bus, the one follow loop that reads
 //!   bus and log (`events::Follower`), and the router handing each trip's and gateway's events
 //!   to their watchers only (`events::Router`).
+//! - [`journal`]: the input journal: every command with its `now`, written by its own thread
+//!   when `record.enabled`, read back (naming a bad record's segment and byte) for replay.
 //! - [`config`]: settings and their embedded defaults (it gathers the config types of
 //!   `matching`, `surge` and `events`).
 //! - [`config_load`]: defaults < TOML file < `DISPATCH_*` environment < flags, validated.
@@ -31,6 +33,8 @@
 //!   start from the newest good snapshot plus the log after it (`recovery`), publishes a read
 //!   view at every command group (`reads`: NearbyDrivers, GetSurge and GetDriver are answered
 //!   from it on the caller's thread), and `Engine` is the handle to it.
+//! - [`replay`]: feeds a journal's entries to an in-process [`engine::Dispatcher`] exactly as
+//!   the engine thread executed them (the exact-replay check; `dispatch-replay` builds on it).
 //! - [`telemetry`]: Prometheus metrics (prometheus-client registry, scrape) and trip log lines,
 //!   derived from the event bus and the edge.
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
@@ -59,7 +63,9 @@ pub mod events;
 pub(crate) mod grpc;
 pub(crate) mod http;
 pub mod index;
+pub mod journal;
 pub mod matching;
+pub mod replay;
 pub mod server;
 pub mod surge;
 pub(crate) mod telemetry;

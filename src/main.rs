@@ -90,6 +90,10 @@ struct Flags {
     /// start (events from that point on are lost).
     #[arg(long)]
     truncate_corrupt_log: bool,
+    /// Record every command the engine executes, with its `now`, to an input journal beside
+    /// the event log (`<data dir>/inputs`), for `dispatch-replay`.
+    #[arg(long)]
+    record_inputs: bool,
     /// Pickup ETA model: `haversine` (straight line x detour / speed for the hour) or `road`
     /// (routed on the OpenStreetMap graph of --road-map). [default: haversine]
     #[arg(long, value_name = "haversine|road")]
@@ -187,6 +191,11 @@ impl Flags {
             "log.truncate_corrupt",
             self.truncate_corrupt_log.then(|| "true".into()),
             "--truncate-corrupt-log",
+        );
+        add(
+            "record.enabled",
+            self.record_inputs.then(|| "true".into()),
+            "--record-inputs",
         );
         add("tls.cert_path", text(&self.tls_cert), "--tls-cert");
         add("tls.key_path", text(&self.tls_key), "--tls-key");

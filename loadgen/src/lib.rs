@@ -15,6 +15,8 @@
 //! - [`plots`]: SVG charts of a report. [`progress`]: the live progress bar.
 //! - [`server`]: starting a `dispatchd` process when no target is given.
 //! - [`viewers`]: simulated live-map viewers (SSE stream + a snapshot per tick), opt-in.
+//! - [`whatif`]: `dispatch-replay`, a recorded journal or a trips CSV replayed in-process under
+//!   several configs, side by side, with a driver-behaviour model (a binary of its own).
 //!
 //! The flow of city mode: warm-up (every driver GoOnline) -> the measured window, in which one
 //! simulation task ticks every 50 ms, issues trip requests at the target rate, sends due
@@ -38,6 +40,7 @@ mod sim;
 pub mod streets;
 pub mod viewers;
 mod warmup;
+pub mod whatif;
 
 pub use config::{Config, Mode};
 pub use error::{Error, Result};

@@ -8,7 +8,9 @@
 //! - [`records`]: drivers, trips (with the one trip fold) and the snapshots handed to callers.
 //! - `command`: the bounded-channel messages, one variant per operation.
 //! - `runner`: the dispatcher thread's loop and its commit stage; `writer`: the log writer
-//!   thread behind it; `recovery`: the newest good snapshot plus the log after it on start.
+//!   thread behind it; `recovery`: the newest good snapshot plus the log after it on start;
+//!   `recording`: the runner's hand-over of each command to the input journal
+//!   (`record.enabled`).
 //! - [`snapshot`]: the state on disk at an offset (atomic files, CRC, format version), written
 //!   by its own thread from a copy the dispatcher takes at a group boundary.
 //! - `reads`: the read view NearbyDrivers, GetSurge and GetDriver are answered from on the
@@ -20,6 +22,7 @@
 mod command;
 pub mod dispatcher;
 mod reads;
+mod recording;
 pub mod records;
 mod recovery;
 mod runner;
@@ -125,7 +128,9 @@ impl Engine {
         let (view, view_rx) = map_view::ViewPublisher::new();
         let (reads, read_publisher) = reads::ReadView::new(config, &dispatcher, clock.clone());
         let started_at_ms = clock.now_ms();
+        let recorder = recording::Recorder::start(config, dispatcher.next_offset(), started_at_ms)?;
         let runner = Runner {
+            recorder,
             view,
             reads: read_publisher,
             location_replies: Vec::new(),

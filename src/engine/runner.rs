@@ -65,12 +65,17 @@ pub(super) struct Runner {
     pub(super) reads: super::reads::ReadPublisher,
     /// The group's location batch outcomes, sent once the read view shows them.
     pub(super) location_replies: Vec<(oneshot::Sender<LocationOutcome>, LocationOutcome)>,
+    /// The input journal, when `record.enabled`.
+    pub(super) recorder: Option<super::recording::Recorder>,
 }
 
 impl Runner {
     pub(super) fn run(mut self) {
         while !self.stop.load(Ordering::Relaxed) {
             let now = self.clock.now_ms();
+            if let Some(r) = &mut self.recorder {
+                r.fire(now, self.dispatcher.next_deadline_ms());
+            }
             self.dispatcher.fire_due(now);
             let wait = self.dispatcher.next_deadline_ms().map_or(IDLE_WAIT, |at| {
                 Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAIT)
@@ -116,6 +121,9 @@ impl Runner {
             // Wait until everything handed over is durable and answered.
             Sink::Log(writer) => writer.finish(),
             Sink::Memory(bus) => bus.close(),
+        }
+        if let Some(r) = self.recorder {
+            r.finish();
         }
     }
 
@@ -236,6 +244,9 @@ impl Runner {
                 }
             }
         }
+        if let Some(r) = &mut self.recorder {
+            r.locations(self.clock.now_ms(), batch.updates);
+        }
         // Positions are not logged, so the summary need not wait for the log: it goes out once
         // the read view shows the batch, at this group's commit.
         self.location_replies.push((batch.reply, outcome));
@@ -243,6 +254,9 @@ impl Runner {
 
     fn execute(&mut self, cmd: Command) {
         let now = self.clock.now_ms();
+        if let Some(r) = &mut self.recorder {
+            r.command(now, &cmd);
+        }
         let d = &mut self.dispatcher;
         d.fire_due(now);
         let deferred = &mut self.deferred;
