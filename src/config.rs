@@ -42,6 +42,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// The durable event log (off unless `data_dir` is set; `dispatchd` sets `./data`).
     pub log: LogConfig,
+    /// Named region polygons (`[[regions]]`); none means one implicit region, as before.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<crate::cluster::regions::RegionConfig>,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             log: LogConfig::default(),
+            regions: Vec::new(),
         }
     }
 }
@@ -278,6 +282,7 @@ impl Config {
                 Err(format!("`{key}` {why}"))
             }
         }
+        crate::cluster::regions::RegionMap::from_config(&self.regions)?;
         let d = &self.dispatch;
         let positive = |x: f64| x.is_finite() && x > 0.0;
         d.validate()

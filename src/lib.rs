@@ -33,6 +33,8 @@
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
 //! - [`http`]: axum on the HTTP address: `/metrics`, the operator's live map and its JSON/SSE
 //!   API, read from the map view the dispatcher publishes (viewers never enter its queue).
+//! - [`cluster`]: regions (named polygons, `geo`), one engine per region in one process, and
+//!   the router sending each call to its region's services.
 //! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,
 //!   TLS, metrics and graceful drain.
 //!
@@ -44,6 +46,7 @@
 //! their events from the router. On start the engine replays the log to rebuild its state.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod config_load;
 pub mod domain;

@@ -84,8 +84,19 @@ impl Engine {
         index: Box<dyn SpatialIndex>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, LogError> {
-        let mut dispatcher = Dispatcher::new(config, index, 0);
-        let log = recovery::recover(config, &mut dispatcher, &*clock)?;
+        Engine::start_at(config, index, clock, 0)
+    }
+
+    /// [`Engine::start`] for one region: a fresh state or log issues offsets (and so trip and
+    /// offer ids) from `first_offset` (see `cluster::regions`).
+    pub fn start_at(
+        config: &Config,
+        index: Box<dyn SpatialIndex>,
+        clock: Arc<dyn Clock>,
+        first_offset: u64,
+    ) -> Result<Engine, LogError> {
+        let mut dispatcher = Dispatcher::new(config, index, first_offset);
+        let log = recovery::recover(config, &mut dispatcher, &*clock, first_offset)?;
         let log_dir = log.as_ref().map(|l| l.dir().to_path_buf());
         let bus = Arc::new(EventBus::new(
             config.limits.event_buffer,

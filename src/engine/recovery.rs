@@ -16,12 +16,13 @@ pub(super) fn recover(
     config: &Config,
     dispatcher: &mut Dispatcher,
     clock: &dyn Clock,
+    first_offset: u64,
 ) -> Result<Option<EventLog>, LogError> {
     let Some(dir) = &config.log.data_dir else {
         return Ok(None);
     };
     let mut first = true;
-    let (log, report) = EventLog::open(&config.log, dir, |event| {
+    let (log, report) = EventLog::open_from(&config.log, dir, first_offset, |event| {
         if std::mem::take(&mut first) {
             // Retention may have deleted the oldest segments.
             dispatcher

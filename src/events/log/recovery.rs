@@ -29,6 +29,16 @@ impl EventLog {
     pub fn open(
         config: &LogConfig,
         data_dir: &Path,
+        replay: impl FnMut(Event) -> Result<(), String>,
+    ) -> Result<(EventLog, RecoveryReport), LogError> {
+        EventLog::open_from(config, data_dir, 0, replay)
+    }
+
+    /// [`EventLog::open`], where an empty log starts at `first_offset` (a region's first id).
+    pub fn open_from(
+        config: &LogConfig,
+        data_dir: &Path,
+        first_offset: u64,
         mut replay: impl FnMut(Event) -> Result<(), String>,
     ) -> Result<(EventLog, RecoveryReport), LogError> {
         let dir = events_dir(data_dir);
@@ -137,7 +147,7 @@ impl EventLog {
             i += 1;
         }
 
-        let next_offset = next_offset.unwrap_or(0);
+        let next_offset = next_offset.unwrap_or(first_offset);
         Ok((
             EventLog::resume(dir, config, segments, next_offset)?,
             report,
