@@ -45,6 +45,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Recording the engine's inputs for replay (off unless `enabled`).
     pub record: RecordConfig,
+    /// Named region polygons (`[[regions]]`); none means one implicit region, as before.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<crate::cluster::regions::RegionConfig>,
 }
 
 impl Default for Config {
@@ -61,6 +64,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             log: LogConfig::default(),
             record: RecordConfig::default(),
+            regions: Vec::new(),
         }
     }
 }
@@ -282,6 +286,7 @@ impl Config {
                 Err(format!("`{key}` {why}"))
             }
         }
+        crate::cluster::regions::RegionMap::from_config(&self.regions)?;
         let d = &self.dispatch;
         let positive = |x: f64| x.is_finite() && x > 0.0;
         d.validate()

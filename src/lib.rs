@@ -40,6 +40,8 @@
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
 //! - [`http`]: axum on the HTTP address: `/metrics`, the operator's live map and its JSON/SSE
 //!   API, read from the map view the dispatcher publishes (viewers never enter its queue).
+//! - [`cluster`]: regions (named polygons, `geo`), one engine per region in one process, and
+//!   the router sending each call to its region's services.
 //! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,
 //!   TLS, metrics and graceful drain.
 //!
@@ -53,6 +55,7 @@
 //! snapshot and replays the log after it to rebuild its state.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod config_load;
 pub mod domain;

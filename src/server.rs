@@ -12,7 +12,11 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use tonic::service::Routes;
+
 use crate::clock::SystemClock;
+use crate::cluster::regions::RegionMap;
+use crate::cluster::router::RegionRouter;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::events::{Follower, OnLogFailure, Router};
@@ -52,23 +56,38 @@ pub async fn run(
     // Load the road map (if configured) before anything starts: a missing or unreadable file
     // stops start-up with its name; the dispatcher then reuses the loaded graph.
     crate::eta::from_config(&config)?;
-    let engine = match options.engine {
-        Some(engine) => engine,
-        None => Engine::start(&config, index::default_index(), Arc::new(SystemClock))?,
+    // With regions: one engine per region (see `cluster`); without: the one engine, as ever.
+    let regions = RegionMap::from_config(&config.regions)?;
+    let engines = match options.engine {
+        Some(engine) if regions.is_empty() => vec![engine],
+        Some(_) => return Err("RunOptions::engine cannot be combined with [[regions]]".into()),
+        None if regions.is_empty() => vec![Engine::start(
+            &config,
+            index::default_index(),
+            Arc::new(SystemClock),
+        )?],
+        None => crate::cluster::start_engines(&config, &regions)?,
     };
+    // The HTTP side (live map) shows the first engine: not yet region-aware.
+    let engine = engines[0].clone();
     let config = Arc::new(config);
     let max_bytes = config.limits.max_message_bytes;
     let drain_timeout = config.limits.drain_timeout;
 
-    let bus = engine.bus().clone();
-    let log_dir = engine.log_dir().map(|d| d.to_path_buf());
-    let metrics = Arc::new(Metrics::new(bus.next_offset()));
-    let follower = telemetry::spawn_follower(
-        Follower::new(bus.clone(), log_dir.clone(), bus.next_offset()),
-        metrics.clone(),
-    );
-    // One task routes trip updates and offer notices to their watchers (see events::router).
-    let router = Router::spawn(bus.clone(), log_dir);
+    let metrics = Arc::new(Metrics::new(engine.bus().next_offset()));
+    let mut followers = Vec::with_capacity(engines.len());
+    let mut routers = Vec::with_capacity(engines.len());
+    for e in &engines {
+        let bus = e.bus().clone();
+        let log_dir = e.log_dir().map(|d| d.to_path_buf());
+        followers.push(telemetry::spawn_follower(
+            Follower::new(bus.clone(), log_dir.clone(), bus.next_offset()),
+            metrics.clone(),
+        ));
+        // One task routes trip updates and offer notices to their watchers (see events::router).
+        routers.push(Router::spawn(bus, log_dir));
+    }
+    let buses: Vec<_> = engines.iter().map(|e| e.bus().clone()).collect();
     let edge = EdgeLayer::new(&config, metrics.clone());
     if edge.auth_enabled() {
         tracing::info!(
@@ -126,7 +145,9 @@ pub async fn run(
                 .set_not_serving::<EventServiceServer<EventApi>>()
                 .await;
             // End the long-lived streams (UNAVAILABLE) so the graceful drain can finish.
-            bus.close();
+            for bus in &buses {
+                bus.close();
+            }
             let _ = draining_tx.send(true);
         }
     };
@@ -144,30 +165,27 @@ pub async fn run(
         ))
     });
 
-    let serving = builder
-        .layer(edge)
+    let services = if regions.is_empty() {
+        single_region_services(&engine, &routers[0], &config, &metrics, max_bytes)
+    } else {
+        let router =
+            RegionRouter::new(regions, &engines, &routers, config.clone(), metrics.clone());
+        Routes::new(DriverServiceServer::new(router.clone()).max_decoding_message_size(max_bytes))
+            .add_service(
+                RiderServiceServer::new(router.clone()).max_decoding_message_size(max_bytes),
+            )
+            .add_service(
+                QueryServiceServer::new(router.clone()).max_decoding_message_size(max_bytes),
+            )
+            .add_service(EventServiceServer::new(router).max_decoding_message_size(max_bytes))
+    };
+    let services = services
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(
-            DriverServiceServer::new(
-                DriverApi::new(engine.clone(), router.clone(), config.clone())
-                    .with_metrics(metrics.clone()),
-            )
-            .max_decoding_message_size(max_bytes),
-        )
-        .add_service(
-            RiderServiceServer::new(RiderApi::new(engine.clone(), router.clone()))
-                .max_decoding_message_size(max_bytes),
-        )
-        .add_service(
-            QueryServiceServer::new(QueryApi::new(engine.clone(), config.clone()))
-                .max_decoding_message_size(max_bytes),
-        )
-        .add_service(
-            EventServiceServer::new(EventApi::new(engine.clone()))
-                .max_decoding_message_size(max_bytes),
-        )
+        .add_service(reflection_alpha);
+    let serving = builder
+        .layer(edge)
+        .add_routes(services)
         .serve_with_incoming_shutdown(without_nagle(listener), signal);
     let drain_deadline = async move {
         if draining_rx.wait_for(|&d| d).await.is_err() {
@@ -187,15 +205,14 @@ pub async fn run(
         }
     };
 
-    let stopping = engine.clone();
-    tokio::task::spawn_blocking(move || stopping.shutdown()).await?;
+    tokio::task::spawn_blocking(move || engines.iter().for_each(Engine::shutdown)).await?;
     // The dispatcher has stopped. Its event log committed (and, per `log.fsync`, synced) every
     // group of events before their replies went out, so nothing is left to flush; anything
     // else that buffers writes would flush here, before the process exits.
     if let Some(task) = http_server {
         task.abort();
     }
-    follower.abort();
+    followers.iter().for_each(|f| f.abort());
     tracing::info!("drained; dispatcher stopped");
     let failure = engine.log_failure().borrow().clone();
     match failure {
@@ -246,6 +263,34 @@ fn watch_log(
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The four dispatch services over one engine (no regions configured).
+fn single_region_services(
+    engine: &Engine,
+    router: &Router,
+    config: &Arc<Config>,
+    metrics: &Arc<Metrics>,
+    max_bytes: usize,
+) -> Routes {
+    Routes::new(
+        DriverServiceServer::new(
+            DriverApi::new(engine.clone(), router.clone(), config.clone())
+                .with_metrics(metrics.clone()),
+        )
+        .max_decoding_message_size(max_bytes),
+    )
+    .add_service(
+        RiderServiceServer::new(RiderApi::new(engine.clone(), router.clone()))
+            .max_decoding_message_size(max_bytes),
+    )
+    .add_service(
+        QueryServiceServer::new(QueryApi::new(engine.clone(), config.clone()))
+            .max_decoding_message_size(max_bytes),
+    )
+    .add_service(
+        EventServiceServer::new(EventApi::new(engine.clone())).max_decoding_message_size(max_bytes),
+    )
 }
 
 /// The TLS settings from `tls.cert_path` and `tls.key_path`, if set.

@@ -97,8 +97,19 @@ impl Engine {
         index: Box<dyn SpatialIndex>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, LogError> {
-        let mut dispatcher = Dispatcher::new(config, index, 0);
-        let recovered = recovery::recover(config, &mut dispatcher, &*clock)?;
+        Engine::start_at(config, index, clock, 0)
+    }
+
+    /// [`Engine::start`] for one region: a fresh state or log issues offsets (and so trip and
+    /// offer ids) from `first_offset` (see `cluster::regions`).
+    pub fn start_at(
+        config: &Config,
+        index: Box<dyn SpatialIndex>,
+        clock: Arc<dyn Clock>,
+        first_offset: u64,
+    ) -> Result<Engine, LogError> {
+        let mut dispatcher = Dispatcher::new(config, index, first_offset);
+        let recovered = recovery::recover(config, &mut dispatcher, &*clock, first_offset)?;
         let log_dir = recovered.as_ref().map(|r| r.log.dir().to_path_buf());
         let recovered_from = recovered.as_ref().and_then(|r| r.snapshot);
         let bus = Arc::new(EventBus::new(

@@ -35,6 +35,7 @@ pub(super) fn recover(
     config: &Config,
     dispatcher: &mut Dispatcher,
     clock: &dyn Clock,
+    first_offset: u64,
 ) -> Result<Option<Recovered>, LogError> {
     let Some(dir) = &config.log.data_dir else {
         return Ok(None);
@@ -73,7 +74,7 @@ pub(super) fn recover(
                 ),
             }
         }
-        let (log, report) = replay_log(config, dir, dispatcher, chosen)?;
+        let (log, report) = replay_log(config, dir, dispatcher, chosen, first_offset)?;
         match chosen {
             Some(offset) if log.next_offset() < offset => {
                 // Only a log cut at a corrupt record ends before a snapshot: start over below.
@@ -101,16 +102,17 @@ pub(super) fn recover(
 }
 
 /// Replays the log into `dispatcher`: from the snapshot's offset if one was restored, else
-/// all of it.
+/// all of it. An empty log starts at `first_offset` (a region's first id).
 fn replay_log(
     config: &Config,
     dir: &Path,
     dispatcher: &mut Dispatcher,
     snapshot: Option<u64>,
+    first_offset: u64,
 ) -> Result<(EventLog, RecoveryReport), LogError> {
     let mut first = snapshot.is_none();
     let from = snapshot.unwrap_or(0);
-    let (log, report) = EventLog::open_from(&config.log, dir, from, |event| {
+    let (log, report) = EventLog::open_from(&config.log, dir, from, first_offset, |event| {
         if std::mem::take(&mut first) {
             // Retention may have deleted the oldest segments.
             dispatcher

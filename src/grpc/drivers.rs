@@ -13,7 +13,7 @@ use super::follow::{Source, Step, follow};
 use super::status;
 use crate::config::Config;
 use crate::domain::{ExternalId, LatLng};
-use crate::engine::{Engine, GoOnline, TripAction};
+use crate::engine::{Engine, GoOnline, LocationOutcome, TripAction};
 use crate::events::{EventKind, OfferCancelReason, RouteKey, Router};
 use crate::pb::{self, driver_notice::Notice, driver_service_server::DriverService};
 use crate::telemetry::Metrics;
@@ -65,9 +65,10 @@ impl DriverApi {
     }
 }
 
-/// Running totals of one ReportLocations stream.
+/// Running totals of one ReportLocations stream (also kept by the region router, which
+/// splits each batch over the regions' engines).
 #[derive(Default)]
-struct Summary {
+pub(crate) struct Summary {
     metrics: Option<Arc<Metrics>>,
     batches: u64,
     accepted: u64,
@@ -76,6 +77,73 @@ struct Summary {
 }
 
 impl Summary {
+    pub(crate) fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        Summary {
+            metrics,
+            ..Summary::default()
+        }
+    }
+
+    /// Counts a batch and returns its valid updates; the invalid ones (or the whole batch when
+    /// it is over `max` updates) are counted as rejected.
+    pub(crate) fn validate(
+        &mut self,
+        batch: pb::LocationBatch,
+        max: usize,
+    ) -> Vec<(String, LatLng)> {
+        use pb::LocationRejection as R;
+        self.batches += 1;
+        let len = batch.updates.len();
+        if len > max {
+            self.reject(R::BatchTooLarge, len as u64, || {
+                format!(
+                    "a LocationBatch of {len} updates was refused whole: the limit is {max} \
+                     updates per batch; split it"
+                )
+            });
+            return Vec::new();
+        }
+        let mut valid = Vec::with_capacity(batch.updates.len());
+        for update in batch.updates {
+            if !is_valid_id(&update.driver_id) {
+                self.reject(R::InvalidDriverId, 1, || {
+                    format!("{:?}: invalid driver_id", update.driver_id)
+                });
+                continue;
+            }
+            match update.location.map(|l| LatLng::new(l.lat_deg, l.lng_deg)) {
+                Some(Ok(position)) => valid.push((update.driver_id, position)),
+                Some(Err(e)) => self.reject(R::InvalidCoordinates, 1, || {
+                    format!("{}: {e}", update.driver_id)
+                }),
+                None => self.reject(R::InvalidCoordinates, 1, || {
+                    format!("{}: location is required", update.driver_id)
+                }),
+            }
+        }
+        valid
+    }
+
+    /// Counts what the engine made of `count` valid updates (`None`: the batch was shed).
+    pub(crate) fn count(&mut self, outcome: Option<LocationOutcome>, count: u64) {
+        use pb::LocationRejection as R;
+        match outcome {
+            Some(outcome) => {
+                self.accepted += outcome.accepted;
+                let mut examples = outcome.examples.into_iter();
+                self.reject(R::UnknownDriver, outcome.unknown_driver, || {
+                    examples.next().unwrap_or_default()
+                });
+                self.reject(R::DriverOffline, outcome.driver_offline, || {
+                    examples.next().unwrap_or_default()
+                });
+            }
+            None => self.reject(R::Shed, count, || {
+                format!("a batch of {count} updates was shed: the engine is overloaded")
+            }),
+        }
+    }
+
     fn reject(
         &mut self,
         reason: pb::LocationRejection,
@@ -94,7 +162,7 @@ impl Summary {
         }
     }
 
-    fn into_pb(self, max_batch_updates: usize) -> pb::LocationSummary {
+    pub(crate) fn into_pb(self, max_batch_updates: usize) -> pb::LocationSummary {
         pb::LocationSummary {
             max_batch_updates: u64::try_from(max_batch_updates).unwrap_or(u64::MAX),
             batches: self.batches,
@@ -163,64 +231,17 @@ impl DriverService for DriverApi {
         &self,
         request: Request<Streaming<pb::LocationBatch>>,
     ) -> Result<Response<pb::LocationSummary>, Status> {
-        use pb::LocationRejection as R;
         let mut stream = request.into_inner();
-        let mut summary = Summary {
-            metrics: self.metrics.clone(),
-            ..Summary::default()
-        };
+        let mut summary = Summary::new(self.metrics.clone());
         let max = self.config.limits.max_batch_updates;
         while let Some(batch) = stream.message().await? {
-            summary.batches += 1;
-            // Refused whole, not cut to the limit: which updates to keep would be a guess, and
-            // the proto promises bad input does not end the stream.
-            let len = batch.updates.len();
-            if len > max {
-                summary.reject(R::BatchTooLarge, len as u64, || {
-                    format!(
-                        "a LocationBatch of {len} updates was refused whole: the limit is {max} \
-                         updates per batch; split it"
-                    )
-                });
-                continue;
-            }
-            let mut valid = Vec::with_capacity(batch.updates.len());
-            for update in batch.updates {
-                if !is_valid_id(&update.driver_id) {
-                    summary.reject(R::InvalidDriverId, 1, || {
-                        format!("{:?}: invalid driver_id", update.driver_id)
-                    });
-                    continue;
-                }
-                match update.location.map(|l| LatLng::new(l.lat_deg, l.lng_deg)) {
-                    Some(Ok(position)) => valid.push((update.driver_id, position)),
-                    Some(Err(e)) => summary.reject(R::InvalidCoordinates, 1, || {
-                        format!("{}: {e}", update.driver_id)
-                    }),
-                    None => summary.reject(R::InvalidCoordinates, 1, || {
-                        format!("{}: location is required", update.driver_id)
-                    }),
-                }
-            }
+            let valid = summary.validate(batch, max);
             if valid.is_empty() {
                 continue;
             }
             let count = valid.len() as u64;
-            match self.engine.apply_locations(valid).await.map_err(status)? {
-                Some(outcome) => {
-                    summary.accepted += outcome.accepted;
-                    let mut examples = outcome.examples.into_iter();
-                    summary.reject(R::UnknownDriver, outcome.unknown_driver, || {
-                        examples.next().unwrap_or_default()
-                    });
-                    summary.reject(R::DriverOffline, outcome.driver_offline, || {
-                        examples.next().unwrap_or_default()
-                    });
-                }
-                None => summary.reject(R::Shed, count, || {
-                    format!("a batch of {count} updates was shed: the engine is overloaded")
-                }),
-            }
+            let outcome = self.engine.apply_locations(valid).await.map_err(status)?;
+            summary.count(outcome, count);
         }
         Ok(Response::new(summary.into_pb(max)))
     }

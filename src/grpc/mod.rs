@@ -8,7 +8,7 @@
 //! edge metrics) in front of all of them.
 
 pub(crate) mod auth;
-mod convert;
+pub(crate) mod convert;
 pub(crate) mod drivers;
 pub(crate) mod edge;
 pub(crate) mod events;

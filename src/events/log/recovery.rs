@@ -31,16 +31,18 @@ impl EventLog {
         data_dir: &Path,
         replay: impl FnMut(Event) -> Result<(), String>,
     ) -> Result<(EventLog, RecoveryReport), LogError> {
-        EventLog::open_from(config, data_dir, 0, replay)
+        EventLog::open_from(config, data_dir, 0, 0, replay)
     }
 
     /// As [`EventLog::open`], but replays only the events from offset `from` on (recovery
     /// from a snapshot): segments that end before it are not even read, so their records are
-    /// not verified either.
+    /// not verified either. An empty log starts at `first_offset` (a region's first id, see
+    /// `cluster::regions`).
     pub fn open_from(
         config: &LogConfig,
         data_dir: &Path,
         from: u64,
+        first_offset: u64,
         mut replay: impl FnMut(Event) -> Result<(), String>,
     ) -> Result<(EventLog, RecoveryReport), LogError> {
         let dir = events_dir(data_dir);
@@ -156,7 +158,7 @@ impl EventLog {
             i += 1;
         }
 
-        let next_offset = next_offset.unwrap_or(0);
+        let next_offset = next_offset.unwrap_or(first_offset);
         Ok((
             EventLog::resume(dir, config, segments, next_offset)?,
             report,
