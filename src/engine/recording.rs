@@ -114,26 +114,9 @@ impl Recorder {
                 trip: *trip,
                 rider: rider.clone(),
             },
-            Command::Nearby {
-                center,
-                radius_m,
-                limit,
-                class,
-                ..
-            } => Input::Nearby {
-                center: *center,
-                radius_m: *radius_m,
-                limit: (*limit).min(u32::MAX as usize) as u32,
-                class: *class,
-            },
-            Command::Surge(point, class, _) => Input::Surge {
-                point: *point,
-                class: *class,
-            },
             // Fires due deadlines at `now`, as every command does first.
             Command::Tick(_) => Input::Fire,
             Command::GetTrip(..)
-            | Command::GetDriver(..)
             | Command::Stats(_)
             | Command::PendingOffers(..) => return,
         };
