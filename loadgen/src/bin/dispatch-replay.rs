@@ -104,10 +104,10 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         _ => 0,
     };
     println!(
-        "{} requests, {} inputs over {:.1} h of engine time; {} variant(s) x {} seed(s)",
+        "{} requests, {} inputs over {:.0} s of engine time; {} variant(s) x {} seed(s)",
         src.requests,
         src.inputs.len(),
-        span_ms as f64 / 3.6e6,
+        span_ms as f64 / 1000.0,
         variants.len(),
         args.seeds.max(1)
     );
