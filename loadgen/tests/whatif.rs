@@ -108,6 +108,29 @@ async fn a_recorded_journal_replays_under_other_configs() {
     assert_eq!(runs[1].runs[0].total.no_drivers, 10);
     let table = whatif::report::table(&runs);
     assert!(table.contains("near - recorded"), "{table}");
+    let report = whatif::report::json(&runs, serde_json::Map::new());
+    for (i, name) in ["recorded", "near"].iter().enumerate() {
+        let v = &report["variants"][i];
+        assert_eq!(v["name"], *name);
+        for key in [
+            "match_rate",
+            "mean_pickup_eta_s",
+            "mean_time_to_offer_ms",
+            "driver_trips_gini",
+        ] {
+            assert!(v[key].is_number(), "variants[{i}].{key} in {v}");
+        }
+        assert_eq!(v["hours"].as_array().map(Vec::len), Some(24));
+    }
+    assert_eq!(report["variants"][1]["match_rate"], 0.0);
+    assert_eq!(report["differences"][0]["match_rate"]["mean"], -1.0);
+    let charts = whatif::report::svg(&dir.path().join("plots"), &runs).unwrap();
+    assert_eq!(charts.len(), whatif::report::METRICS.len());
+    let svg = std::fs::read_to_string(&charts[1]).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("near"),
+        "a chart with a legend"
+    );
 }
 
 #[test]

@@ -13,8 +13,8 @@
 //! that start with an 8-byte magic and hold records in the event log's framing
 //! (`[len u32][crc32][postcard payload]`, `events::log::record`), one [`Entry`] each.
 //! Retention deletes the oldest whole segments beyond `record.retention_bytes`. Location reports
-//! are conflated to at most one per driver per `record.location_interval` (0: all kept, as the
-//! exact-replay check needs). [`reader`] reads a journal back, naming the segment and byte of a
+//! can be conflated to at most one per driver per `record.location_interval` (the default 0
+//! keeps all, as the exact-replay check needs). [`reader`] reads a journal back, naming the segment and byte of a
 //! corrupt or truncated record.
 
 pub mod reader;
@@ -42,7 +42,8 @@ pub struct RecordConfig {
     /// Journal directory; unset: `<log.data_dir>/inputs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
-    /// At most one location report per driver per this long is kept; 0 keeps all.
+    /// At most one location report per driver per this long is kept; 0 (the default) keeps
+    /// all, which an exact replay needs (a conflated journal replays approximately).
     #[serde(with = "humantime_serde")]
     pub location_interval: Duration,
     /// A segment is closed and a new one started past this size, bytes.
@@ -58,7 +59,7 @@ impl Default for RecordConfig {
         RecordConfig {
             enabled: false,
             dir: None,
-            location_interval: Duration::from_secs(4),
+            location_interval: Duration::ZERO,
             segment_bytes: 64 << 20,
             retention_bytes: 4 << 30,
             queue: 65_536,
