@@ -73,7 +73,7 @@ pub struct Config {
     /// Concurrent query clients (nearby mode) or location streams (ingest mode).
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
-    /// Location updates per batch in ingest mode.
+    /// Location updates per batch in ingest mode; in city mode, the most one batch carries.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
     /// Mean minutes a driver stays online before going offline for a while (city mode);

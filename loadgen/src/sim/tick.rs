@@ -177,14 +177,19 @@ impl Sim {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let mut batches: Vec<Vec<pb::LocationUpdate>> = (0..g)
-            .map(|_| Vec::with_capacity(due.len() / g + 1))
+        // At most `--batch-size` updates per message: a metro's burst (1M drivers over a few
+        // gateways) would otherwise exceed the server's message and batch limits.
+        let chunk = self.cfg.batch_size.max(1);
+        let mut open: Vec<Vec<pb::LocationUpdate>> = (0..g)
+            .map(|_| Vec::with_capacity((due.len() / g + 1).min(chunk)))
             .collect();
+        let mut batches: Vec<(usize, Vec<pb::LocationUpdate>)> = Vec::new();
         for &i in due.iter() {
             let i = i as usize;
             let p = self.fleet.position(&self.city, i, t_s);
             let (lat, lng) = self.city.to_lat_lng(p);
-            batches[i % self.cfg.gateways % g].push(pb::LocationUpdate {
+            let k = i % self.cfg.gateways % g;
+            open[k].push(pb::LocationUpdate {
                 driver_id: self.driver_ids[i].clone(),
                 location: Some(pb::LatLng {
                     lat_deg: lat,
@@ -192,11 +197,15 @@ impl Sim {
                 }),
                 recorded_at_ms,
             });
-        }
-        for (k, updates) in batches.into_iter().enumerate() {
-            if updates.is_empty() {
-                continue;
+            if open[k].len() >= chunk {
+                batches.push((
+                    k,
+                    std::mem::replace(&mut open[k], Vec::with_capacity(chunk)),
+                ));
             }
+        }
+        batches.extend(open.into_iter().enumerate().filter(|(_, u)| !u.is_empty()));
+        for (k, updates) in batches {
             let n = updates.len() as u64;
             match self.locations[k].try_send(pb::LocationBatch { updates }) {
                 Ok(()) => self.report.location_updates_sent += n,
