@@ -76,6 +76,8 @@ struct Inner {
     thread: Mutex<Option<JoinHandle<()>>>,
     log_dir: Option<std::path::PathBuf>,
     view: tokio::sync::watch::Receiver<Arc<MapView>>,
+    /// Set while the view is not being published (nobody watches).
+    view_stale: Arc<std::sync::atomic::AtomicBool>,
     reads: reads::ReadView,
     started_at_ms: u64,
     recovered_from: Option<u64>,
@@ -136,7 +138,7 @@ impl Engine {
                 (Sink::Log(writer), schedule)
             }
         };
-        let (view, view_rx) = map_view::ViewPublisher::new();
+        let (view, view_rx, view_stale) = map_view::ViewPublisher::new();
         let (reads, read_publisher) = reads::ReadView::new(config, &dispatcher, clock.clone());
         let started_at_ms = clock.now_ms();
         let recorder = recording::Recorder::start(config, dispatcher.next_offset(), started_at_ms)?;
@@ -170,6 +172,7 @@ impl Engine {
                 thread: Mutex::new(Some(thread)),
                 log_dir,
                 view: view_rx,
+                view_stale,
                 reads,
                 started_at_ms,
                 recovered_from,
@@ -219,9 +222,16 @@ impl Engine {
     }
 
     /// The map view the dispatcher publishes every [`map_view::VIEW_INTERVAL_MS`] of engine
-    /// time; clone it per viewer (reading it never reaches the dispatcher).
+    /// time while someone holds a receiver; clone it per viewer (reading it never reaches the
+    /// dispatcher).
     pub fn map_view(&self) -> tokio::sync::watch::Receiver<Arc<MapView>> {
         self.inner.view.clone()
+    }
+
+    /// The latest map view, fresh: when nobody was watching (so none was built), waits up to
+    /// a second for the one the dispatcher builds now that somebody is.
+    pub async fn fresh_map_view(&self) -> Arc<MapView> {
+        map_view::fresh(&self.inner.view, &self.inner.view_stale).await
     }
 
     /// Shed counters.

@@ -116,9 +116,7 @@ impl Recorder {
             },
             // Fires due deadlines at `now`, as every command does first.
             Command::Tick(_) => Input::Fire,
-            Command::GetTrip(..)
-            | Command::Stats(_)
-            | Command::PendingOffers(..) => return,
+            Command::GetTrip(..) | Command::Stats(_) | Command::PendingOffers(..) => return,
         };
         self.writer.record(now_ms, input);
     }

@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::engine::{Engine, MapView};
+use crate::engine::Engine;
 use crate::grpc::auth::Authenticator;
 use crate::telemetry::{self, Format, Metrics};
 
@@ -41,7 +41,6 @@ struct Shared {
     engine: Engine,
     metrics: Arc<Metrics>,
     auth: Authenticator,
-    view: watch::Receiver<Arc<MapView>>,
     trips: trips::Follower,
     snapshots: snapshot::Cache,
     /// Flips to true when the server starts draining; open event streams end then.
@@ -62,7 +61,6 @@ pub(crate) async fn serve(
     let (draining_tx, draining) = watch::channel(false);
     let (trips, follower_task) = trips::Follower::spawn(engine.bus().clone());
     let state = Arc::new(Shared {
-        view: engine.map_view(),
         engine,
         metrics,
         auth: Authenticator::new(&config.auth),

@@ -139,7 +139,7 @@ pub(super) async fn snapshot(
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let query = parse_query(&params.map_err(unreadable)?.0)?;
-    let view = s.view.borrow().clone();
+    let view = s.engine.fresh_map_view().await;
     let id = Arc::as_ptr(&view) as usize;
     let (cached, tiles) = {
         let mut c = s.snapshots.inner.lock();

@@ -25,7 +25,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub(super) async fn stream(
     State(s): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let ticks = WatchStream::from_changes(s.view.clone()).map(|view| {
+    let ticks = WatchStream::from_changes(s.engine.map_view()).map(|view| {
         let data = serde_json::json!({
             "at_ms": view.at_ms,
             "offset": view.offset,
