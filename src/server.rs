@@ -66,7 +66,7 @@ pub async fn run(
             index::default_index(),
             Arc::new(SystemClock),
         )?],
-        None => crate::cluster::start_engines(&config, &regions)?,
+        None => crate::cluster::start_engines(&config, &regions).await?,
     };
     // The HTTP side (live map) shows the first engine: not yet region-aware.
     let engine = engines[0].clone();

@@ -44,6 +44,7 @@ pub use dispatcher::{Dispatcher, GoOnline, LocationRejection, TripAction, TripRe
 pub use records::{Driver, DriverStatus, NearbyDriver, Stats, Trip};
 use runner::{Runner, Sink};
 pub use state::DispatchState;
+pub use writer::CommitLog;
 
 /// Most commands executed before their events are committed and their replies sent.
 const GROUP_MAX: usize = 512;
@@ -98,6 +99,33 @@ impl Engine {
         let mut dispatcher = Dispatcher::new(config, index, first_offset);
         let log = recovery::recover(config, &mut dispatcher, &*clock, first_offset)?;
         let log_dir = log.as_ref().map(|l| l.dir().to_path_buf());
+        let log = log.map(|l| Box::new(l) as Box<dyn CommitLog>);
+        Ok(Engine::run(config, dispatcher, log, log_dir, clock))
+    }
+
+    /// [`Engine::start_at`] on another log (a region's JetStream stream in cluster mode): the
+    /// state is rebuilt from `history` (that log's events, in order), then every command
+    /// group is committed to `log` before its replies go out.
+    pub fn start_on_log(
+        config: &Config,
+        index: Box<dyn SpatialIndex>,
+        clock: Arc<dyn Clock>,
+        first_offset: u64,
+        log: Box<dyn CommitLog>,
+        history: &[crate::events::Event],
+    ) -> Result<Engine, LogError> {
+        let mut dispatcher = Dispatcher::new(config, index, first_offset);
+        recovery::replay_history(&mut dispatcher, history, &*clock)?;
+        Ok(Engine::run(config, dispatcher, Some(log), None, clock))
+    }
+
+    fn run(
+        config: &Config,
+        dispatcher: Dispatcher,
+        log: Option<Box<dyn CommitLog>>,
+        log_dir: Option<std::path::PathBuf>,
+        clock: Arc<dyn Clock>,
+    ) -> Engine {
         let bus = Arc::new(EventBus::new(
             config.limits.event_buffer,
             dispatcher.next_offset(),
@@ -134,7 +162,7 @@ impl Engine {
             .name("dispatcher".into())
             .spawn(move || runner.run())
             .expect("spawning the dispatcher thread needs only memory");
-        Ok(Engine {
+        Engine {
             inner: Arc::new(Inner {
                 control_tx,
                 location_tx,
@@ -146,7 +174,7 @@ impl Engine {
                 view: view_rx,
                 started_at_ms,
             }),
-        })
+        }
     }
 
     /// Where the durable event log's segments are, if the engine has one.

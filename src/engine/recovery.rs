@@ -9,7 +9,7 @@
 use super::dispatcher::Dispatcher;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::events::{EventLog, LogError};
+use crate::events::{Event, EventLog, LogError};
 
 /// Opens the log in `config.log.data_dir` (if any) and replays it into `dispatcher`.
 pub(super) fn recover(
@@ -48,4 +48,25 @@ pub(super) fn recover(
     );
     dispatcher.finish_recovery(clock.now_ms());
     Ok(Some(log))
+}
+
+/// Replays a history read from elsewhere (a region's JetStream stream) into a fresh
+/// `dispatcher`, in order, then finishes recovery as for the local log.
+pub(super) fn replay_history(
+    dispatcher: &mut Dispatcher,
+    history: &[Event],
+    clock: &dyn Clock,
+) -> Result<(), LogError> {
+    for (i, event) in history.iter().enumerate() {
+        let failed = |e: crate::error::Error| LogError::Replay {
+            offset: event.offset,
+            why: e.to_string(),
+        };
+        if i == 0 {
+            dispatcher.resume_at(event.offset).map_err(failed)?;
+        }
+        dispatcher.replay(event).map_err(failed)?;
+    }
+    dispatcher.finish_recovery(clock.now_ms());
+    Ok(())
 }

@@ -16,6 +16,36 @@ use crossbeam_channel::{Receiver, Sender};
 use super::Deferred;
 use crate::events::{Event, EventBus, EventLog};
 
+/// What the writer commits to: the local segment log, or (cluster mode) a region's JetStream
+/// stream. The one seam between the engine and the kind of log it has.
+pub trait CommitLog: Send + 'static {
+    /// Appends `events` and makes them durable. An error stops the engine: the log failed,
+    /// or (a stream) another owner appended, so this process has lost the region.
+    fn commit_events(&mut self, events: &[Event]) -> Result<(), String>;
+    /// History before `keep_from` is no longer needed to rebuild the state (default: kept).
+    fn retain_from(&mut self, _keep_from: u64) {}
+}
+
+impl CommitLog for EventLog {
+    fn commit_events(&mut self, events: &[Event]) -> Result<(), String> {
+        self.append(events)
+            .and_then(|()| self.commit())
+            .map_err(|e| e.to_string())
+    }
+
+    fn retain_from(&mut self, keep_from: u64) {
+        match self.enforce_retention(keep_from) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                segments = n,
+                first_offset = self.first_offset(),
+                "event log retention"
+            ),
+            Err(e) => tracing::warn!(error = %e, "event log retention failed"),
+        }
+    }
+}
+
 /// Groups waiting for the writer before the dispatcher is held back.
 const QUEUE: usize = 1024;
 /// Most groups merged into one fsync.
@@ -35,7 +65,7 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the writer thread owning `log`.
-    pub(super) fn start(log: EventLog, bus: Arc<EventBus>) -> Writer {
+    pub(super) fn start(log: Box<dyn CommitLog>, bus: Arc<EventBus>) -> Writer {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let thread = std::thread::Builder::new()
             .name("event-log".into())
@@ -62,7 +92,7 @@ impl Writer {
     }
 }
 
-fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>) {
+fn run(mut log: Box<dyn CommitLog>, bus: Arc<EventBus>, rx: Receiver<Job>) {
     let mut events = Vec::new();
     let mut replies: Vec<Deferred> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -82,7 +112,7 @@ fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>) {
             }
         }
         if !events.is_empty() {
-            if let Err(e) = log.append(&events).and_then(|()| log.commit()) {
+            if let Err(e) = log.commit_events(&events) {
                 tracing::error!(error = %e, "event log write failed; the engine stops");
                 bus.close();
                 return;
@@ -93,15 +123,7 @@ fn run(mut log: EventLog, bus: Arc<EventBus>, rx: Receiver<Job>) {
             reply();
         }
         if let Some(keep_from) = retain {
-            match log.enforce_retention(keep_from) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    segments = n,
-                    first_offset = log.first_offset(),
-                    "event log retention"
-                ),
-                Err(e) => tracing::warn!(error = %e, "event log retention failed"),
-            }
+            log.retain_from(keep_from);
         }
     }
     bus.close();
