@@ -14,6 +14,12 @@ pub struct ClusterConfig {
     pub nats_url: Option<String>,
     /// Copies JetStream keeps of each region's stream (3 on a 3-node cluster; 1 on one node).
     pub stream_replicas: usize,
+    /// A region lease lapses this long after its owner's last renewal; renewed every third of
+    /// it, and an owner stops writing after two thirds without a renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: std::time::Duration,
+    /// This process's name in the leases; empty: `<listen address>-<pid>`.
+    pub owner: String,
 }
 
 impl Default for ClusterConfig {
@@ -21,6 +27,8 @@ impl Default for ClusterConfig {
         ClusterConfig {
             nats_url: None,
             stream_replicas: 3,
+            lease_ttl: std::time::Duration::from_secs(3),
+            owner: String::new(),
         }
     }
 }
@@ -39,6 +47,12 @@ impl ClusterConfig {
             return Err(format!(
                 "`cluster.stream_replicas` must be within 1..=5 (JetStream's limit), got {}",
                 self.stream_replicas
+            ));
+        }
+        if self.lease_ttl < std::time::Duration::from_millis(600) {
+            return Err(format!(
+                "`cluster.lease_ttl` must be at least 600ms (renewed every third of it), got {:?}",
+                self.lease_ttl
             ));
         }
         Ok(())

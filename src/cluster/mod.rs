@@ -7,13 +7,16 @@
 //!   point, trip or offer belongs to. `route_drivers` and `route_queries` implement the
 //!   services by handing each call to that region's ordinary service (`grpc`).
 //!
-//! - `stream_log`: cluster mode's log, a JetStream stream per region with fenced appends.
+//! - `stream_log`: cluster mode's log, a JetStream stream per region with fenced appends;
+//!   `lease`: who may write a region, a renewed key per region in a JetStream KV bucket.
 //!
 //! Without any `[[regions]]` configured none of this runs: the server serves one engine exactly
-//! as before. With `cluster.nats_url` the regions' logs are JetStream streams;
-//! leases, takeover and forwarding between processes are not built yet.
+//! as before. With `cluster.nats_url` the regions' logs are JetStream streams,
+//! written only under a lease; a standby process waits for the leases and takes over when they
+//! are handed over or lapse. Forwarding calls between processes is not built yet.
 
 pub mod config;
+mod lease;
 pub mod regions;
 mod route_drivers;
 mod route_queries;
@@ -31,13 +34,47 @@ use regions::RegionMap;
 /// Starts one engine per region on the system clock. In cluster mode (`cluster.nats_url`)
 /// each replays and then commits to its JetStream stream; otherwise each recovers its own
 /// local log from `<data_dir>/regions/<name>` when the log is on.
-pub(crate) async fn start_engines(config: &Config, map: &RegionMap) -> Result<Vec<Engine>, String> {
-    let js = match &config.cluster.nats_url {
+///
+/// In cluster mode each region is served only once its lease is ours (a standby waits here);
+/// the returned [`Leases`] renew them and hand them over on [`Leases::release`].
+pub(crate) async fn start_engines(
+    config: &Config,
+    map: &RegionMap,
+) -> Result<(Vec<Engine>, Option<Leases>), String> {
+    let cluster = &config.cluster;
+    let js = match &cluster.nats_url {
         Some(url) => Some(connect(url).await?),
+        None => None,
+    };
+    let mut leases = match &js {
+        Some(js) => Some(Leases {
+            store: lease::bucket(js, cluster.lease_ttl, cluster.stream_replicas).await?,
+            owner: if cluster.owner.is_empty() {
+                format!("{}-{}", config.listen, std::process::id())
+            } else {
+                cluster.owner.clone()
+            },
+            regions: Vec::new(),
+            keepers: Vec::new(),
+        }),
         None => None,
     };
     let mut engines = Vec::with_capacity(map.regions().len());
     for region in map.regions() {
+        let slot = Arc::new(std::sync::OnceLock::new());
+        if let Some(leases) = &mut leases {
+            let lease = lease::Lease::acquire(
+                &leases.store,
+                &region.name,
+                &leases.owner,
+                cluster.lease_ttl,
+            )
+            .await;
+            leases.regions.push(region.name.clone());
+            leases
+                .keepers
+                .push(tokio::spawn(lease.keep(cluster.lease_ttl, slot.clone())));
+        }
         let mut own = config.clone();
         own.log.data_dir = config
             .log
@@ -70,9 +107,30 @@ pub(crate) async fn start_engines(config: &Config, map: &RegionMap) -> Result<Ve
             log = if js.is_some() { "jetstream" } else { "local" },
             "region engine started"
         );
+        let _ = slot.set(engine.clone());
         engines.push(engine);
     }
-    Ok(engines)
+    Ok((engines, leases))
+}
+
+/// The region leases this process holds, renewed by one task each.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    store: async_nats::jetstream::kv::Store,
+    owner: String,
+    regions: Vec<String>,
+    keepers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Leases {
+    /// Stops renewing and deletes the leases, so standbys take the regions at once. Call once
+    /// the engines have stopped (everything acknowledged is in the streams).
+    pub(crate) async fn release(self) {
+        for keeper in &self.keepers {
+            keeper.abort();
+        }
+        lease::release(&self.store, &self.regions, &self.owner).await;
+    }
 }
 
 /// A JetStream context on the comma-separated NATS servers `urls`.
