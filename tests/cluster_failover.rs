@@ -4,7 +4,8 @@
 //!   every acknowledged trip in its acknowledged state;
 //! - no driver holds two live trips;
 //! - an owner resumed after its lease lapsed writes nothing more: its calls fail, and the
-//!   streams hold only what the new owner wrote since.
+//!   streams hold only what the new owner wrote since;
+//! - an owner stopped with SIGTERM hands its leases over (deletes them) on its way out.
 //!
 //! `CLUSTER_TEST_LOGS=1` shows the processes' logs (stderr) when a run needs explaining.
 
@@ -258,4 +259,22 @@ async fn a_standby_takes_over_after_kill_and_pause_and_the_old_owner_writes_noth
     assert_eq!(before, after, "the old owner appended after the takeover");
     check_acked(&third, &acked).await;
     drop(paused);
+
+    // SIGTERM: the owner drains and hands its leases over (deletes them) instead of letting
+    // them lapse.
+    let mut third = third;
+    signal(&third.pid(), "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), third.child.wait())
+        .await
+        .expect("dispatchd exits within 30 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let leases = js.get_key_value("dispatch_leases").await.unwrap();
+    for region in ["west", "east"] {
+        assert_eq!(
+            leases.get(region).await.unwrap(),
+            None,
+            "{region} still leased"
+        );
+    }
 }
