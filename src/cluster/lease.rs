@@ -99,13 +99,19 @@ impl Lease {
         }
     }
 
-    /// Rewrites the lease, conditional on the revision we hold.
-    async fn renew(&mut self) -> Result<(), String> {
+    /// Rewrites the lease, conditional on the revision we hold. `Err(true)`: someone else
+    /// holds it now; `Err(false)`: the renewal failed otherwise (it may work next time).
+    async fn renew(&mut self) -> Result<(), (bool, String)> {
         let revision = self
             .store
             .update(&self.region, Bytes::from(self.owner.clone()), self.revision)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                (
+                    e.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                    e.to_string(),
+                )
+            })?;
         self.revision = revision;
         Ok(())
     }
@@ -118,12 +124,21 @@ impl Lease {
         loop {
             tokio::time::sleep(ttl / 3).await;
             let attempt = tokio::time::timeout(ttl / 3, self.renew()).await;
-            match attempt {
-                Ok(Ok(())) => renewed_at = Instant::now(),
-                Ok(Err(why)) => tracing::warn!(region = %self.region, %why, "lease renewal failed"),
-                Err(_) => tracing::warn!(region = %self.region, "lease renewal timed out"),
-            }
-            if renewed_at.elapsed() >= deadline_after {
+            let taken = match attempt {
+                Ok(Ok(())) => {
+                    renewed_at = Instant::now();
+                    false
+                }
+                Ok(Err((taken, why))) => {
+                    tracing::warn!(region = %self.region, %why, "lease renewal failed");
+                    taken
+                }
+                Err(_) => {
+                    tracing::warn!(region = %self.region, "lease renewal timed out");
+                    false
+                }
+            };
+            if taken || renewed_at.elapsed() >= deadline_after {
                 tracing::error!(
                     region = %self.region,
                     "region lost: its lease could not be renewed in time; this process stops serving it"
