@@ -48,6 +48,8 @@ pub struct Config {
     /// Named region polygons (`[[regions]]`); none means one implicit region, as before.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub regions: Vec<crate::cluster::regions::RegionConfig>,
+    /// Cluster mode: region logs on NATS JetStream (off unless `cluster.nats_url` is set).
+    pub cluster: crate::cluster::config::ClusterConfig,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             log: LogConfig::default(),
             record: RecordConfig::default(),
             regions: Vec::new(),
+            cluster: Default::default(),
         }
     }
 }
@@ -287,6 +290,7 @@ impl Config {
             }
         }
         crate::cluster::regions::RegionMap::from_config(&self.regions)?;
+        self.cluster.validate(self.regions.len())?;
         let d = &self.dispatch;
         let positive = |x: f64| x.is_finite() && x > 0.0;
         d.validate()

@@ -40,8 +40,9 @@
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
 //! - [`http`]: axum on the HTTP address: `/metrics`, the operator's live map and its JSON/SSE
 //!   API, read from the map view the dispatcher publishes (viewers never enter its queue).
-//! - [`cluster`]: regions (named polygons, `geo`), one engine per region in one process, and
-//!   the router sending each call to its region's services.
+//! - [`cluster`]: regions (named polygons, `geo`), one engine per region in one process, the
+//!   router sending each call to its region's services, and cluster mode: region logs on NATS
+//!   JetStream with fenced appends, region leases in a JetStream KV bucket, standby takeover.
 //! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,
 //!   TLS, metrics and graceful drain.
 //!

@@ -58,15 +58,18 @@ pub async fn run(
     crate::eta::from_config(&config)?;
     // With regions: one engine per region (see `cluster`); without: the one engine, as ever.
     let regions = RegionMap::from_config(&config.regions)?;
-    let engines = match options.engine {
-        Some(engine) if regions.is_empty() => vec![engine],
+    let (engines, leases) = match options.engine {
+        Some(engine) if regions.is_empty() => (vec![engine], None),
         Some(_) => return Err("RunOptions::engine cannot be combined with [[regions]]".into()),
-        None if regions.is_empty() => vec![Engine::start(
-            &config,
-            index::default_index(),
-            Arc::new(SystemClock),
-        )?],
-        None => crate::cluster::start_engines(&config, &regions)?,
+        None if regions.is_empty() => (
+            vec![Engine::start(
+                &config,
+                index::default_index(),
+                Arc::new(SystemClock),
+            )?],
+            None,
+        ),
+        None => crate::cluster::start_engines(&config, &regions).await?,
     };
     // The HTTP side (live map) shows the first engine: not yet region-aware.
     let engine = engines[0].clone();
@@ -206,6 +209,10 @@ pub async fn run(
     };
 
     tokio::task::spawn_blocking(move || engines.iter().for_each(Engine::shutdown)).await?;
+    // Cluster mode: everything acknowledged is in the streams; hand the regions over.
+    if let Some(leases) = leases {
+        leases.release().await;
+    }
     // The dispatcher has stopped. Its event log committed (and, per `log.fsync`, synced) every
     // group of events before their replies went out, so nothing is left to flush; anything
     // else that buffers writes would flush here, before the process exits.

@@ -53,6 +53,7 @@ pub use dispatcher::{Dispatcher, GoOnline, LocationRejection, TripAction, TripRe
 pub use records::{Driver, DriverStatus, NearbyDriver, Stats, Trip};
 use runner::{Runner, Sink};
 pub use state::DispatchState;
+pub use writer::CommitLog;
 
 /// Most commands executed before their events are committed and their replies sent.
 const GROUP_MAX: usize = 512;
@@ -114,6 +115,35 @@ impl Engine {
         let recovered = recovery::recover(config, &mut dispatcher, &*clock, first_offset)?;
         let log_dir = recovered.as_ref().map(|r| r.log.dir().to_path_buf());
         let recovered_from = recovered.as_ref().and_then(|r| r.snapshot);
+        let log = recovered.map(|r| Box::new(r.log) as Box<dyn CommitLog>);
+        Engine::run(config, dispatcher, log, log_dir, recovered_from, clock)
+    }
+
+    /// [`Engine::start_at`] on another log (a region's JetStream stream in cluster mode): the
+    /// state is rebuilt from `history` (that log's events, in order), then every command
+    /// group is committed to `log` before its replies go out.
+    pub fn start_on_log(
+        config: &Config,
+        index: Box<dyn SpatialIndex>,
+        clock: Arc<dyn Clock>,
+        first_offset: u64,
+        log: Box<dyn CommitLog>,
+        history: &[crate::events::Event],
+    ) -> Result<Engine, LogError> {
+        let mut dispatcher = Dispatcher::new(config, index, first_offset);
+        recovery::replay_history(&mut dispatcher, history, &*clock)?;
+        // No snapshots of a stream's state yet: its history is replayed whole.
+        Engine::run(config, dispatcher, Some(log), None, None, clock)
+    }
+
+    fn run(
+        config: &Config,
+        dispatcher: Dispatcher,
+        log: Option<Box<dyn CommitLog>>,
+        log_dir: Option<std::path::PathBuf>,
+        recovered_from: Option<u64>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine, LogError> {
         let bus = Arc::new(EventBus::new(
             config.limits.event_buffer,
             dispatcher.next_offset(),
@@ -129,12 +159,20 @@ impl Engine {
             GROUP_MAX
         };
         let (failure_tx, log_failure) = tokio::sync::watch::channel(None);
-        let (sink, snapshots) = match recovered {
+        let (sink, snapshots) = match log {
             None => (Sink::Memory(bus.clone()), None),
-            Some(r) => {
-                let (snapshotter, schedule) =
-                    snapshot::start(config, r.snapshot, dispatcher.next_offset(), clock.now_ms());
-                let writer = writer::Writer::start(r.log, bus.clone(), snapshotter, failure_tx);
+            Some(log) => {
+                // Snapshots go beside a local log only.
+                let (snapshotter, schedule) = match log_dir {
+                    Some(_) => snapshot::start(
+                        config,
+                        recovered_from,
+                        dispatcher.next_offset(),
+                        clock.now_ms(),
+                    ),
+                    None => (None, None),
+                };
+                let writer = writer::Writer::start(log, bus.clone(), snapshotter, failure_tx);
                 (Sink::Log(writer), schedule)
             }
         };

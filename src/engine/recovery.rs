@@ -19,7 +19,7 @@ use super::snapshot::SnapshotStore;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::events::log::RecoveryReport;
-use crate::events::{EventLog, LogError};
+use crate::events::{Event, EventLog, LogError};
 
 /// What recovery opened and started from.
 #[derive(Debug)]
@@ -127,4 +127,25 @@ fn replay_log(
         let _ = dispatcher.resume_at(log.next_offset());
     }
     Ok((log, report))
+}
+
+/// Replays a history read from elsewhere (a region's JetStream stream) into a fresh
+/// `dispatcher`, in order, then finishes recovery as for the local log.
+pub(super) fn replay_history(
+    dispatcher: &mut Dispatcher,
+    history: &[Event],
+    clock: &dyn Clock,
+) -> Result<(), LogError> {
+    for (i, event) in history.iter().enumerate() {
+        let failed = |e: crate::error::Error| LogError::Replay {
+            offset: event.offset,
+            why: e.to_string(),
+        };
+        if i == 0 {
+            dispatcher.resume_at(event.offset).map_err(failed)?;
+        }
+        dispatcher.replay(event).map_err(failed)?;
+    }
+    dispatcher.finish_recovery(clock.now_ms());
+    Ok(())
 }

@@ -22,6 +22,36 @@ use super::snapshot::Snapshotter;
 use super::state::StateImage;
 use crate::events::{Event, EventBus, EventLog};
 
+/// What the writer commits to: the local segment log, or (cluster mode) a region's JetStream
+/// stream. The one seam between the engine and the kind of log it has.
+pub trait CommitLog: Send + 'static {
+    /// Appends `events` and makes them durable. An error stops the engine: the log failed,
+    /// or (a stream) another owner appended, so this process has lost the region.
+    fn commit_events(&mut self, events: &[Event]) -> Result<(), String>;
+    /// History before `keep_from` is no longer needed to rebuild the state (default: kept).
+    fn retain_from(&mut self, _keep_from: u64) {}
+}
+
+impl CommitLog for EventLog {
+    fn commit_events(&mut self, events: &[Event]) -> Result<(), String> {
+        self.append(events)
+            .and_then(|()| self.commit())
+            .map_err(|e| e.to_string())
+    }
+
+    fn retain_from(&mut self, keep_from: u64) {
+        match self.enforce_retention(keep_from) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                segments = n,
+                first_offset = self.first_offset(),
+                "event log retention"
+            ),
+            Err(e) => tracing::warn!(error = %e, "event log retention failed"),
+        }
+    }
+}
+
 /// Groups waiting for the writer before the dispatcher is held back.
 const QUEUE: usize = 1024;
 /// Most groups merged into one fsync.
@@ -44,7 +74,7 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer thread owning `log` (and the snapshot thread, if any).
     pub(super) fn start(
-        log: EventLog,
+        log: Box<dyn CommitLog>,
         bus: Arc<EventBus>,
         snapshots: Option<Snapshotter>,
         failure: watch::Sender<Option<String>>,
@@ -89,7 +119,7 @@ impl Writer {
 /// The writer loop, until the dispatcher is done or the log cannot be written (then the cause
 /// goes to `failure`).
 fn run(
-    mut log: EventLog,
+    mut log: Box<dyn CommitLog>,
     bus: Arc<EventBus>,
     rx: Receiver<Job>,
     snaps: Option<&Snapshotter>,
@@ -120,14 +150,14 @@ fn run(
             job = rx.try_recv().ok();
         }
         if !events.is_empty() {
-            if let Err(e) = log.append(&events).and_then(|()| log.commit()) {
+            if let Err(e) = log.commit_events(&events) {
                 tracing::error!(
                     error = %e,
                     "event log write failed; the engine stops acknowledging anything"
                 );
                 // Set before the pending replies drop with this frame, so their callers (who
                 // get UNAVAILABLE) and health hear why.
-                failure.send_replace(Some(e.to_string()));
+                failure.send_replace(Some(e));
                 bus.close();
                 return;
             }
@@ -140,15 +170,7 @@ fn run(
             snaps.offer(image);
         }
         if let Some(keep_from) = retain {
-            match log.enforce_retention(keep_from) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    segments = n,
-                    first_offset = log.first_offset(),
-                    "event log retention"
-                ),
-                Err(e) => tracing::warn!(error = %e, "event log retention failed"),
-            }
+            log.retain_from(keep_from);
         }
     }
     bus.close();

@@ -1,0 +1,60 @@
+//! The `[cluster]` settings: where the NATS JetStream cluster is and how region streams are
+//! kept. Off unless `nats_url` is set; then every region's events go to its own stream.
+
+use serde::{Deserialize, Serialize};
+
+/// Cluster mode settings (`[cluster]` in TOML).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers, comma-separated (`nats://127.0.0.1:4222,nats://...`). Set: each region's
+    /// events are committed to a JetStream stream there instead of the local log; it needs
+    /// `[[regions]]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// Copies JetStream keeps of each region's stream (3 on a 3-node cluster; 1 on one node).
+    pub stream_replicas: usize,
+    /// A region lease lapses this long after its owner's last renewal; renewed every third of
+    /// it, and an owner stops writing after two thirds without a renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: std::time::Duration,
+    /// This process's name in the leases; empty: `<listen address>-<pid>`.
+    pub owner: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: None,
+            stream_replicas: 3,
+            lease_ttl: std::time::Duration::from_secs(3),
+            owner: String::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks what the types cannot; `regions` is how many regions are configured.
+    pub fn validate(&self, regions: usize) -> Result<(), String> {
+        if self.nats_url.is_some() && regions == 0 {
+            return Err(
+                "`cluster.nats_url` is set but no [[regions]] are configured: \
+                        cluster mode shards regions, so name at least one"
+                    .into(),
+            );
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(format!(
+                "`cluster.stream_replicas` must be within 1..=5 (JetStream's limit), got {}",
+                self.stream_replicas
+            ));
+        }
+        if self.lease_ttl < std::time::Duration::from_millis(600) {
+            return Err(format!(
+                "`cluster.lease_ttl` must be at least 600ms (renewed every third of it), got {:?}",
+                self.lease_ttl
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! A region's durable log in cluster mode: one JetStream stream per region (one subject, file
+//! storage, `cluster.stream_replicas` copies), behind the engine's `CommitLog` seam.
+//!
+//! Each command group's events go out as one message (chunked when large), published with
+//! `Nats-Expected-Last-Subject-Sequence` set to the last sequence this owner knows: JetStream
+//! refuses the append if anyone else wrote to the region since (fencing). A refused or failed
+//! append is an error the writer stops on, so the region stops serving at once and nothing is
+//! acknowledged that JetStream did not acknowledge first.
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::{HeaderMap, header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
+use bytes::Bytes;
+use tokio::runtime::Handle;
+
+use crate::engine::CommitLog;
+use crate::events::Event;
+
+/// Most events in one stream message (keeps a message far below NATS's 1 MiB default).
+const EVENTS_PER_MESSAGE: usize = 1_000;
+
+/// The subject a region's events are published on.
+pub(crate) fn subject(region: &str) -> String {
+    format!("dispatch.region.{region}.events")
+}
+
+/// The name of a region's stream.
+pub(crate) fn stream_name(region: &str) -> String {
+    format!("DISPATCH_{region}")
+}
+
+/// The append side of one region's stream, owned by that region's log writer thread.
+#[derive(Debug)]
+pub(crate) struct StreamLog {
+    js: jetstream::Context,
+    region: String,
+    subject: String,
+    /// The sequence of the last message on the subject, as this owner knows it.
+    last_seq: u64,
+    /// The server's runtime: the writer thread is a plain thread and blocks on its appends.
+    runtime: Handle,
+}
+
+impl StreamLog {
+    /// Opens (creating if absent) the stream of `region` and reads its whole history.
+    pub(crate) async fn open(
+        js: &jetstream::Context,
+        region: &str,
+        replicas: usize,
+    ) -> Result<(StreamLog, Vec<Event>), String> {
+        let subject = subject(region);
+        let mut stream = js
+            .get_or_create_stream(stream::Config {
+                name: stream_name(region),
+                subjects: vec![subject.clone()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("region {region}: opening its JetStream stream: {e}"))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| format!("region {region}: reading its stream's state: {e}"))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let history = read_history(&stream, region, first, last).await?;
+        let log = StreamLog {
+            js: js.clone(),
+            region: region.to_owned(),
+            subject,
+            last_seq: last,
+            runtime: Handle::current(),
+        };
+        Ok((log, history))
+    }
+
+    async fn append(&mut self, events: &[Event]) -> Result<(), String> {
+        for chunk in events.chunks(EVENTS_PER_MESSAGE) {
+            let payload = postcard::to_stdvec(chunk)
+                .map_err(|e| format!("encoding events for the stream: {e}"))?;
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                self.last_seq.to_string().as_str(),
+            );
+            let refused = |e: async_nats::jetstream::context::PublishError| {
+                if e.kind() == PublishErrorKind::WrongLastSequence {
+                    format!(
+                        "region {} lost: JetStream refused our append after sequence {} \
+                         (another owner wrote to the region); this process stops serving it",
+                        self.region, self.last_seq
+                    )
+                } else {
+                    format!(
+                        "region {}: JetStream did not acknowledge an append: {e}",
+                        self.region
+                    )
+                }
+            };
+            let ack = self
+                .js
+                .publish_with_headers(self.subject.clone(), headers, Bytes::from(payload))
+                .await
+                .map_err(refused)?
+                .await
+                .map_err(refused)?;
+            self.last_seq = ack.sequence;
+        }
+        Ok(())
+    }
+}
+
+impl CommitLog for StreamLog {
+    fn commit_events(&mut self, events: &[Event]) -> Result<(), String> {
+        let runtime = self.runtime.clone();
+        runtime.block_on(self.append(events))
+    }
+}
+
+/// The events of stream messages `first..=last`, in order.
+async fn read_history(
+    stream: &stream::Stream,
+    region: &str,
+    first: u64,
+    last: u64,
+) -> Result<Vec<Event>, String> {
+    let mut events = Vec::new();
+    if last == 0 {
+        return Ok(events);
+    }
+    for seq in first.max(1)..=last {
+        let message = stream
+            .direct_get(seq)
+            .await
+            .map_err(|e| format!("region {region}: reading stream message {seq}: {e}"))?;
+        let chunk: Vec<Event> = postcard::from_bytes(&message.payload)
+            .map_err(|e| format!("region {region}: stream message {seq} is unreadable: {e}"))?;
+        events.extend(chunk);
+    }
+    Ok(events)
+}
