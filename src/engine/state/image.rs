@@ -13,11 +13,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{DispatchState, Timer, TripEntry};
+use super::{Chunked, DispatchState, Timer, TripEntry};
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
 use crate::engine::records::{DriverRecord, DriverStatus, OfferOutcome, PendingOffer, Stats};
 
@@ -26,9 +27,9 @@ use crate::engine::records::{DriverRecord, DriverStatus, OfferOutcome, PendingOf
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateImage {
     next_offset: u64,
-    drivers: Vec<DriverRecord>,
+    drivers: Chunked<DriverRecord>,
     positions: Vec<LatLng>,
-    trips: Vec<TripEntry>,
+    trips: Vec<Arc<TripEntry>>,
     offers: Vec<PendingOffer>,
     ended_offers: Vec<(OfferId, OfferOutcome)>,
     ended_order: VecDeque<OfferId>,
