@@ -40,7 +40,7 @@ impl<T: Clone> Chunked<T> {
     }
 
     pub(crate) fn push(&mut self, value: T) {
-        if self.len % CHUNK == 0 {
+        if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
         }
         let last = self
