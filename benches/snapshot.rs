@@ -4,8 +4,9 @@
 //! copy and its size, and restoring it (the first half of a restart).
 //!
 //! Not criterion: the question is the tail (p99) of a rare pause, so it prints percentiles
-//! over repeated copies. `cargo bench --bench snapshot` (100k drivers);
-//! `SNAPSHOT_BENCH_DRIVERS=20000` for another fleet size.
+//! over repeated copies. `cargo bench --bench snapshot` (100k drivers, 3,000 open trips and
+//! 300k ended ones still in memory: 5 minutes of a 1,000 requests/s city under the default
+//! 10 min trip retention); `SNAPSHOT_BENCH_DRIVERS` and `SNAPSHOT_BENCH_ENDED` change them.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 const T0: u64 = 1_700_000_000_000;
 const COPIES: usize = 200;
 
-fn fleet(n: usize) -> Dispatcher {
+fn fleet(n: usize, ended: u64) -> Dispatcher {
     let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let side = (n as f64 / 111.0).sqrt() / 111.195 / 2.0;
@@ -39,6 +40,21 @@ fn fleet(n: usize) -> Dispatcher {
         };
         d.go_online(T0, go).unwrap();
     }
+    // Ended trips stay in memory for the trip retention: requested and cancelled by the rider.
+    for i in 0..ended {
+        let rider = ExternalId::new("id", &format!("ended-{i}")).unwrap();
+        let req = TripRequest {
+            rider: rider.clone(),
+            request_id: Some(ExternalId::new("id", &format!("q-{i}")).unwrap()),
+            pickup: point(&mut rng),
+            dropoff: point(&mut rng),
+            class: VehicleClass::Any,
+        };
+        if let Ok((trip, _)) = d.request_trip(T0 + i, req) {
+            let _ = d.cancel_trip(T0 + i, trip.id, &rider);
+        }
+        let _ = d.take_events();
+    }
     // A few thousand open trips with pending offers, as a city at 1,000 requests/s holds.
     for i in 0..3_000 {
         let req = TripRequest {
@@ -48,7 +64,7 @@ fn fleet(n: usize) -> Dispatcher {
             dropoff: point(&mut rng),
             class: VehicleClass::Any,
         };
-        let _ = d.request_trip(T0 + i, req);
+        let _ = d.request_trip(T0 + ended + i, req);
     }
     let _ = d.take_events();
     d
@@ -63,7 +79,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let d = fleet(n);
+    let ended: u64 = std::env::var("SNAPSHOT_BENCH_ENDED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let d = fleet(n, ended);
     let mut pauses = Vec::with_capacity(COPIES);
     let mut image = d.state().image();
     for _ in 0..COPIES {
@@ -81,7 +101,7 @@ fn main() {
     restored.restore(decoded).unwrap();
     let restore = started.elapsed();
     println!(
-        "snapshot/copy_on_dispatcher_thread/{n}: p50 {:?} p99 {:?} max {:?} over {COPIES} copies",
+        "snapshot/copy_on_dispatcher_thread/{n} drivers, {ended} ended trips: p50 {:?} p99 {:?} max {:?} over {COPIES} copies",
         percentile(&pauses, 0.5),
         percentile(&pauses, 0.99),
         pauses[COPIES - 1]

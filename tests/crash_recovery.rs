@@ -63,11 +63,15 @@ async fn spawn_server(data_dir: &std::path::Path) -> (Child, Channel) {
         .args([
             "--listen",
             "127.0.0.1:0",
+            // Long runs outlast any short window: offers and searches must not time out
+            // by the wall clock between a round's acknowledgement and its check.
             "--offer-timeout-s",
-            "600",
+            "36000",
+            "--dispatch-timeout-s",
+            "36000",
             "--set",
             "log.snapshot_every_events=50",
-            // Long runs outlast the default 10 min: acknowledged trips must stay readable.
+            // ...and acknowledged trips must stay readable.
             "--set",
             "dispatch.trip_retention=24h",
             "--data-dir",

@@ -37,7 +37,7 @@ impl DispatchState {
         // The trip's own record first, then what the event means for drivers, offers and
         // deadlines.
         if let Some(trip) = event.kind.trip()
-            && let Some(entry) = self.trips.get_mut(&trip)
+            && let Some(entry) = self.trips.get_mut(&trip).map(Arc::make_mut)
         {
             entry.trip.apply(event);
         }
@@ -115,7 +115,7 @@ impl DispatchState {
                 let Some(key) = self.driver_key(details.driver.as_str()) else {
                     return;
                 };
-                let Some(entry) = self.trips.get_mut(&details.trip) else {
+                let Some(entry) = self.trips.get_mut(&details.trip).map(Arc::make_mut) else {
                     return;
                 };
                 entry.tried.push(key);
@@ -154,7 +154,7 @@ impl DispatchState {
                 let Some(key) = self.driver_key(driver.as_str()) else {
                     return;
                 };
-                let Some(entry) = self.trips.get_mut(trip) else {
+                let Some(entry) = self.trips.get_mut(trip).map(Arc::make_mut) else {
                     return;
                 };
                 entry.driver_key = Some(key);
@@ -185,7 +185,7 @@ impl DispatchState {
                 self.finish_trip(*trip, TripStatus::NoDrivers, now)
             }
             EventKind::SearchRetryScheduled { trip, retry_at_ms } => {
-                if let Some(entry) = self.trips.get_mut(trip) {
+                if let Some(entry) = self.trips.get_mut(trip).map(Arc::make_mut) {
                     entry.retry_at_ms = Some(*retry_at_ms);
                     self.waiting.insert(*trip);
                     self.timers
@@ -221,12 +221,12 @@ impl DispatchState {
         let joins = trip.policy == MatchPolicy::Batch;
         self.trips.insert(
             id,
-            TripEntry {
+            Arc::new(TripEntry {
                 trip,
                 driver_key: None,
                 tried: Vec::new(),
                 retry_at_ms: None,
-            },
+            }),
         );
         if joins {
             self.batch_join(id, event.at_ms);
@@ -289,7 +289,7 @@ impl DispatchState {
         if let Some(pending) = self.end_offer(offer, outcome) {
             self.set_status(pending.driver, DriverStatus::Available);
         }
-        let Some(entry) = self.trips.get_mut(&trip) else {
+        let Some(entry) = self.trips.get_mut(&trip).map(Arc::make_mut) else {
             return;
         };
         entry.driver_key = None;
@@ -300,7 +300,7 @@ impl DispatchState {
     }
 
     fn finish_trip(&mut self, trip_id: TripId, status: TripStatus, now_ms: u64) {
-        let Some(entry) = self.trips.get_mut(&trip_id) else {
+        let Some(entry) = self.trips.get_mut(&trip_id).map(Arc::make_mut) else {
             return;
         };
         entry.retry_at_ms = None;

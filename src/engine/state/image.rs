@@ -3,8 +3,10 @@
 //! Recovery used to replay the whole log, so restart time grew with uptime. A snapshot bounds
 //! it: the state at some offset, then only the log after it. The copy is taken on the
 //! dispatcher thread at a group boundary (where every invariant holds), so it must be cheap:
-//! plain clones of the records (ids are shared `Arc<str>`, so a driver costs two reference
-//! counts), no encoding. Encoding and the disk happen on another thread (`engine::snapshot`).
+//! the driver table is shared in chunks (`chunked.rs`) and trip entries behind `Arc`, so both
+//! copy as pointers; the other maps and the timer queue are still cloned (their cost grows with
+//! the ended trips in memory; see the snapshot bench). No encoding here: that and the disk
+//! happen on another thread (`engine::snapshot`).
 //!
 //! What is left out is what can be rebuilt: the rider-to-driver-key map (from the records) and
 //! the spatial index (every AVAILABLE driver at its position). Positions are in the image
@@ -13,11 +15,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{DispatchState, Timer, TripEntry};
+use super::{Chunked, DispatchState, Timer, TripEntry};
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
 use crate::engine::records::{DriverRecord, DriverStatus, OfferOutcome, PendingOffer, Stats};
 
@@ -26,9 +29,9 @@ use crate::engine::records::{DriverRecord, DriverStatus, OfferOutcome, PendingOf
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateImage {
     next_offset: u64,
-    drivers: Vec<DriverRecord>,
+    drivers: Chunked<DriverRecord>,
     positions: Vec<LatLng>,
-    trips: Vec<TripEntry>,
+    trips: Vec<Arc<TripEntry>>,
     offers: Vec<PendingOffer>,
     ended_offers: Vec<(OfferId, OfferOutcome)>,
     ended_order: VecDeque<OfferId>,

@@ -16,6 +16,7 @@
 //!   `apply` set and from `now` alone, so a replayed state reaches the same point.
 
 mod apply;
+mod chunked;
 mod image;
 mod invariants;
 mod live;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use chunked::Chunked;
 pub use image::StateImage;
 pub use live::Live;
 
@@ -92,9 +94,11 @@ struct Rules {
 pub struct DispatchState {
     rules: Rules,
     index: Box<dyn SpatialIndex>,
-    drivers: Vec<DriverRecord>,
+    drivers: Chunked<DriverRecord>,
     driver_keys: FxHashMap<ExternalId, DriverKey>,
-    trips: FxHashMap<TripId, TripEntry>,
+    /// Shared entries: a snapshot copy clones pointers; a write copies the entry it changes
+    /// only while a copy still holds it.
+    trips: FxHashMap<TripId, Arc<TripEntry>>,
     offers: FxHashMap<OfferId, PendingOffer>,
     ended_offers: FxHashMap<OfferId, OfferOutcome>,
     ended_order: VecDeque<OfferId>,
@@ -140,7 +144,7 @@ impl DispatchState {
                 batch_window_ms: (d.batch_window.as_millis() as u64).max(1),
             },
             index,
-            drivers: Vec::new(),
+            drivers: Chunked::new(),
             driver_keys: FxHashMap::default(),
             trips: FxHashMap::default(),
             offers: FxHashMap::default(),
@@ -205,7 +209,7 @@ impl DispatchState {
     }
 
     /// Every driver record, by dense key.
-    pub(crate) fn records(&self) -> &[DriverRecord] {
+    pub(crate) fn records(&self) -> &Chunked<DriverRecord> {
         &self.drivers
     }
 
@@ -229,7 +233,7 @@ impl DispatchState {
     }
 
     pub(crate) fn entry(&self, trip: TripId) -> Option<&TripEntry> {
-        self.trips.get(&trip)
+        self.trips.get(&trip).map(|e| &**e)
     }
 
     pub(crate) fn trip(&self, trip: TripId) -> Option<&Trip> {
