@@ -224,6 +224,25 @@ async fn a_corrupt_or_truncated_journal_is_reported_with_segment_and_byte() {
     assert!(message.contains("truncated"), "{message}");
 }
 
+#[tokio::test]
+async fn a_journal_of_another_format_version_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    record_a_run(recording_config(dir.path(), MatchPolicy::Greedy)).await;
+    let inputs = dir.path().join("inputs");
+    let segment = only_segment(&inputs);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert_eq!(&bytes[..7], b"DSPJNL\x00");
+    // Format version 1 also held NearbyDrivers and GetSurge entries.
+    bytes[7] = 1;
+    std::fs::write(&segment, &bytes).unwrap();
+    let first = JournalReader::open(&inputs, false).unwrap().next().unwrap();
+    let message = first.unwrap_err().to_string();
+    assert!(
+        message.contains("journal format version 1, this build reads version 2"),
+        "{message}"
+    );
+}
+
 #[test]
 fn locations_are_conflated_and_retention_bounds_the_journal() {
     use dispatch::LatLng;

@@ -30,8 +30,10 @@ use crate::domain::{ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass};
 pub use reader::{JournalError, JournalReader};
 pub use writer::{JournalStats, JournalWriter};
 
-/// First bytes of every journal segment: "DSPJNL", format version 1.
-pub(crate) const MAGIC: &[u8; 8] = b"DSPJNL\x00\x01";
+/// First bytes of every journal segment: "DSPJNL", format version 2. Version 1 also held
+/// NearbyDrivers and GetSurge entries; reads no longer pass the dispatcher (they are answered
+/// from the read view), so they change nothing a replay needs and are not recorded.
+pub(crate) const MAGIC: &[u8; 8] = b"DSPJNL\x00\x02";
 
 /// Settings of input recording (`[record]`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,24 +165,6 @@ pub enum Input {
         trip: TripId,
         /// The rider.
         rider: ExternalId,
-    },
-    /// `NearbyDrivers` (a read, but it may prune the surge window, so it is kept).
-    Nearby {
-        /// Centre.
-        center: LatLng,
-        /// Radius, m.
-        radius_m: f64,
-        /// Most drivers returned.
-        limit: u32,
-        /// Class filter.
-        class: VehicleClass,
-    },
-    /// `GetSurge` (kept for the same reason).
-    Surge {
-        /// Where.
-        point: LatLng,
-        /// Class.
-        class: VehicleClass,
     },
     /// Entries the writer never got (its queue was full): the journal is not faithful here.
     Gap {

@@ -96,7 +96,16 @@ impl JournalReader {
         self.pos = MAGIC.len();
         if !self.bytes.starts_with(MAGIC) {
             self.pos = self.bytes.len();
-            return Err(self.corrupt("corrupt", 0, "not a journal segment (bad magic)".into()));
+            let why = if self.bytes.len() >= MAGIC.len() && self.bytes[..7] == MAGIC[..7] {
+                format!(
+                    "journal format version {}, this build reads version {} (record it again \
+                     with this build)",
+                    self.bytes[7], MAGIC[7]
+                )
+            } else {
+                "not a journal segment (bad magic)".into()
+            };
+            return Err(self.corrupt("corrupt", 0, why));
         }
         Ok(true)
     }

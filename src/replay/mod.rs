@@ -26,6 +26,26 @@ pub fn trip_action(step: Step) -> TripAction {
     }
 }
 
+/// The trip request a `RequestTrip` entry holds (`None` for any other entry).
+pub fn trip_request(input: &Input) -> Option<TripRequest> {
+    match input {
+        Input::RequestTrip {
+            rider,
+            request_id,
+            pickup,
+            dropoff,
+            class,
+        } => Some(TripRequest {
+            rider: rider.clone(),
+            request_id: request_id.clone(),
+            pickup: *pickup,
+            dropoff: *dropoff,
+            class: *class,
+        }),
+        _ => None,
+    }
+}
+
 /// Executes one journal entry on `d` as the engine's runner did. A command that the engine
 /// refused is refused again (that is part of reproducing it): its error is returned.
 /// `Start` and `Gap` change nothing here; the caller decides what they mean.
@@ -68,24 +88,10 @@ pub fn apply(d: &mut Dispatcher, entry: &Entry) -> Result<(), Error> {
             )
             .map(drop),
         Input::GoOffline { driver } => d.go_offline(now, driver).map(drop),
-        Input::RequestTrip {
-            rider,
-            request_id,
-            pickup,
-            dropoff,
-            class,
-        } => d
-            .request_trip(
-                now,
-                TripRequest {
-                    rider: rider.clone(),
-                    request_id: request_id.clone(),
-                    pickup: *pickup,
-                    dropoff: *dropoff,
-                    class: *class,
-                },
-            )
-            .map(drop),
+        Input::RequestTrip { .. } => match trip_request(&entry.input) {
+            Some(request) => d.request_trip(now, request).map(drop),
+            None => Ok(()),
+        },
         Input::Respond {
             offer,
             driver,
@@ -95,19 +101,6 @@ pub fn apply(d: &mut Dispatcher, entry: &Entry) -> Result<(), Error> {
             .trip_action(now, *trip, driver, trip_action(*step))
             .map(drop),
         Input::CancelTrip { trip, rider } => d.cancel_trip(now, *trip, rider).map(drop),
-        Input::Nearby {
-            center,
-            radius_m,
-            limit,
-            class,
-        } => {
-            d.nearby(now, *center, *radius_m, *limit as usize, *class);
-            Ok(())
-        }
-        Input::Surge { point, class } => {
-            d.surge(now, *point, *class);
-            Ok(())
-        }
         Input::Start { .. } | Input::Gap { .. } | Input::Fire | Input::Locations { .. } => Ok(()),
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{BinaryHeap, HashMap};
 use dispatch::LatLng;
 use dispatch::config::Config;
 use dispatch::domain::{ExternalId, OfferId, TripId};
-use dispatch::engine::{Dispatcher, TripAction, TripRequest};
+use dispatch::engine::{Dispatcher, TripAction};
 use dispatch::events::{Event, EventKind};
 use dispatch::journal::{Entry, Input};
 use rand::SeedableRng;
@@ -152,23 +152,11 @@ impl Sim<'_> {
                 };
                 let _ = dispatch::replay::apply(&mut self.d, &entry);
             }
-            Exo::Request(
-                n,
-                Input::RequestTrip {
-                    rider,
-                    request_id,
-                    pickup,
-                    dropoff,
-                    class,
-                },
-            ) => {
-                let req = TripRequest {
-                    rider: rider.clone(),
-                    request_id: request_id.clone(),
-                    pickup: *pickup,
-                    dropoff: *dropoff,
-                    class: *class,
+            Exo::Request(n, input) => {
+                let Some(req) = dispatch::replay::trip_request(input) else {
+                    return;
                 };
+                let (pickup, dropoff) = (req.pickup, req.dropoff);
                 self.d.fire_due(now);
                 if let Ok((trip, false)) = self.d.request_trip(now, req) {
                     let hour = hour_of(now, self.utc);
@@ -183,14 +171,13 @@ impl Sim<'_> {
                             hour,
                             requested_at: now,
                             offered: false,
-                            pickup: *pickup,
-                            dropoff: *dropoff,
+                            pickup,
+                            dropoff,
                             assigned_at: None,
                         },
                     );
                 }
             }
-            Exo::Request(..) => {}
             Exo::Cancel(n, rider) => {
                 if let Some(trip) = self.trip_of_request.get(n) {
                     self.d.fire_due(now);
