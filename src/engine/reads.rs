@@ -15,7 +15,8 @@
 //! answer (GoOnline, a location batch's outcome, an offer) reads its own change; the view lags
 //! the dispatcher by at most the group being executed. Changes are copied per driver touched
 //! (a location update or an event naming the driver), so a group costs the dispatcher
-//! O(drivers touched), not O(drivers).
+//! O(drivers touched), not O(drivers); a driver that only moved copies its position, not its
+//! record.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,6 +46,13 @@ enum Op {
         key: DriverKey,
         driver: Driver,
         indexed: Option<LatLng>,
+    },
+    /// A driver that only moved since the last publish (a location report): its position, and
+    /// its index entry while it is AVAILABLE. Cheaper than [`Op::Driver`]: no record copied.
+    Moved {
+        key: DriverKey,
+        position: LatLng,
+        indexed: bool,
     },
     /// A new trip request counted in the surge demand.
     Demand {
@@ -103,6 +111,18 @@ impl Copy {
                     }
                 }
             }
+            Op::Moved {
+                key,
+                position,
+                indexed,
+            } => {
+                if let Some(Some(d)) = self.drivers.get_mut(key.0 as usize) {
+                    d.position = *position;
+                }
+                if *indexed {
+                    self.index.upsert(*key, *position);
+                }
+            }
             Op::Demand {
                 pickup,
                 class,
@@ -141,6 +161,8 @@ pub(super) struct ReadPublisher {
     /// Applied to the active copy, still to apply to the other one.
     pending: Vec<Op>,
     /// Drivers whose position changed in this group (from location reports).
+    moved: Vec<DriverKey>,
+    /// Drivers an event of this group names (their records may have changed).
     touched: Vec<DriverKey>,
     next_sweep_ms: u64,
 }
@@ -172,6 +194,7 @@ impl ReadView {
         let publisher = ReadPublisher {
             shared: shared.clone(),
             pending: Vec::new(),
+            moved: Vec::new(),
             touched: Vec::new(),
             next_sweep_ms: 0,
         };
@@ -223,15 +246,7 @@ impl ReadView {
             .zip(&etas)
             .filter_map(|(n, eta)| {
                 let d = copy.drivers.get(n.key.0 as usize)?.as_ref()?;
-                Some(NearbyDriver {
-                    id: d.id.clone(),
-                    position: n.position,
-                    distance_m: n.distance_m,
-                    eta_s: eta.eta_s,
-                    eta_source: eta.source,
-                    rating: d.rating,
-                    class: d.class,
-                })
+                Some(NearbyDriver::found(n, eta, &d.id, d.rating, d.class))
             })
             .collect()
     }
@@ -264,7 +279,7 @@ impl ReadView {
 impl ReadPublisher {
     /// Notes that `key`'s position changed (a location report applied).
     pub(super) fn touch(&mut self, key: DriverKey) {
-        self.touched.push(key);
+        self.moved.push(key);
     }
 
     /// Publishes the state after a group: the drivers it touched and those its `events` name,
@@ -284,7 +299,7 @@ impl ReadPublisher {
                 self.touched.push(key);
             }
         }
-        if self.touched.is_empty() && ops.is_empty() {
+        if self.touched.is_empty() && self.moved.is_empty() && ops.is_empty() {
             // The active copy is current; what is pending waits for the next change.
             return;
         }
@@ -294,6 +309,20 @@ impl ReadPublisher {
         }
         self.touched.sort_unstable();
         self.touched.dedup();
+        self.moved.sort_unstable();
+        self.moved.dedup();
+        // A driver an event names gets its whole record; one that only moved, its position.
+        let touched = &self.touched;
+        ops.extend(
+            self.moved
+                .drain(..)
+                .filter(|k| touched.binary_search(k).is_err())
+                .map(|key| Op::Moved {
+                    key,
+                    position: s.live().position(key),
+                    indexed: s.index().position(key).is_some(),
+                }),
+        );
         ops.extend(self.touched.drain(..).map(|k| driver_op(dispatcher, k)));
         let active = self.shared.active.load(Ordering::Relaxed) & 1;
         let inactive = active ^ 1;

@@ -349,6 +349,28 @@ pub struct NearbyDriver {
     pub class: VehicleClass,
 }
 
+impl NearbyDriver {
+    /// The answer for one index neighbour with its ETA, the driver being `id` with `rating`
+    /// and `class` (the dispatcher's search and the read view both answer this way).
+    pub(crate) fn found(
+        n: &crate::index::Neighbor,
+        eta: &crate::matching::Eta,
+        id: &ExternalId,
+        rating: Rating,
+        class: VehicleClass,
+    ) -> NearbyDriver {
+        NearbyDriver {
+            id: id.clone(),
+            position: n.position,
+            distance_m: n.distance_m,
+            eta_s: eta.eta_s,
+            eta_source: eta.source,
+            rating,
+            class,
+        }
+    }
+}
+
 /// Counters describing the engine. The state counts and the trip counters are rebuilt by
 /// replaying the event log; `location_updates` is not (positions are not logged), so it counts
 /// from this engine's start only. The proto's `GetStatsResponse` names each one's lifetime.

@@ -158,15 +158,7 @@ impl Decide<'_> {
             .zip(&sc.etas)
             .map(|(n, eta)| {
                 let d = s.record(n.key);
-                NearbyDriver {
-                    id: d.id.clone(),
-                    position: n.position,
-                    distance_m: n.distance_m,
-                    eta_s: eta.eta_s,
-                    eta_source: eta.source,
-                    rating: d.rating,
-                    class: d.class,
-                }
+                NearbyDriver::found(n, eta, &d.id, d.rating, d.class)
             })
             .collect()
     }
