@@ -13,16 +13,7 @@ use pb::driver_notice::Notice;
 use support::*;
 
 async fn gateway_of(s: &TestServer, driver: &str) -> String {
-    s.queries()
-        .get_driver(pb::GetDriverRequest {
-            driver_id: driver.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .driver
-        .unwrap()
-        .gateway_id
+    support::get_driver(s, driver).await.gateway_id
 }
 
 async fn head(s: &TestServer) -> u64 {

@@ -226,11 +226,9 @@ impl Runner {
         let mut outcome = LocationOutcome::default();
         for (driver, position) in &batch.updates {
             match self.dispatcher.apply_location(driver, position.to_owned()) {
-                Ok(()) => {
+                Ok(key) => {
                     outcome.accepted += 1;
-                    if let Some(key) = self.dispatcher.state().driver_key(driver) {
-                        self.reads.touch(key);
-                    }
+                    self.reads.touch(key);
                 }
                 Err(why) => {
                     if why == LocationRejection::DriverOffline {

@@ -356,6 +356,11 @@ pub async fn offer_stream(s: &TestServer, gateway: &str) -> tonic::Streaming<pb:
 
 /// A driver's state as GetDriver returns it.
 pub async fn driver_state(s: &TestServer, driver: &str) -> pb::DriverState {
+    get_driver(s, driver).await.state()
+}
+
+/// GetDriver's record of `driver` (which must exist).
+pub async fn get_driver(s: &TestServer, driver: &str) -> pb::Driver {
     s.queries()
         .get_driver(pb::GetDriverRequest {
             driver_id: driver.into(),
@@ -365,7 +370,6 @@ pub async fn driver_state(s: &TestServer, driver: &str) -> pb::DriverState {
         .into_inner()
         .driver
         .unwrap()
-        .state()
 }
 
 /// Answers an offer; the trip after the answer.

@@ -118,18 +118,20 @@ impl Dispatcher {
         Ok(self.snapshot(key))
     }
 
-    /// Applies one location report. Not an event: locations are not part of the dispatch log.
+    /// Applies one location report and returns the driver's key. Not an event: locations are
+    /// not part of the dispatch log.
     pub fn apply_location(
         &mut self,
         driver: &str,
         position: LatLng,
-    ) -> Result<(), LocationRejection> {
+    ) -> Result<DriverKey, LocationRejection> {
         self.state.report_location(driver, position)
     }
 
     /// [`apply_location`](Self::apply_location) with errors a person can read.
     pub fn update_location(&mut self, driver: &ExternalId, position: LatLng) -> Result<(), Error> {
         self.apply_location(driver.as_str(), position)
+            .map(drop)
             .map_err(|why| match why {
                 LocationRejection::DriverOffline => Error::FailedPrecondition(format!(
                     "driver {driver} is offline; call GoOnline before reporting locations"

@@ -404,7 +404,7 @@ impl DispatchState {
         &mut self,
         driver: &str,
         position: LatLng,
-    ) -> Result<(), LocationRejection> {
+    ) -> Result<DriverKey, LocationRejection> {
         let Some(key) = self.driver_key(driver) else {
             return Err(LocationRejection::UnknownDriver);
         };
@@ -415,7 +415,7 @@ impl DispatchState {
         }
         self.live.set_position(key, position);
         self.live.count_location_update();
-        Ok(())
+        Ok(key)
     }
 
     /// Moves an online driver without counting a location report (a repeated GoOnline).
