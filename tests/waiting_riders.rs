@@ -1,7 +1,8 @@
 //! NO_DRIVERS only when nobody could ever serve (issue 12, item 3), over real gRPC with the
 //! manual clock: a request whose candidates are all busy keeps SEARCHING until its dispatch
-//! deadline, and a driver who frees up (decline, expiry, drop-off, going online) is offered to
-//! the oldest rider waiting near it in the same call, not on the next retry tick.
+//! deadline, and a driver who frees up (decline, expiry, drop-off, going online, a repeated
+//! GoOnline from a new place or with a new class) is offered to the oldest rider waiting near
+//! it in the same call, not on the next retry tick.
 
 mod support;
 
@@ -72,6 +73,32 @@ async fn a_driver_going_online_takes_the_oldest_waiting_rider() {
     assert_eq!(status(&waiting), pb::TripStatus::Searching);
     let d2 = online(&s, "d-2", 300.0, 4.8, "gw").await;
     assert_eq!(d2.state(), pb::DriverState::Offered);
+    let t = get_trip(&s, &waiting.trip_id).await;
+    assert_eq!(
+        (status(&t), t.driver_id.as_str()),
+        (pb::TripStatus::Offered, "d-2")
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_go_online_that_brings_a_driver_near_takes_the_waiting_rider() {
+    let s = start_with(config()).await;
+    online(&s, "d-1", 200.0, 4.8, "gw").await;
+    let first = request(&s, "r-1", "q").await;
+    let waiting = request(&s, "r-2", "q").await;
+    assert_eq!(status(&first), pb::TripStatus::Offered);
+    assert_eq!(status(&waiting), pb::TripStatus::Searching);
+    // 20 km away: outside the 5 km search radius, the rider keeps waiting.
+    let far = online(&s, "d-2", 20_000.0, 4.8, "gw").await;
+    assert_eq!(far.state(), pb::DriverState::Available);
+    assert_eq!(
+        status(&get_trip(&s, &waiting.trip_id).await),
+        pb::TripStatus::Searching
+    );
+    // The same driver online again from 300 m: offered the waiting rider in that call.
+    let near = online(&s, "d-2", 300.0, 4.8, "gw").await;
+    assert_eq!(near.state(), pb::DriverState::Offered);
     let t = get_trip(&s, &waiting.trip_id).await;
     assert_eq!(
         (status(&t), t.driver_id.as_str()),

@@ -97,6 +97,8 @@ impl Dispatcher {
         let key = match online {
             Online::Already(key) => {
                 self.state.move_driver(key, req.position);
+                // A new class or position may bring waiting trips within its reach.
+                self.serve_waiting(now_ms, Some(key));
                 key
             }
             Online::Now => {
