@@ -1,7 +1,9 @@
 //! The snapshot's pause on the dispatcher thread: how long copying the state
 //! (`DispatchState::image`) takes with N drivers online and some trips open, the only part of
-//! a snapshot the dispatcher waits for. Also reported, off the dispatcher thread: encoding the
-//! copy and its size, and restoring it (the first half of a restart).
+//! a snapshot the dispatcher waits for. Then what the copy defers: commands timed while a copy
+//! is held (their first writes copy what it shares) against commands with none alive. Also
+//! reported, off the dispatcher thread: encoding the copy and its size, decoding it and
+//! restoring it (the first half of a restart).
 //!
 //! Not criterion: the question is the tail (p99) of a rare pause, so it prints percentiles
 //! over repeated copies. `cargo bench --bench snapshot` (100k drivers, 3,000 open trips and
