@@ -1,7 +1,9 @@
 //! The snapshot's pause on the dispatcher thread: how long copying the state
 //! (`DispatchState::image`) takes with N drivers online and some trips open, the only part of
-//! a snapshot the dispatcher waits for. Also reported, off the dispatcher thread: encoding the
-//! copy and its size, and restoring it (the first half of a restart).
+//! a snapshot the dispatcher waits for. Then what the copy defers: commands timed while a copy
+//! is held (their first writes copy what it shares) against commands with none alive. Also
+//! reported, off the dispatcher thread: encoding the copy and its size, decoding it and
+//! restoring it (the first half of a restart).
 //!
 //! Not criterion: the question is the tail (p99) of a rare pause, so it prints percentiles
 //! over repeated copies. `cargo bench --bench snapshot` (100k drivers, 3,000 open trips and
@@ -18,6 +20,10 @@ use rand_chacha::ChaCha8Rng;
 
 const T0: u64 = 1_700_000_000_000;
 const COPIES: usize = 200;
+/// Rounds of commands timed with a copy held, and as many without.
+const ROUNDS: usize = 10;
+/// Commands per round.
+const COMMANDS: usize = 500;
 
 fn fleet(n: usize, ended: u64) -> Dispatcher {
     let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
@@ -83,7 +89,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
-    let d = fleet(n, ended);
+    let mut d = fleet(n, ended);
     let mut pauses = Vec::with_capacity(COPIES);
     let mut image = d.state().image();
     for _ in 0..COPIES {
@@ -92,22 +98,65 @@ fn main() {
         pauses.push(started.elapsed());
     }
     pauses.sort();
-    let started = Instant::now();
-    let bytes = dispatch::engine::snapshot::encode(&image);
-    let encode = started.elapsed();
-    let started = Instant::now();
-    let decoded = dispatch::engine::snapshot::decode(&bytes).unwrap();
-    let mut restored = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
-    restored.restore(decoded).unwrap();
-    let restore = started.elapsed();
     println!(
         "snapshot/copy_on_dispatcher_thread/{n} drivers, {ended} ended trips: p50 {:?} p99 {:?} max {:?} over {COPIES} copies",
         percentile(&pauses, 0.5),
         percentile(&pauses, 0.99),
         pauses[COPIES - 1]
     );
+    // The copy's deferred cost: the first writes into what a held copy shares copy that part.
+    // Commands timed one by one right after a copy (still held, as while the snapshot thread
+    // encodes it) and with no copy alive, alternating rounds.
+    let (mut held, mut free) = (Vec::new(), Vec::new());
+    let mut rider = 0u64;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for round in 0..2 * ROUNDS {
+        let copy = (round % 2 == 0).then(|| d.state().image());
+        let out = if copy.is_some() { &mut held } else { &mut free };
+        for _ in 0..COMMANDS {
+            rider += 1;
+            let req = TripRequest {
+                rider: ExternalId::new("id", &format!("after-{rider}")).unwrap(),
+                request_id: Some(ExternalId::new("id", &format!("a-{rider}")).unwrap()),
+                pickup: LatLng::new(40.7 + rng.random_range(-0.01..0.01), -74.0).unwrap(),
+                dropoff: LatLng::new(40.71, -74.01).unwrap(),
+                class: VehicleClass::Any,
+            };
+            let at = T0 + ended + 3_000 + rider;
+            let started = Instant::now();
+            if let Ok((trip, _)) = d.request_trip(at, req) {
+                let who = ExternalId::new("id", &format!("after-{rider}")).unwrap();
+                let _ = d.cancel_trip(at, trip.id, &who);
+            }
+            out.push(started.elapsed());
+            let _ = d.take_events();
+        }
+        drop(std::hint::black_box(copy));
+    }
+    held.sort();
+    free.sort();
     println!(
-        "snapshot/encode_off_thread/{n}: {encode:?}, {} bytes; decode+restore: {restore:?}",
+        "snapshot/commands_after_a_copy/{n}: request+cancel p50 {:?} p99 {:?} max {:?} with a copy held; p50 {:?} p99 {:?} max {:?} without ({} each)",
+        percentile(&held, 0.5),
+        percentile(&held, 0.99),
+        held[held.len() - 1],
+        percentile(&free, 0.5),
+        percentile(&free, 0.99),
+        free[free.len() - 1],
+        held.len()
+    );
+    let started = Instant::now();
+    let bytes = dispatch::engine::snapshot::encode(&image);
+    let encode = started.elapsed();
+    let started = Instant::now();
+    let decoded = dispatch::engine::snapshot::decode(&bytes).unwrap();
+    let decode = started.elapsed();
+    let started = Instant::now();
+    let mut restored = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
+    restored.restore(decoded).unwrap();
+    let restore = started.elapsed();
+    println!(
+        "snapshot/encode_off_thread/{n}: {encode:?}, {} bytes; decode {decode:?}, restore {restore:?}",
         bytes.len()
     );
 }

@@ -48,7 +48,10 @@ pub(super) fn recover(
         Vec::new()
     };
     let mut log_end = u64::MAX;
+    // Where the time goes (reported below): loading snapshots, replaying the log after one.
+    let (mut snapshot_ms, mut replay_ms) = (0, 0);
     let (log, report, snapshot) = loop {
+        let loading = Instant::now();
         let mut chosen = None;
         while let Some((offset, path)) = candidates.pop() {
             if offset > log_end {
@@ -74,7 +77,10 @@ pub(super) fn recover(
                 ),
             }
         }
+        snapshot_ms += loading.elapsed().as_millis() as u64;
+        let replaying = Instant::now();
         let (log, report) = replay_log(config, dir, dispatcher, chosen, first_offset)?;
+        replay_ms += replaying.elapsed().as_millis() as u64;
         match chosen {
             Some(offset) if log.next_offset() < offset => {
                 // Only a log cut at a corrupt record ends before a snapshot: start over below.
@@ -93,6 +99,8 @@ pub(super) fn recover(
         events = report.events,
         segments = report.segments,
         next_offset = log.next_offset(),
+        snapshot_ms,
+        replay_ms,
         took_ms = started.elapsed().as_millis() as u64,
         dir = %dir.display(),
         "event log recovered"

@@ -10,7 +10,6 @@
 //! version, a hand-edited file): it skips what it cannot attach, so recovery degrades instead
 //! of refusing to start.
 
-use std::cmp::Reverse;
 use std::sync::Arc;
 
 use super::{DispatchState, Timer, TripEntry};
@@ -131,10 +130,8 @@ impl DispatchState {
                     },
                 );
                 self.set_status(key, DriverStatus::Offered(details.offer));
-                self.timers.push(Reverse((
-                    details.expires_at_ms,
-                    Timer::OfferDeadline(details.offer),
-                )));
+                self.timers
+                    .push(details.expires_at_ms, Timer::OfferDeadline(details.offer));
             }
             EventKind::OfferAccepted(o) => {
                 // The driver and the trip move on with the TripAssigned that follows.
@@ -188,8 +185,7 @@ impl DispatchState {
                 if let Some(entry) = self.trips.get_mut(trip).map(Arc::make_mut) {
                     entry.retry_at_ms = Some(*retry_at_ms);
                     self.waiting.insert(*trip);
-                    self.timers
-                        .push(Reverse((*retry_at_ms, Timer::Retry(*trip))));
+                    self.timers.push(*retry_at_ms, Timer::Retry(*trip));
                 }
             }
             EventKind::BatchFlushed {
@@ -315,10 +311,10 @@ impl DispatchState {
             TripStatus::Cancelled => self.stats.trips_cancelled += 1,
             _ => self.stats.trips_no_drivers += 1,
         }
-        self.timers.push(Reverse((
+        self.timers.push(
             now_ms.saturating_add(self.rules.trip_retention_ms),
             Timer::Forget(trip_id),
-        )));
+        );
     }
 
     /// A batch trip waits for the next flush; the first to join an empty batch arms it one
@@ -338,6 +334,6 @@ impl DispatchState {
 
     fn arm_flush(&mut self, at_ms: u64) {
         self.batch_flush_at_ms = Some(at_ms);
-        self.timers.push(Reverse((at_ms, Timer::BatchFlush)));
+        self.timers.push(at_ms, Timer::BatchFlush);
     }
 }

@@ -2,46 +2,70 @@
 //!
 //! Recovery used to replay the whole log, so restart time grew with uptime. A snapshot bounds
 //! it: the state at some offset, then only the log after it. The copy is taken on the
-//! dispatcher thread at a group boundary (where every invariant holds), so it must be cheap:
-//! the driver table is shared in chunks (`chunked.rs`) and trip entries behind `Arc`, so both
-//! copy as pointers; the other maps and the timer queue are still cloned (their cost grows with
-//! the ended trips in memory; see the snapshot bench). No encoding here: that and the disk
-//! happen on another thread (`engine::snapshot`).
+//! dispatcher thread at a group boundary (where every invariant holds), so it must be cheap,
+//! and it is O(1) in the trips, offers and deadlines: the maps and the deadline queue are
+//! persistent (`persist.rs`) and copy as one pointer each, the driver table and the positions
+//! are shared in chunks (`chunked.rs`, O(d / 1024)). Only the batch and the waiting trips are
+//! cloned (small: the trips of the last window or dispatch timeout). No encoding here: that
+//! and the disk happen on another thread (`engine::snapshot`).
 //!
 //! What is left out is what can be rebuilt: the rider-to-driver-key map (from the records) and
 //! the spatial index (every AVAILABLE driver at its position). Positions are in the image
 //! although they are not durable: the last reported ones are better than none, and a gateway
 //! corrects them within seconds anyway.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::{Chunked, DispatchState, Timer, TripEntry};
+use super::persist::{PMap, TimerQueue, seq_pairs, seq_timers, seq_values, seq_vector};
+use super::{Chunked, DispatchState, TripEntry};
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
-use crate::engine::records::{DriverRecord, DriverStatus, OfferOutcome, PendingOffer, Stats};
+use crate::engine::records::DriverRecord;
+use crate::engine::records::{DriverStatus, OfferOutcome, PendingOffer, Stats};
 
 /// The durable state at one offset (see the module docs). Opaque: made by
-/// [`DispatchState::image`], turned back into a state by [`DispatchState::restore`].
+/// [`DispatchState::image`], turned back into a state by [`DispatchState::restore`]. The
+/// encoding is the one of the plain sequences the first format version wrote.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StateImage {
     next_offset: u64,
     drivers: Chunked<DriverRecord>,
-    positions: Vec<LatLng>,
-    trips: Vec<Arc<TripEntry>>,
-    offers: Vec<PendingOffer>,
-    ended_offers: Vec<(OfferId, OfferOutcome)>,
-    ended_order: VecDeque<OfferId>,
-    open_by_rider: Vec<(ExternalId, TripId)>,
-    by_request: Vec<((ExternalId, ExternalId), TripId)>,
-    timers: Vec<(u64, Timer)>,
+    positions: Chunked<LatLng>,
+    #[serde(with = "seq_values")]
+    trips: PMap<TripId, Arc<TripEntry>>,
+    #[serde(with = "seq_values")]
+    offers: PMap<OfferId, PendingOffer>,
+    #[serde(with = "seq_pairs")]
+    ended_offers: PMap<OfferId, OfferOutcome>,
+    #[serde(with = "seq_vector")]
+    ended_order: imbl::Vector<OfferId>,
+    #[serde(with = "seq_pairs")]
+    open_by_rider: PMap<ExternalId, TripId>,
+    #[serde(with = "seq_pairs")]
+    by_request: PMap<(ExternalId, ExternalId), TripId>,
+    #[serde(with = "seq_timers")]
+    timers: TimerQueue,
     batch: BTreeSet<TripId>,
     batch_flush_at_ms: Option<u64>,
     waiting: BTreeSet<TripId>,
     stats: Stats,
+}
+
+impl seq_values::Keyed for Arc<TripEntry> {
+    type Key = TripId;
+    fn key(&self) -> TripId {
+        self.trip.id
+    }
+}
+
+impl seq_values::Keyed for PendingOffer {
+    type Key = OfferId;
+    fn key(&self) -> OfferId {
+        self.details.offer
+    }
 }
 
 impl StateImage {
@@ -60,28 +84,20 @@ impl DispatchState {
     /// An owned copy of the durable state (see the module docs).
     ///
     /// # Runtime
-    /// O(d + t + o + q) clones for d drivers, t trips, o offers and q queued deadlines; no
-    /// allocation per driver beyond the vector.
+    /// O(d / 1024 + b + w) for d drivers, b batch and w waiting trips; O(1) in the trips,
+    /// offers and deadlines.
     pub fn image(&self) -> StateImage {
         StateImage {
             next_offset: self.next_offset,
             drivers: self.drivers.clone(),
-            positions: self.live.positions().to_vec(),
-            trips: self.trips.values().cloned().collect(),
-            offers: self.offers.values().cloned().collect(),
-            ended_offers: self.ended_offers.iter().map(|(k, v)| (*k, *v)).collect(),
+            positions: self.live.positions().clone(),
+            trips: self.trips.clone(),
+            offers: self.offers.clone(),
+            ended_offers: self.ended_offers.clone(),
             ended_order: self.ended_order.clone(),
-            open_by_rider: self
-                .open_by_rider
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
-            by_request: self
-                .by_request
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
-            timers: self.timers.iter().map(|Reverse(t)| *t).collect(),
+            open_by_rider: self.open_by_rider.clone(),
+            by_request: self.by_request.clone(),
+            timers: self.timers.clone(),
             batch: self.batch.clone(),
             batch_flush_at_ms: self.batch_flush_at_ms,
             waiting: self.waiting.clone(),
@@ -96,7 +112,7 @@ impl DispatchState {
     /// back to an older snapshot or to the whole log.
     ///
     /// # Runtime
-    /// O(d log d + t + o + q), plus one index insert per available driver.
+    /// O(d), plus one index insert per available driver (the maps come built from decoding).
     pub fn restore(&mut self, image: StateImage) -> Result<(), String> {
         if !self.drivers.is_empty() || !self.trips.is_empty() || !self.index.is_empty() {
             return Err("a snapshot is only restored into a fresh state".into());
@@ -109,7 +125,7 @@ impl DispatchState {
         if driver_keys.len() != image.drivers.len() {
             return Err("two drivers share an id".into());
         }
-        for (d, position) in image.drivers.iter().zip(&image.positions) {
+        for (d, position) in image.drivers.iter().zip(image.positions.iter()) {
             self.live.set_position(d.key, *position);
             if d.status == DriverStatus::Available {
                 self.index.upsert(d.key, *position);
@@ -117,17 +133,13 @@ impl DispatchState {
         }
         self.driver_keys = driver_keys;
         self.drivers = image.drivers;
-        self.trips = image.trips.into_iter().map(|e| (e.trip.id, e)).collect();
-        self.offers = image
-            .offers
-            .into_iter()
-            .map(|p| (p.details.offer, p))
-            .collect();
-        self.ended_offers = image.ended_offers.into_iter().collect();
+        self.trips = image.trips;
+        self.offers = image.offers;
+        self.ended_offers = image.ended_offers;
         self.ended_order = image.ended_order;
-        self.open_by_rider = image.open_by_rider.into_iter().collect();
-        self.by_request = image.by_request.into_iter().collect();
-        self.timers = image.timers.into_iter().map(Reverse).collect();
+        self.open_by_rider = image.open_by_rider;
+        self.by_request = image.by_request;
+        self.timers = image.timers;
         self.batch = image.batch;
         self.batch_flush_at_ms = image.batch_flush_at_ms;
         self.waiting = image.waiting;
@@ -183,9 +195,9 @@ fn check_keys(image: &StateImage) -> Result<(), String> {
     let in_range = |k: crate::domain::DriverKey| (k.0 as usize) < n;
     let trips_ok = image
         .trips
-        .iter()
+        .values()
         .all(|e| e.driver_key.is_none_or(in_range) && e.tried.iter().copied().all(in_range));
-    if !trips_ok || !image.offers.iter().all(|p| in_range(p.driver)) {
+    if !trips_ok || !image.offers.values().all(|p| in_range(p.driver)) {
         return Err("a trip or an offer names a driver the image does not hold".into());
     }
     Ok(())

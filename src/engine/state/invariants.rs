@@ -206,8 +206,7 @@ impl DispatchState {
         riders.sort();
         let mut requests: Vec<_> = self.by_request.iter().collect();
         requests.sort();
-        let mut timers: Vec<_> = self.timers.iter().map(|t| t.0).collect();
-        timers.sort();
+        let timers: Vec<_> = self.timers.iter().collect();
         let stats = Stats {
             location_updates: 0,
             ..self.stats()

@@ -12,6 +12,7 @@
 //! calls); only `DispatchState` calls them, from a location report, a repeated GoOnline, a
 //! request (demand) or an event that implies a position.
 
+use super::Chunked;
 use crate::domain::{DriverKey, LatLng};
 use crate::surge::{SurgeConfig, SurgeTracker};
 
@@ -21,8 +22,8 @@ const SURGE_SWEEP_MS: u64 = 60_000;
 /// See the module docs.
 #[derive(Debug)]
 pub struct Live {
-    /// Last known position per driver key.
-    positions: Vec<LatLng>,
+    /// Last known position per driver key, in shared chunks (a snapshot copies pointers).
+    positions: Chunked<LatLng>,
     surge: SurgeTracker,
     next_sweep_ms: u64,
     location_updates: u64,
@@ -31,7 +32,7 @@ pub struct Live {
 impl Live {
     pub(super) fn new(surge: SurgeConfig) -> Self {
         Live {
-            positions: Vec::new(),
+            positions: Chunked::new(),
             surge: SurgeTracker::new(surge),
             next_sweep_ms: 0,
             location_updates: 0,
@@ -44,7 +45,7 @@ impl Live {
     }
 
     /// Every known driver's last position, by key (a snapshot copies them).
-    pub(super) fn positions(&self) -> &[LatLng] {
+    pub(super) fn positions(&self) -> &Chunked<LatLng> {
         &self.positions
     }
 

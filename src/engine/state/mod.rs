@@ -20,9 +20,9 @@ mod chunked;
 mod image;
 mod invariants;
 mod live;
+mod persist;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -30,6 +30,7 @@ use rustc_hash::FxHashMap;
 use chunked::Chunked;
 pub use image::StateImage;
 pub use live::Live;
+use persist::{PMap, TimerQueue};
 
 use super::records::{
     Driver, DriverRecord, DriverStatus, LocationRejection, OfferOutcome, PendingOffer, Stats, Trip,
@@ -96,15 +97,15 @@ pub struct DispatchState {
     index: Box<dyn SpatialIndex>,
     drivers: Chunked<DriverRecord>,
     driver_keys: FxHashMap<ExternalId, DriverKey>,
-    /// Shared entries: a snapshot copy clones pointers; a write copies the entry it changes
-    /// only while a copy still holds it.
-    trips: FxHashMap<TripId, Arc<TripEntry>>,
-    offers: FxHashMap<OfferId, PendingOffer>,
-    ended_offers: FxHashMap<OfferId, OfferOutcome>,
-    ended_order: VecDeque<OfferId>,
-    open_by_rider: FxHashMap<ExternalId, TripId>,
-    by_request: FxHashMap<(ExternalId, ExternalId), TripId>,
-    timers: BinaryHeap<Reverse<(u64, Timer)>>,
+    /// Persistent maps and queue (`persist.rs`): a snapshot copy is O(1); a write copies the
+    /// path (and the trip entry) it changes only while a copy still holds them.
+    trips: PMap<TripId, Arc<TripEntry>>,
+    offers: PMap<OfferId, PendingOffer>,
+    ended_offers: PMap<OfferId, OfferOutcome>,
+    ended_order: imbl::Vector<OfferId>,
+    open_by_rider: PMap<ExternalId, TripId>,
+    by_request: PMap<(ExternalId, ExternalId), TripId>,
+    timers: TimerQueue,
     /// Batch policy: the SEARCHING batch trips, waiting for the next flush.
     batch: BTreeSet<TripId>,
     /// When the pending batch is matched; `Some` exactly while `batch` is not empty.
@@ -146,13 +147,13 @@ impl DispatchState {
             index,
             drivers: Chunked::new(),
             driver_keys: FxHashMap::default(),
-            trips: FxHashMap::default(),
-            offers: FxHashMap::default(),
-            ended_offers: FxHashMap::default(),
-            ended_order: VecDeque::new(),
-            open_by_rider: FxHashMap::default(),
-            by_request: FxHashMap::default(),
-            timers: BinaryHeap::new(),
+            trips: PMap::default(),
+            offers: PMap::default(),
+            ended_offers: PMap::default(),
+            ended_order: imbl::Vector::new(),
+            open_by_rider: PMap::default(),
+            by_request: PMap::default(),
+            timers: TimerQueue::default(),
             batch: BTreeSet::new(),
             batch_flush_at_ms: None,
             waiting: BTreeSet::new(),
@@ -322,7 +323,7 @@ impl DispatchState {
 
     /// The earliest deadline in the queue, ms since epoch (it may turn out spent).
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.peek().map(|(at, _)| at)
     }
 
     /// The lowest event offset recovery needs to rebuild today's state: the first event of
@@ -344,9 +345,9 @@ impl DispatchState {
 
     /// Takes the earliest deadline due at or before `now_ms` that still matches the state.
     /// Spent entries are dropped and ended trips past their retention are forgotten on the
-    /// way (time alone decides both). O(log t) per entry for t queued deadlines.
+    /// way (time alone decides both). O(log q) per entry for q queued deadlines.
     pub(crate) fn pop_due(&mut self, now_ms: u64) -> Option<Due> {
-        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+        while let Some((at, timer)) = self.timers.peek() {
             if at > now_ms {
                 return None;
             }
