@@ -143,6 +143,15 @@ impl Process {
         }
     }
 
+    async fn routes_version(&self) -> u64 {
+        QueryServiceClient::new(self.channel.clone())
+            .get_routes(pb::GetRoutesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+    }
+
     async fn stats_of(&self, region: &str) -> Result<pb::GetStatsResponse, tonic::Status> {
         let mut request = tonic::Request::new(pb::GetStatsRequest {});
         request
@@ -317,9 +326,14 @@ async fn two_processes_split_four_regions_forward_calls_and_survive_a_kill() {
 
     // SIGKILL the owner of r0: the other takes its regions once the leases lapse.
     let (mut victim, survivor) = if routes[0] == a.addr { (a, b) } else { (b, a) };
+    let version = survivor.routes_version().await;
     victim.child.start_kill().unwrap();
     victim.child.wait().await.unwrap();
     survivor.wait_owned_by(&[&survivor], 4).await;
+    assert!(
+        survivor.routes_version().await > version,
+        "GetRoutes' version did not move with the owners"
+    );
     check_acked(&survivor, &acked).await;
     for i in 0..4 {
         let trip = survivor

@@ -24,6 +24,17 @@ impl RegionRouter {
         self.home(driver_id, metadata).await.unwrap_or(0)
     }
 
+    /// The region a location report of `driver` at `position` goes to: the driver's region if
+    /// it is known here (remembered, or held by a region served here), else the region of the
+    /// position (no lookup at other owners on the hot path; a driver not there is counted
+    /// as an unknown driver by that region's owner).
+    async fn location_home(&self, driver: &str, position: crate::LatLng) -> usize {
+        if let Some(i) = self.home_here(driver).await {
+            return i;
+        }
+        self.map().locate("location", position).unwrap_or(0)
+    }
+
     /// Whether region `i` holds `driver` as offline (so it may go online in another region).
     async fn is_offline_in(
         &self,
@@ -146,9 +157,9 @@ impl DriverService for RegionRouter {
         &self,
         request: Request<pb::LocationUpdate>,
     ) -> Result<pb::UpdateLocationResponse> {
-        let i = self
-            .driver_home(&request.get_ref().driver_id, request.metadata())
-            .await;
+        let req = request.get_ref();
+        let position = crate::grpc::convert::latlng("location", req.location)?;
+        let i = self.location_home(&req.driver_id, position).await;
         route!(self, i, request, update_location)
     }
 
@@ -164,7 +175,7 @@ impl DriverService for RegionRouter {
             let valid = summary.validate(batch, max);
             let mut per_region: Vec<Vec<_>> = vec![Vec::new(); regions];
             for (driver, position) in valid {
-                let i = self.driver_home(&driver, &metadata).await;
+                let i = self.location_home(&driver, position).await;
                 per_region[i].push((driver, position));
             }
             for (i, updates) in per_region.into_iter().enumerate() {

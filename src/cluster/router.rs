@@ -237,34 +237,43 @@ impl RegionRouter {
     }
 
     /// The region a driver belongs to, if it was seen here or any region knows it (the
-    /// regions served here first, then, unless this call was forwarded, each other region's
-    /// owner; the answer is remembered). `None` for a driver no region knows.
+    /// regions served here first, then, unless `metadata` marks the call forwarded, each other
+    /// region's owner by a forwarded GetDriver with the caller's token; the answer is
+    /// remembered). `None` for a driver no region knows.
     pub(crate) async fn home(
         &self,
         driver: &str,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Option<usize> {
-        if let Some(&i) = self.inner.homes.lock().get(driver) {
+        if let Some(i) = self.home_here(driver).await {
             return Some(i);
-        }
-        let id = ExternalId::new("driver_id", driver).ok()?;
-        let local = self.local_shards();
-        for (i, shard) in &local {
-            if shard.engine.driver(id.clone()).await.is_ok() {
-                self.remember(driver, *i);
-                return Some(*i);
-            }
         }
         if metadata.get(FORWARDED_HEADER).is_some() {
             return None;
         }
         for i in 0..self.regions_len() {
-            if local.iter().any(|(l, _)| *l == i) {
+            if self.local(i).is_some() {
                 continue;
             }
             if let Ok(Target::Remote(peer)) = self.target(i, metadata)
                 && peer.driver(driver, metadata).await.is_some()
             {
+                self.remember(driver, i);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The region a driver belongs to if this process knows: remembered, or held by a region
+    /// served here (the answer is remembered).
+    pub(crate) async fn home_here(&self, driver: &str) -> Option<usize> {
+        if let Some(&i) = self.inner.homes.lock().get(driver) {
+            return Some(i);
+        }
+        let id = ExternalId::new("driver_id", driver).ok()?;
+        for (i, shard) in self.local_shards() {
+            if shard.engine.driver(id.clone()).await.is_ok() {
                 self.remember(driver, i);
                 return Some(i);
             }
