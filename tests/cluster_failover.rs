@@ -168,19 +168,28 @@ impl Process {
     }
 
     async fn online(&self, id: &str, lng: f64) -> Result<(), tonic::Status> {
-        DriverServiceClient::new(self.channel.clone())
-            .go_online(pb::GoOnlineRequest {
-                driver_id: id.into(),
-                location: ll(40.75, lng),
-                rating: 4.8,
-                vehicle_class: 0,
-                gateway_id: "gw".into(),
-            })
-            .await
-            .map(|_| ())
+        retrying(|| async {
+            DriverServiceClient::new(self.channel.clone())
+                .go_online(pb::GoOnlineRequest {
+                    driver_id: id.into(),
+                    location: ll(40.75, lng),
+                    rating: 4.8,
+                    vehicle_class: 0,
+                    gateway_id: "gw".into(),
+                })
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
+    /// RequestTrip, retried while UNAVAILABLE (a region moving: the same request id yields
+    /// the same trip).
     async fn request(&self, rider: &str, lng: f64) -> Result<pb::Trip, tonic::Status> {
+        retrying(|| self.request_once(rider, lng)).await
+    }
+
+    async fn request_once(&self, rider: &str, lng: f64) -> Result<pb::Trip, tonic::Status> {
         let r = RiderServiceClient::new(self.channel.clone())
             .request_trip(pb::RequestTripRequest {
                 rider_id: rider.into(),
@@ -194,12 +203,33 @@ impl Process {
     }
 
     async fn trip(&self, trip_id: &str) -> Result<pb::Trip, tonic::Status> {
-        let r = RiderServiceClient::new(self.channel.clone())
-            .get_trip(pb::GetTripRequest {
-                trip_id: trip_id.into(),
-            })
-            .await?;
-        Ok(r.into_inner().trip.unwrap())
+        retrying(|| async {
+            let r = RiderServiceClient::new(self.channel.clone())
+                .get_trip(pb::GetTripRequest {
+                    trip_id: trip_id.into(),
+                })
+                .await?;
+            Ok(r.into_inner().trip.unwrap())
+        })
+        .await
+    }
+}
+
+/// `call` until it answers anything but UNAVAILABLE (what a client sees while a region moves,
+/// e.g. a lease lapsing on a starved machine), for up to 60 s.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            answer => return answer,
+        }
     }
 }
 
@@ -317,11 +347,14 @@ async fn two_processes_split_four_regions_forward_calls_and_survive_a_kill() {
             })
             .collect(),
     };
-    let summary = DriverServiceClient::new(a.channel.clone())
-        .report_locations(tokio_stream::iter([batch]))
-        .await
-        .unwrap()
-        .into_inner();
+    let summary = retrying(|| async {
+        DriverServiceClient::new(a.channel.clone())
+            .report_locations(tokio_stream::iter([batch.clone()]))
+            .await
+    })
+    .await
+    .unwrap()
+    .into_inner();
     assert_eq!((summary.accepted, summary.rejected), (4, 0), "{summary:?}");
 
     // SIGKILL the owner of r0: the other takes its regions once the leases lapse.
@@ -387,7 +420,7 @@ async fn an_owner_paused_past_its_lease_writes_nothing_more_and_sigterm_hands_ov
     // keeper stopped the region) or forwarded to the new owner, never written by it.
     signal(&paused.pid(), "-CONT");
     for i in 0..2 {
-        if let Ok(trip) = paused.request(&format!("r-late-{i}"), lng_in(i)).await {
+        if let Ok(trip) = paused.request_once(&format!("r-late-{i}"), lng_in(i)).await {
             acked.insert(trip.trip_id.clone(), trip);
         }
     }
