@@ -6,7 +6,9 @@
 //! fails if anyone else took it). An owner that has not renewed for `2/3` of the lease time
 //! stops the region's engine, so it stops writing before the lease can expire and a standby can
 //! take it; the stream's fenced appends catch any write still in flight. A graceful stop deletes
-//! the leases, so a standby takes over at once instead of after expiry.
+//! the leases, so another process takes over at once instead of after expiry. A lease's value
+//! names its holder and the holder's gRPC address ([`Holder`]), where other processes forward
+//! the region's calls.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
