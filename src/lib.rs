@@ -40,9 +40,10 @@
 //! - [`grpc`]: the edge; wire types in and out, validation, statuses.
 //! - [`http`]: axum on the HTTP address: `/metrics`, the operator's live map and its JSON/SSE
 //!   API, read from the map view the dispatcher publishes (viewers never enter its queue).
-//! - [`cluster`]: regions (named polygons, `geo`), one engine per region in one process, the
-//!   router sending each call to its region's services, and cluster mode: region logs on NATS
-//!   JetStream with fenced appends, region leases in a JetStream KV bucket, standby takeover.
+//! - [`cluster`]: regions (named polygons, `geo`), one engine per region, the router sending
+//!   each call to its region's services here or forwarding it to the region's owner, and
+//!   cluster mode: region logs on NATS JetStream with fenced appends, region leases and member
+//!   presence in a JetStream KV bucket, each region taken, handed over or lost on its own.
 //! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,
 //!   TLS, metrics and graceful drain.
 //!

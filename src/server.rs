@@ -58,29 +58,41 @@ pub async fn run(
     crate::eta::from_config(&config)?;
     // With regions: one engine per region (see `cluster`); without: the one engine, as ever.
     let regions = RegionMap::from_config(&config.regions)?;
-    let (engines, leases) = match options.engine {
-        Some(engine) if regions.is_empty() => (vec![engine], None),
+    // Cluster mode: no engine yet; the ownership task starts each region taken (see `cluster`).
+    let clustered = !regions.is_empty() && config.cluster.nats_url.is_some();
+    let engines = match options.engine {
+        Some(engine) if regions.is_empty() => vec![engine],
         Some(_) => return Err("RunOptions::engine cannot be combined with [[regions]]".into()),
-        None if regions.is_empty() => (
-            vec![Engine::start(
-                &config,
-                index::default_index(),
-                Arc::new(SystemClock),
-            )?],
-            None,
-        ),
-        None => crate::cluster::start_engines(&config, &regions).await?,
+        None if regions.is_empty() => vec![Engine::start(
+            &config,
+            index::default_index(),
+            Arc::new(SystemClock),
+        )?],
+        None if clustered => Vec::new(),
+        None => crate::cluster::start_local_engines(&config, &regions)?,
     };
-    // The HTTP side (live map) shows the first engine: not yet region-aware.
-    let engine = engines[0].clone();
+    let own_addr = match config.cluster.advertise_addr.as_str() {
+        "" => listener.local_addr()?.to_string(),
+        addr => addr.to_owned(),
+    };
+    let cluster = if clustered {
+        Some(crate::cluster::owner::Cluster::join(&config, &regions, own_addr.clone()).await?)
+    } else {
+        None
+    };
+    // The HTTP side (live map) shows the first engine: not yet region-aware, and absent in
+    // cluster mode, where regions come and go.
+    let first = engines.first().cloned();
     let config = Arc::new(config);
     let max_bytes = config.limits.max_message_bytes;
     let drain_timeout = config.limits.drain_timeout;
 
-    let metrics = Arc::new(Metrics::new(engine.bus().next_offset()));
-    let mut followers = Vec::with_capacity(engines.len());
-    let mut routers = Vec::with_capacity(engines.len());
-    for e in &engines {
+    let metrics = Arc::new(Metrics::new(
+        first.as_ref().map_or(0, |e| e.bus().next_offset()),
+    ));
+    let mut followers = Vec::new();
+    let mut routers = Vec::new();
+    if let (Some(e), true) = (&first, regions.is_empty()) {
         let bus = e.bus().clone();
         let log_dir = e.log_dir().map(|d| d.to_path_buf());
         followers.push(telemetry::spawn_follower(
@@ -89,6 +101,14 @@ pub async fn run(
         ));
         // One task routes trip updates and offer notices to their watchers (see events::router).
         routers.push(Router::spawn(bus, log_dir));
+    }
+    let region_router = (!regions.is_empty())
+        .then(|| RegionRouter::new(regions.clone(), config.clone(), metrics.clone()));
+    if let Some(router) = &region_router {
+        for (i, engine) in engines.iter().enumerate() {
+            router.install(i, engine.clone());
+            router.set_owner(i, Some(own_addr.clone()));
+        }
     }
     let buses: Vec<_> = engines.iter().map(|e| e.bus().clone()).collect();
     let edge = EdgeLayer::new(&config, metrics.clone());
@@ -109,7 +129,15 @@ pub async fn run(
     health.set_serving::<RiderServiceServer<RiderApi>>().await;
     health.set_serving::<QueryServiceServer<QueryApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
-    let log_failed = watch_log(engine.log_failure(), health.clone(), config.log.on_failure);
+    // In cluster mode each region's log failure stops that region only (see `cluster::owner`).
+    let log_failed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match &first {
+        Some(engine) => Box::pin(watch_log(
+            engine.log_failure(),
+            health.clone(),
+            config.log.on_failure,
+        )),
+        None => Box::pin(std::future::pending()),
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -129,6 +157,7 @@ pub async fn run(
     let (draining_tx, mut draining_rx) = watch::channel(false);
     let signal = {
         let health = health.clone();
+        let region_router = region_router.clone();
         async move {
             tokio::select! {
                 () = shutdown => {}
@@ -151,15 +180,29 @@ pub async fn run(
             for bus in &buses {
                 bus.close();
             }
+            if let Some(router) = &region_router {
+                router.close_streams();
+            }
             let _ = draining_tx.send(true);
         }
     };
 
-    let http_server = options.http.map(|listener| {
+    let http = match (options.http, &first) {
+        (Some(listener), Some(engine)) => Some((listener, engine.clone())),
+        (Some(_), None) => {
+            tracing::warn!(
+                "cluster mode: the HTTP side (/metrics, live map) is not served yet; \
+                 use GetStats and GetRoutes"
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    let http_server = http.map(|(listener, engine)| {
         let mut stop = draining_rx.clone();
         tokio::spawn(crate::http::serve(
             listener,
-            engine.clone(),
+            engine,
             metrics.clone(),
             config.clone(),
             async move {
@@ -168,19 +211,21 @@ pub async fn run(
         ))
     });
 
-    let services = if regions.is_empty() {
-        single_region_services(&engine, &routers[0], &config, &metrics, max_bytes)
-    } else {
-        let router =
-            RegionRouter::new(regions, &engines, &routers, config.clone(), metrics.clone());
-        Routes::new(DriverServiceServer::new(router.clone()).max_decoding_message_size(max_bytes))
-            .add_service(
-                RiderServiceServer::new(router.clone()).max_decoding_message_size(max_bytes),
-            )
-            .add_service(
-                QueryServiceServer::new(router.clone()).max_decoding_message_size(max_bytes),
-            )
-            .add_service(EventServiceServer::new(router).max_decoding_message_size(max_bytes))
+    let membership = match (cluster, &region_router) {
+        (Some(cluster), Some(router)) => Some(cluster.spawn(router.clone())),
+        _ => None,
+    };
+    let services = match (&region_router, &first) {
+        (None, Some(engine)) => {
+            single_region_services(engine, &routers[0], &config, &metrics, max_bytes)
+        }
+        (None, None) => return Err("no engine to serve".into()),
+        (Some(router), _) => Routes::new(
+            DriverServiceServer::new(router.clone()).max_decoding_message_size(max_bytes),
+        )
+        .add_service(RiderServiceServer::new(router.clone()).max_decoding_message_size(max_bytes))
+        .add_service(QueryServiceServer::new(router.clone()).max_decoding_message_size(max_bytes))
+        .add_service(EventServiceServer::new(router.clone()).max_decoding_message_size(max_bytes)),
     };
     let services = services
         .add_service(health_service)
@@ -209,9 +254,10 @@ pub async fn run(
     };
 
     tokio::task::spawn_blocking(move || engines.iter().for_each(Engine::shutdown)).await?;
-    // Cluster mode: everything acknowledged is in the streams; hand the regions over.
-    if let Some(leases) = leases {
-        leases.release().await;
+    // Cluster mode: stop the regions served here (everything acknowledged is in the streams)
+    // and hand them over.
+    if let (Some(membership), Some(router)) = (membership, &region_router) {
+        membership.leave(router, &regions).await;
     }
     // The dispatcher has stopped. Its event log committed (and, per `log.fsync`, synced) every
     // group of events before their replies went out, so nothing is left to flush; anything
@@ -221,7 +267,7 @@ pub async fn run(
     }
     followers.iter().for_each(|f| f.abort());
     tracing::info!("drained; dispatcher stopped");
-    let failure = engine.log_failure().borrow().clone();
+    let failure = first.and_then(|e| e.log_failure().borrow().clone());
     match failure {
         Some(cause) if config.log.on_failure == OnLogFailure::Exit => Err(format!(
             "the event log cannot be written ({cause}); exiting (log.on_failure = \"exit\") \

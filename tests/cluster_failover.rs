@@ -1,11 +1,11 @@
-//! Failover between real `dispatchd` processes over a real 3-node NATS JetStream cluster:
-//! an owner killed with SIGKILL, then one paused with SIGSTOP past its lease. Checks:
-//! - a standby takes the regions over once the lease lapses, replays the streams, and serves
-//!   every acknowledged trip in its acknowledged state;
-//! - no driver holds two live trips;
-//! - an owner resumed after its lease lapsed writes nothing more: its calls fail, and the
-//!   streams hold only what the new owner wrote since;
-//! - an owner stopped with SIGTERM hands its leases over (deletes them) on its way out.
+//! Failover between real `dispatchd` processes over a real 3-node NATS JetStream cluster.
+//! - Two processes split the regions (each serves its fair share at once), a call to the
+//!   process that does not own the region is forwarded and answered, GetRoutes names the
+//!   owners; killed with SIGKILL, a process's regions are taken by the other, replayed, served.
+//! - An owner paused with SIGSTOP past its lease loses its regions; resumed, it appends nothing
+//!   more (every message after a takeover message is the new owner's, read from the streams).
+//! - Every acknowledged trip is served in its acknowledged state; no driver holds two trips.
+//! - An owner stopped with SIGTERM hands its leases over (deletes them) on its way out.
 //!
 //! `CLUSTER_TEST_LOGS=1` shows the processes' logs (stderr) when a run needs explaining.
 
@@ -17,31 +17,41 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use dispatch::pb::{
-    self, driver_service_client::DriverServiceClient, rider_service_client::RiderServiceClient,
+    self, driver_service_client::DriverServiceClient, query_service_client::QueryServiceClient,
+    rider_service_client::RiderServiceClient,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
-const CONFIG: &str = r#"
-[cluster]
-nats_url = "URLS"
-lease_ttl = "2s"
+/// `[cluster]` with a 2 s lease, and `REGIONS` regions side by side, 0.03 deg of longitude
+/// wide each, from -74.05 east.
+fn config(urls: &str, regions: usize) -> String {
+    let mut text = format!("[cluster]\nnats_url = \"{urls}\"\nlease_ttl = \"2s\"\n");
+    for i in 0..regions {
+        let (w, e) = (west_edge(i), west_edge(i + 1));
+        text.push_str(&format!(
+            "\n[[regions]]\nname = \"r{i}\"\ngeojson = '{{\"type\":\"Polygon\",\"coordinates\":\
+             [[[{w},40.7],[{e},40.7],[{e},40.8],[{w},40.8],[{w},40.7]]]}}'\n"
+        ));
+    }
+    text
+}
 
-[[regions]]
-name = "west"
-geojson = '{"type":"Polygon","coordinates":[[[-74.05,40.7],[-73.99,40.7],[-73.99,40.8],[-74.05,40.8],[-74.05,40.7]]]}'
+fn west_edge(i: usize) -> f64 {
+    -74.05 + 0.03 * i as f64
+}
 
-[[regions]]
-name = "east"
-geojson = '{"type":"Polygon","coordinates":[[[-73.99,40.7],[-73.93,40.7],[-73.93,40.8],[-73.99,40.8],[-73.99,40.7]]]}'
-"#;
+/// A longitude inside region `i`.
+fn lng_in(i: usize) -> f64 {
+    west_edge(i) + 0.015
+}
 
 struct Process {
     child: Child,
     channel: Channel,
+    addr: String,
 }
-
 impl Process {
     async fn spawn(config: &std::path::Path) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
@@ -76,12 +86,81 @@ impl Process {
             }
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        // Lazy: a standby accepts connections but serves only once it holds the leases.
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
-            .timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
             .connect_lazy();
-        Process { child, channel }
+        Process {
+            child,
+            channel,
+            addr,
+        }
+    }
+
+    /// Each region's owner address as this process sees it ("" for none).
+    async fn routes(&self) -> Vec<String> {
+        match QueryServiceClient::new(self.channel.clone())
+            .get_routes(pb::GetRoutesRequest {})
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .routes
+                .into_iter()
+                .map(|r| r.owner_address)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Waits until, seen from this process, every region has an owner among `owners`, each of
+    /// them owns its fair share (`floor` or `ceil` of regions / owners), and every region answers a call made here (served or forwarded).
+    async fn wait_owned_by(&self, owners: &[&Process], regions: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let routes = self.routes().await;
+            let addrs: Vec<&str> = owners.iter().map(|p| p.addr.as_str()).collect();
+            let settled = routes.len() == regions
+                && routes.iter().all(|r| addrs.contains(&r.as_str()))
+                && addrs.iter().all(|a| {
+                    let owned = routes.iter().filter(|r| r == a).count();
+                    owned == regions / addrs.len() || owned == regions.div_ceil(addrs.len())
+                });
+            if settled {
+                let mut all = true;
+                for i in 0..regions {
+                    all &= self.stats_of(&format!("r{i}")).await.is_ok();
+                }
+                if all {
+                    return routes;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the regions did not settle on {addrs:?} within 90 s: {routes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn routes_version(&self) -> u64 {
+        QueryServiceClient::new(self.channel.clone())
+            .get_routes(pb::GetRoutesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+    }
+
+    async fn stats_of(&self, region: &str) -> Result<pb::GetStatsResponse, tonic::Status> {
+        let mut request = tonic::Request::new(pb::GetStatsRequest {});
+        request
+            .metadata_mut()
+            .insert("dispatch-region", region.parse().unwrap());
+        QueryServiceClient::new(self.channel.clone())
+            .get_stats(request)
+            .await
+            .map(|r| r.into_inner())
     }
 
     fn pid(&self) -> String {
@@ -89,19 +168,28 @@ impl Process {
     }
 
     async fn online(&self, id: &str, lng: f64) -> Result<(), tonic::Status> {
-        DriverServiceClient::new(self.channel.clone())
-            .go_online(pb::GoOnlineRequest {
-                driver_id: id.into(),
-                location: ll(40.75, lng),
-                rating: 4.8,
-                vehicle_class: 0,
-                gateway_id: "gw".into(),
-            })
-            .await
-            .map(|_| ())
+        retrying(|| async {
+            DriverServiceClient::new(self.channel.clone())
+                .go_online(pb::GoOnlineRequest {
+                    driver_id: id.into(),
+                    location: ll(40.75, lng),
+                    rating: 4.8,
+                    vehicle_class: 0,
+                    gateway_id: "gw".into(),
+                })
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
+    /// RequestTrip, retried while UNAVAILABLE (a region moving: the same request id yields
+    /// the same trip).
     async fn request(&self, rider: &str, lng: f64) -> Result<pb::Trip, tonic::Status> {
+        retrying(|| self.request_once(rider, lng)).await
+    }
+
+    async fn request_once(&self, rider: &str, lng: f64) -> Result<pb::Trip, tonic::Status> {
         let r = RiderServiceClient::new(self.channel.clone())
             .request_trip(pb::RequestTripRequest {
                 rider_id: rider.into(),
@@ -115,30 +203,32 @@ impl Process {
     }
 
     async fn trip(&self, trip_id: &str) -> Result<pb::Trip, tonic::Status> {
-        let r = RiderServiceClient::new(self.channel.clone())
-            .get_trip(pb::GetTripRequest {
-                trip_id: trip_id.into(),
-            })
-            .await?;
-        Ok(r.into_inner().trip.unwrap())
+        retrying(|| async {
+            let r = RiderServiceClient::new(self.channel.clone())
+                .get_trip(pb::GetTripRequest {
+                    trip_id: trip_id.into(),
+                })
+                .await?;
+            Ok(r.into_inner().trip.unwrap())
+        })
+        .await
     }
+}
 
-    /// Waits until this process serves both regions (a trip of each answers).
-    async fn wait_serving(&self, trips: &[String]) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut all = true;
-            for t in trips {
-                all &= self.trip(t).await.is_ok();
+/// `call` until it answers anything but UNAVAILABLE (what a client sees while a region moves,
+/// e.g. a lease lapsing on a starved machine), for up to 60 s.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if all {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the standby did not take over within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            answer => return answer,
         }
     }
 }
@@ -159,9 +249,32 @@ fn ll(lat: f64, lng: f64) -> Option<pb::LatLng> {
     })
 }
 
-async fn stream_messages(js: &jetstream::Context, region: &str) -> u64 {
+/// Checks region `region`'s stream from its first message: after each takeover message, every
+/// message is the new owner's (no write by an old owner after a takeover); returns how many
+/// takeovers it holds.
+async fn check_stream_owners(js: &jetstream::Context, region: &str) -> usize {
     let mut stream = js.get_stream(format!("DISPATCH_{region}")).await.unwrap();
-    stream.info().await.unwrap().state.messages
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let (mut owner, mut takeovers) = (None::<String>, 0);
+    for seq in 1..=last {
+        let message = stream.direct_get(seq).await.unwrap();
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+        if let Some(new) = header("Dispatch-Takeover") {
+            owner = Some(new);
+            takeovers += 1;
+            continue;
+        }
+        let writer = header("Dispatch-Owner");
+        assert!(
+            owner.is_some(),
+            "{region} #{seq}: written before any takeover"
+        );
+        assert_eq!(
+            writer, owner,
+            "{region} #{seq}: written by an old owner after a takeover"
+        );
+    }
+    takeovers
 }
 
 /// Every acknowledged trip is served by `p` in its acknowledged state, and no driver holds two.
@@ -179,85 +292,137 @@ async fn check_acked(p: &Process, acked: &HashMap<String, pb::Trip>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_takes_over_after_kill_and_pause_and_the_old_owner_writes_nothing() {
-    let Some(cluster) = nats::NatsCluster::start(3).await else {
-        return;
-    };
+/// Starts NATS, writes the config for `regions` regions and connects a JetStream client.
+async fn setup(
+    regions: usize,
+) -> Option<(nats::NatsCluster, tempfile::TempDir, jetstream::Context)> {
+    let cluster = nats::NatsCluster::start(3).await?;
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(&config, CONFIG.replace("URLS", &cluster.urls())).unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, config(&cluster.urls(), regions)).unwrap();
     let client = async_nats::connect(format!("127.0.0.1:{}", cluster.nodes[2].client_port))
         .await
         .unwrap();
-    let js = jetstream::new(client);
+    Some((cluster, dir, jetstream::new(client)))
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_split_four_regions_forward_calls_and_survive_a_kill() {
+    let Some((_nats, dir, js)) = setup(4).await else {
+        return;
+    };
+    let config = dir.path().join("cluster.toml");
     let a = Process::spawn(&config).await;
     let b = Process::spawn(&config).await;
+    // Each takes its fair share: two regions each, whichever started first.
+    let routes = a.wait_owned_by(&[&a, &b], 4).await;
+    for p in [&a, &b] {
+        let owned = routes.iter().filter(|r| **r == p.addr).count();
+        assert_eq!(owned, 2, "{} owns {owned} of {routes:?}", p.addr);
+    }
+    b.wait_owned_by(&[&a, &b], 4).await;
+
+    // Everything through `a`: the calls for b's regions are forwarded to b and answered.
     let mut acked: HashMap<String, pb::Trip> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    // Whichever serves first is the owner (A started first, but let the leases decide).
-    let (owner, standby) = loop {
-        if a.online("d-w0", -74.0).await.is_ok() {
-            break (a, b);
-        }
-        if b.online("d-w0", -74.0).await.is_ok() {
-            break (b, a);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no process started serving within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
     for i in 0..4 {
-        let lng = if i % 2 == 0 {
-            -74.0 - 0.005 * i as f64
-        } else {
-            -73.98 + 0.005 * i as f64
-        };
-        owner.online(&format!("d-{i}"), lng).await.unwrap();
-        let trip = owner.request(&format!("r-{i}"), lng).await.unwrap();
+        a.online(&format!("d-{i}"), lng_in(i)).await.unwrap();
+        let trip = a.request(&format!("r-{i}"), lng_in(i)).await.unwrap();
         acked.insert(trip.trip_id.clone(), trip);
     }
-    let ids: Vec<String> = acked.keys().cloned().collect();
+    // The same trips read through `b` (forwarded the other way for a's regions).
+    check_acked(&b, &acked).await;
+    check_acked(&a, &acked).await;
+    // A location batch for drivers of every region, sent to `a`: split, partly forwarded.
+    let batch = pb::LocationBatch {
+        updates: (0..4)
+            .map(|i| pb::LocationUpdate {
+                driver_id: format!("d-{i}"),
+                location: ll(40.752, lng_in(i)),
+                recorded_at_ms: 0,
+            })
+            .collect(),
+    };
+    let summary = retrying(|| async {
+        DriverServiceClient::new(a.channel.clone())
+            .report_locations(tokio_stream::iter([batch.clone()]))
+            .await
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!((summary.accepted, summary.rejected), (4, 0), "{summary:?}");
 
-    // SIGKILL the owner: the standby takes the lapsed leases, replays, serves.
-    let mut owner = owner;
-    owner.child.start_kill().unwrap();
-    owner.child.wait().await.unwrap();
-    standby.wait_serving(&ids).await;
-    check_acked(&standby, &acked).await;
-    let trip = standby.request("r-after-kill", -73.97).await.unwrap();
-    acked.insert(trip.trip_id.clone(), trip);
-
-    // A third process stands by; pause the owner past its lease.
-    let third = Process::spawn(&config).await;
-    let paused = standby;
-    signal(&paused.pid(), "-STOP");
-    let ids: Vec<String> = acked.keys().cloned().collect();
-    third.wait_serving(&ids).await;
-    check_acked(&third, &acked).await;
-    let trip = third.request("r-after-pause", -74.02).await.unwrap();
-    acked.insert(trip.trip_id.clone(), trip);
-    let before = (
-        stream_messages(&js, "west").await,
-        stream_messages(&js, "east").await,
-    );
-
-    // Resumed, the old owner must not write: its lease keeper or the fenced append stops it.
-    signal(&paused.pid(), "-CONT");
-    let late = paused.request("r-late", -73.96).await;
+    // SIGKILL the owner of r0: the other takes its regions once the leases lapse.
+    let (mut victim, survivor) = if routes[0] == a.addr { (a, b) } else { (b, a) };
+    let version = survivor.routes_version().await;
+    victim.child.start_kill().unwrap();
+    victim.child.wait().await.unwrap();
+    survivor.wait_owned_by(&[&survivor], 4).await;
     assert!(
-        late.is_err(),
-        "the paused owner acknowledged a write after losing its lease"
+        survivor.routes_version().await > version,
+        "GetRoutes' version did not move with the owners"
     );
-    let after = (
-        stream_messages(&js, "west").await,
-        stream_messages(&js, "east").await,
-    );
-    assert_eq!(before, after, "the old owner appended after the takeover");
+    check_acked(&survivor, &acked).await;
+    for i in 0..4 {
+        let trip = survivor
+            .request(&format!("r-after-{i}"), lng_in(i))
+            .await
+            .unwrap();
+        acked.insert(trip.trip_id.clone(), trip);
+    }
+    check_acked(&survivor, &acked).await;
+    let mut takeovers = 0;
+    for i in 0..4 {
+        takeovers += check_stream_owners(&js, &format!("r{i}")).await;
+    }
+    // Four first takeovers, then at least the victim's two regions again.
+    assert!(takeovers >= 6, "{takeovers} takeovers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_past_its_lease_writes_nothing_more_and_sigterm_hands_over() {
+    let Some((_nats, dir, js)) = setup(2).await else {
+        return;
+    };
+    let config = dir.path().join("cluster.toml");
+    let a = Process::spawn(&config).await;
+    let b = Process::spawn(&config).await;
+    a.wait_owned_by(&[&a, &b], 2).await;
+    let mut acked: HashMap<String, pb::Trip> = HashMap::new();
+    for i in 0..2 {
+        a.online(&format!("d-{i}"), lng_in(i)).await.unwrap();
+        let trip = a.request(&format!("r-{i}"), lng_in(i)).await.unwrap();
+        acked.insert(trip.trip_id.clone(), trip);
+    }
+    // A third process joins and gets its share once the split is redone.
+    let mut a = a;
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    b.wait_owned_by(&[&b], 2).await;
+    let third = Process::spawn(&config).await;
+    third.wait_owned_by(&[&b, &third], 2).await;
     check_acked(&third, &acked).await;
+
+    // Pause b past its lease: the third takes everything.
+    let paused = b;
+    signal(&paused.pid(), "-STOP");
+    third.wait_owned_by(&[&third], 2).await;
+    check_acked(&third, &acked).await;
+    let trip = third.request("r-after-pause", lng_in(0)).await.unwrap();
+    acked.insert(trip.trip_id.clone(), trip);
+
+    // Resumed, the old owner must not write: its late call is refused (fenced, or its lease
+    // keeper stopped the region) or forwarded to the new owner, never written by it.
+    signal(&paused.pid(), "-CONT");
+    for i in 0..2 {
+        if let Ok(trip) = paused.request_once(&format!("r-late-{i}"), lng_in(i)).await {
+            acked.insert(trip.trip_id.clone(), trip);
+        }
+    }
+    check_acked(&third, &acked).await;
+    for i in 0..2 {
+        check_stream_owners(&js, &format!("r{i}")).await;
+    }
     drop(paused);
 
     // SIGTERM: the owner drains and hands its leases over (deletes them) instead of letting
@@ -270,11 +435,14 @@ async fn a_standby_takes_over_after_kill_and_pause_and_the_old_owner_writes_noth
         .unwrap();
     assert!(status.success(), "{status:?}");
     let leases = js.get_key_value("dispatch_leases").await.unwrap();
-    for region in ["west", "east"] {
+    for region in ["r0", "r1"] {
         assert_eq!(
             leases.get(region).await.unwrap(),
             None,
             "{region} still leased"
         );
+    }
+    for i in 0..2 {
+        check_stream_owners(&js, &format!("r{i}")).await;
     }
 }

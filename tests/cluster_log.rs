@@ -12,7 +12,8 @@ use async_nats::jetstream;
 use dispatch::cluster::regions::RegionConfig;
 use dispatch::config::Config;
 use dispatch::pb::{
-    self, driver_service_client::DriverServiceClient, rider_service_client::RiderServiceClient,
+    self, driver_service_client::DriverServiceClient, query_service_client::QueryServiceClient,
+    rider_service_client::RiderServiceClient,
 };
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -59,7 +60,6 @@ impl Server {
             .await
             .unwrap();
         });
-        // The server listens only once its regions are replayed: retry the connection.
         let channel = loop {
             let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
             match endpoint.connect().await {
@@ -70,6 +70,28 @@ impl Server {
                 Err(e) => panic!("the server stopped before serving: {e}"),
             }
         };
+        // The server serves at once; its regions come once their leases are taken and their
+        // streams replayed: wait until each answers.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for region in ["west", "east"] {
+            loop {
+                let mut request = tonic::Request::new(pb::GetStatsRequest {});
+                request
+                    .metadata_mut()
+                    .insert("dispatch-region", region.parse().unwrap());
+                let answer = QueryServiceClient::new(channel.clone())
+                    .get_stats(request)
+                    .await;
+                if answer.is_ok() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{region} not served within 60 s: {answer:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         Server {
             channel,
             stop: Some(tx),
@@ -192,7 +214,8 @@ async fn an_owner_whose_append_is_refused_stops_serving_that_region_only() {
         .unwrap();
     let err = s.request("r-e", -73.97).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
-    // Nothing of the refused call reached the stream: only the intruder's message was added.
+    // Nothing of the refused call reached the stream: only the intruder's message was added
+    // (the region is not taken again: its stream now holds a message that is not events).
     assert_eq!(stream_messages(&js, "east").await, before + 1);
     // The region stays stopped; the other one serves on.
     let again = s.request("r-e2", -73.96).await.unwrap_err();

@@ -18,8 +18,12 @@ pub struct ClusterConfig {
     /// it, and an owner stops writing after two thirds without a renewal.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: std::time::Duration,
-    /// This process's name in the leases; empty: `<listen address>-<pid>`.
+    /// This process's name in the leases; empty: `<gRPC address>-<pid>`.
     pub owner: String,
+    /// The gRPC address (`host:port`) other processes forward this process's regions' calls to
+    /// and GetRoutes hands to gateways; empty: the address the server is bound to (set it when
+    /// binding `0.0.0.0` or behind NAT).
+    pub advertise_addr: String,
 }
 
 impl Default for ClusterConfig {
@@ -29,6 +33,7 @@ impl Default for ClusterConfig {
             stream_replicas: 3,
             lease_ttl: std::time::Duration::from_secs(3),
             owner: String::new(),
+            advertise_addr: String::new(),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! fails if anyone else took it). An owner that has not renewed for `2/3` of the lease time
 //! stops the region's engine, so it stops writing before the lease can expire and a standby can
 //! take it; the stream's fenced appends catch any write still in flight. A graceful stop deletes
-//! the leases, so a standby takes over at once instead of after expiry.
+//! the leases, so another process takes over at once instead of after expiry. A lease's value
+//! names its holder and the holder's gRPC address ([`Holder`]), where other processes forward
+//! the region's calls.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -59,42 +61,67 @@ pub(crate) async fn bucket(
 pub(crate) struct Lease {
     store: kv::Store,
     region: String,
-    owner: String,
+    /// The lease's value: our [`Holder`].
+    value: Bytes,
     revision: u64,
 }
 
+/// Who holds a lease, as its value says: `<owner>\n<gRPC address>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// The holder's member id (see `members`).
+    pub(crate) owner: String,
+    /// Where it serves gRPC (`host:port`): calls for the region are forwarded there.
+    pub(crate) addr: String,
+}
+
+impl Holder {
+    fn encode(&self) -> Bytes {
+        Bytes::from(format!("{}\n{}", self.owner, self.addr))
+    }
+
+    /// The holder named by a lease value (an address-less value names no address).
+    pub(crate) fn decode(value: &[u8]) -> Holder {
+        let text = String::from_utf8_lossy(value);
+        let (owner, addr) = text.split_once('\n').unwrap_or((&text, ""));
+        Holder {
+            owner: owner.to_owned(),
+            addr: addr.to_owned(),
+        }
+    }
+}
+
+/// The current holder of `region`'s lease and the lease's revision; `None` when it is free.
+pub(crate) async fn holder(
+    store: &kv::Store,
+    region: &str,
+) -> Result<Option<(Holder, u64)>, String> {
+    match store.entry(region).await {
+        Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+            Ok(Some((Holder::decode(&entry.value), entry.revision)))
+        }
+        Ok(_) => Ok(None),
+        Err(e) => Err(format!("reading the lease of region {region}: {e}")),
+    }
+}
+
 impl Lease {
-    /// Takes the lease of `region` for `owner`, waiting while another owner holds it (a
-    /// standby). Returns once it is ours.
-    pub(crate) async fn acquire(
-        store: &kv::Store,
-        region: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> Lease {
-        let mut waiting_logged = false;
-        loop {
-            match store.create(region, Bytes::from(owner.to_owned())).await {
-                Ok(revision) => {
-                    tracing::info!(region, owner, revision, "region lease taken");
-                    return Lease {
-                        store: store.clone(),
-                        region: region.to_owned(),
-                        owner: owner.to_owned(),
-                        revision,
-                    };
-                }
-                Err(e) => {
-                    if !waiting_logged {
-                        let holder = match store.get(region).await {
-                            Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
-                            _ => "unknown".into(),
-                        };
-                        tracing::info!(region, holder, reason = %e, "region leased elsewhere; standing by");
-                        waiting_logged = true;
-                    }
-                    tokio::time::sleep(ttl / 6).await;
-                }
+    /// Takes the free lease of `region` for `me` (create-if-absent); `None` when someone else
+    /// holds it or took it first.
+    pub(crate) async fn take(store: &kv::Store, region: &str, me: &Holder) -> Option<Lease> {
+        match store.create(region, me.encode()).await {
+            Ok(revision) => {
+                tracing::info!(region, owner = %me.owner, revision, "region lease taken");
+                Some(Lease {
+                    store: store.clone(),
+                    region: region.to_owned(),
+                    value: me.encode(),
+                    revision,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(region, reason = %e, "region lease not taken");
+                None
             }
         }
     }
@@ -104,7 +131,7 @@ impl Lease {
     async fn renew(&mut self) -> Result<(), (bool, String)> {
         let revision = self
             .store
-            .update(&self.region, Bytes::from(self.owner.clone()), self.revision)
+            .update(&self.region, self.value.clone(), self.revision)
             .await
             .map_err(|e| {
                 (
@@ -152,14 +179,14 @@ impl Lease {
     }
 }
 
-/// Deletes the leases of `regions` held by `owner`, so a standby takes them at once.
-pub(crate) async fn release(store: &kv::Store, regions: &[String], owner: &str) {
-    for region in regions {
-        let ours = matches!(store.get(region).await, Ok(Some(v)) if v == owner.as_bytes());
-        if ours && let Err(e) = store.delete(region).await {
-            tracing::warn!(region, error = %e, "could not hand the region lease over");
-        } else if ours {
-            tracing::info!(region, "region lease handed over");
-        }
+/// Deletes `region`'s lease if `owner` holds it, so another process takes it at once.
+pub(crate) async fn release(store: &kv::Store, region: &str, owner: &str) {
+    let held = match holder(store, region).await {
+        Ok(Some((h, revision))) if h.owner == owner => revision,
+        _ => return,
+    };
+    match store.delete_expect_revision(region, Some(held)).await {
+        Ok(()) => tracing::info!(region, "region lease handed over"),
+        Err(e) => tracing::warn!(region, error = %e, "could not hand the region lease over"),
     }
 }

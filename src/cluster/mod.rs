@@ -1,22 +1,29 @@
-//! Regions: a city cut into named polygons, one dispatcher (state, thread, log) per region in
-//! one process, and the router that sends every call to the region it concerns.
+//! Regions: a city cut into named polygons, one dispatcher (state, thread, log) per region,
+//! the router that sends every call to the region it concerns, and cluster mode, where the
+//! regions are spread over processes.
 //!
 //! - [`regions`]: the polygons (`geo` point-in-polygon) and the id ranges that make a trip or
 //!   offer id name its region.
-//! - `router`: the region engines behind the four dispatch services; which region a driver,
-//!   point, trip or offer belongs to. `route_drivers` and `route_queries` implement the
-//!   services by handing each call to that region's ordinary service (`grpc`).
-//!
+//! - `router`: the region engines served here behind the four dispatch services; which region
+//!   a driver, point, trip or offer belongs to. `route_drivers` and `route_queries` implement
+//!   the services by handing each call to that region's ordinary service (`grpc`), or
+//!   `forward`ing it to the process that owns the region.
 //! - `stream_log`: cluster mode's log, a JetStream stream per region with fenced appends;
-//!   `lease`: who may write a region, a renewed key per region in a JetStream KV bucket.
+//!   `lease`: who may write a region, a renewed key per region in a JetStream KV bucket;
+//!   `members`: who is alive and which member should own which region; `owner`: the task
+//!   that takes, keeps, hands over and loses regions while the server serves.
 //!
 //! Without any `[[regions]]` configured none of this runs: the server serves one engine exactly
-//! as before. With `cluster.nats_url` the regions' logs are JetStream streams,
-//! written only under a lease; a standby process waits for the leases and takes over when they
-//! are handed over or lapse. Forwarding calls between processes is not built yet.
+//! as before. With regions but no `cluster.nats_url`, one process serves every region from its
+//! local logs. With `cluster.nats_url` the server serves at once, and each region is served by
+//! the process holding its lease (written to its JetStream stream); every other process
+//! forwards the region's calls there.
 
 pub mod config;
+mod forward;
 mod lease;
+mod members;
+pub(crate) mod owner;
 pub mod regions;
 mod route_drivers;
 mod route_queries;
@@ -31,106 +38,33 @@ use crate::engine::Engine;
 use crate::index;
 use regions::RegionMap;
 
-/// Starts one engine per region on the system clock. In cluster mode (`cluster.nats_url`)
-/// each replays and then commits to its JetStream stream; otherwise each recovers its own
+/// Starts one engine per region on the system clock, without a cluster: each recovers its own
 /// local log from `<data_dir>/regions/<name>` when the log is on.
-///
-/// In cluster mode each region is served only once its lease is ours (a standby waits here);
-/// the returned [`Leases`] renew them and hand them over on [`Leases::release`].
-pub(crate) async fn start_engines(
-    config: &Config,
-    map: &RegionMap,
-) -> Result<(Vec<Engine>, Option<Leases>), String> {
-    let cluster = &config.cluster;
-    let js = match &cluster.nats_url {
-        Some(url) => Some(connect(url).await?),
-        None => None,
-    };
-    let mut leases = match &js {
-        Some(js) => Some(Leases {
-            store: lease::bucket(js, cluster.lease_ttl, cluster.stream_replicas).await?,
-            owner: if cluster.owner.is_empty() {
-                format!("{}-{}", config.listen, std::process::id())
-            } else {
-                cluster.owner.clone()
-            },
-            regions: Vec::new(),
-            keepers: Vec::new(),
-        }),
-        None => None,
-    };
+pub(crate) fn start_local_engines(config: &Config, map: &RegionMap) -> Result<Vec<Engine>, String> {
     let mut engines = Vec::with_capacity(map.regions().len());
     for region in map.regions() {
-        let slot = Arc::new(std::sync::OnceLock::new());
-        if let Some(leases) = &mut leases {
-            let lease = lease::Lease::acquire(
-                &leases.store,
-                &region.name,
-                &leases.owner,
-                cluster.lease_ttl,
-            )
-            .await;
-            leases.regions.push(region.name.clone());
-            leases
-                .keepers
-                .push(tokio::spawn(lease.keep(cluster.lease_ttl, slot.clone())));
-        }
         let mut own = config.clone();
         own.log.data_dir = config
             .log
             .data_dir
             .as_ref()
             .map(|dir| dir.join("regions").join(&region.name));
-        let clock = Arc::new(SystemClock);
-        let engine = match &js {
-            None => Engine::start_at(&own, index::default_index(), clock, region.first_offset())
-                .map_err(|e| format!("region {}: {e}", region.name))?,
-            Some(js) => {
-                let (log, history) =
-                    stream_log::StreamLog::open(js, &region.name, config.cluster.stream_replicas)
-                        .await?;
-                Engine::start_on_log(
-                    &own,
-                    index::default_index(),
-                    clock,
-                    region.first_offset(),
-                    Box::new(log),
-                    &history,
-                )
-                .map_err(|e| format!("region {}: {e}", region.name))?
-            }
-        };
+        let engine = Engine::start_at(
+            &own,
+            index::default_index(),
+            Arc::new(SystemClock),
+            region.first_offset(),
+        )
+        .map_err(|e| format!("region {}: {e}", region.name))?;
         tracing::info!(
             region = %region.name,
             first_id = region.first_offset(),
             next_offset = engine.bus().next_offset(),
-            log = if js.is_some() { "jetstream" } else { "local" },
             "region engine started"
         );
-        let _ = slot.set(engine.clone());
         engines.push(engine);
     }
-    Ok((engines, leases))
-}
-
-/// The region leases this process holds, renewed by one task each.
-#[derive(Debug)]
-pub(crate) struct Leases {
-    store: async_nats::jetstream::kv::Store,
-    owner: String,
-    regions: Vec<String>,
-    keepers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Leases {
-    /// Stops renewing and deletes the leases, so standbys take the regions at once. Call once
-    /// the engines have stopped (everything acknowledged is in the streams).
-    pub(crate) async fn release(self) {
-        for keeper in &self.keepers {
-            keeper.abort();
-        }
-        lease::release(&self.store, &self.regions, &self.owner).await;
-    }
+    Ok(engines)
 }
 
 /// A JetStream context on the comma-separated NATS servers `urls`.

@@ -1,36 +1,122 @@
 //! The driver service in region mode: each call goes to the region of the driver (by the
-//! position it goes online at), of the offer or of the trip it names; a location stream is
-//! split over the regions; an offer stream merges every region's offers for the gateway.
+//! position it goes online at), of the offer or of the trip it names, here or at its owner; a
+//! location stream is split over the regions; an offer stream merges the offers of every region
+//! served here and, unless forwarded, of every other owner.
 
 use std::pin::Pin;
 
 use futures_util::stream::{self, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::router::RegionRouter;
+use super::router::{RegionRouter, Target};
 use crate::grpc::drivers::Summary;
 use crate::grpc::status;
-use crate::pb::{self, driver_service_server::DriverService};
+use crate::pb::{
+    self, driver_service_client::DriverServiceClient, driver_service_server::DriverService,
+};
 
 type Result<T> = std::result::Result<Response<T>, Status>;
 
 impl RegionRouter {
     /// The region of the driver a call names; one no region knows goes to the first region,
     /// whose answer (NOT_FOUND) is the single-region one.
-    async fn driver_home(&self, driver_id: &str) -> usize {
-        self.home(driver_id).await.unwrap_or(0)
+    async fn driver_home(&self, driver_id: &str, metadata: &tonic::metadata::MetadataMap) -> usize {
+        self.home(driver_id, metadata).await.unwrap_or(0)
+    }
+
+    /// The region a location report of `driver` at `position` goes to: the driver's region if
+    /// it is known here (remembered, or held by a region served here), else the region of the
+    /// position (no lookup at other owners on the hot path; a driver not there is counted
+    /// as an unknown driver by that region's owner).
+    async fn location_home(&self, driver: &str, position: crate::LatLng) -> usize {
+        if let Some(i) = self.home_here(driver).await {
+            return i;
+        }
+        self.map().locate("location", position).unwrap_or(0)
     }
 
     /// Whether region `i` holds `driver` as offline (so it may go online in another region).
-    async fn is_offline_in(&self, i: usize, driver: &str) -> bool {
+    async fn is_offline_in(
+        &self,
+        i: usize,
+        driver: &str,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> bool {
         let Ok(id) = crate::domain::ExternalId::new("driver_id", driver) else {
             return false;
         };
-        matches!(
-            self.shard(i).engine.driver(id).await,
-            Ok(d) if d.status == crate::engine::DriverStatus::Offline
-        )
+        match self.target(i, metadata) {
+            Ok(Target::Local(shard)) => matches!(
+                shard.engine.driver(id).await,
+                Ok(d) if d.status == crate::engine::DriverStatus::Offline
+            ),
+            Ok(Target::Remote(peer)) => matches!(
+                peer.driver(driver, metadata).await,
+                Some(d) if d.state() == pb::DriverState::Offline
+            ),
+            Err(_) => false,
+        }
     }
+
+    /// Sends `updates` (one region's part of a batch) to region `i`, here or at its owner.
+    async fn send_locations(
+        &self,
+        i: usize,
+        metadata: &tonic::metadata::MetadataMap,
+        updates: Vec<(String, crate::LatLng)>,
+        summary: &mut Summary,
+    ) -> std::result::Result<(), Status> {
+        let count = updates.len() as u64;
+        match self.target(i, metadata)? {
+            Target::Local(shard) => {
+                let outcome = shard
+                    .engine
+                    .apply_locations(updates)
+                    .await
+                    .map_err(status)?;
+                summary.count(outcome, count);
+            }
+            Target::Remote(peer) => {
+                let batch = pb::LocationBatch {
+                    updates: updates
+                        .into_iter()
+                        .map(|(driver_id, p)| pb::LocationUpdate {
+                            driver_id,
+                            recorded_at_ms: 0,
+                            location: Some(pb::LatLng {
+                                lat_deg: p.lat_deg(),
+                                lng_deg: p.lng_deg(),
+                            }),
+                        })
+                        .collect(),
+                };
+                let request = peer.unary(metadata, stream::iter([batch]));
+                let answer = DriverServiceClient::new(peer.channel.clone())
+                    .report_locations(request)
+                    .await
+                    .map_err(|s| peer.failed(s))?
+                    .into_inner();
+                summary.add_forwarded(&answer);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A unary call for region `$i`: to its services here, or forwarded to its owner.
+macro_rules! route {
+    ($router:expr, $i:expr, $request:ident, $method:ident) => {{
+        match $router.target($i, $request.metadata())? {
+            Target::Local(shard) => shard.drivers.$method($request).await,
+            Target::Remote(peer) => {
+                let (metadata, _, message) = $request.into_parts();
+                DriverServiceClient::new(peer.channel.clone())
+                    .$method(peer.unary(&metadata, message))
+                    .await
+                    .map_err(|s| peer.failed(s))
+            }
+        }
+    }};
 }
 
 #[tonic::async_trait]
@@ -42,9 +128,9 @@ impl DriverService for RegionRouter {
         let req = request.get_ref();
         let i = self.by_point("location", req.location.as_ref())?;
         let driver = req.driver_id.clone();
-        if let Some(home) = self.home(&driver).await
+        if let Some(home) = self.home(&driver, request.metadata()).await
             && home != i
-            && !self.is_offline_in(home, &driver).await
+            && !self.is_offline_in(home, &driver, request.metadata()).await
         {
             return Err(Status::failed_precondition(format!(
                 "driver {driver:?} is known to region {:?}; moving between regions is not \
@@ -52,7 +138,7 @@ impl DriverService for RegionRouter {
                 self.map().regions()[home].name
             )));
         }
-        let answer = self.shard(i).drivers.go_online(request).await?;
+        let answer = route!(self, i, request, go_online)?;
         self.remember(&driver, i);
         Ok(answer)
     }
@@ -61,45 +147,42 @@ impl DriverService for RegionRouter {
         &self,
         request: Request<pb::GoOfflineRequest>,
     ) -> Result<pb::GoOfflineResponse> {
-        let i = self.driver_home(&request.get_ref().driver_id).await;
-        self.shard(i).drivers.go_offline(request).await
+        let i = self
+            .driver_home(&request.get_ref().driver_id, request.metadata())
+            .await;
+        route!(self, i, request, go_offline)
     }
 
     async fn update_location(
         &self,
         request: Request<pb::LocationUpdate>,
     ) -> Result<pb::UpdateLocationResponse> {
-        let i = self.driver_home(&request.get_ref().driver_id).await;
-        self.shard(i).drivers.update_location(request).await
+        let req = request.get_ref();
+        let position = crate::grpc::convert::latlng("location", req.location)?;
+        let i = self.location_home(&req.driver_id, position).await;
+        route!(self, i, request, update_location)
     }
 
     async fn report_locations(
         &self,
         request: Request<Streaming<pb::LocationBatch>>,
     ) -> Result<pb::LocationSummary> {
-        let mut stream = request.into_inner();
+        let (metadata, _, mut stream) = request.into_parts();
         let mut summary = Summary::new(Some(self.metrics()));
         let max = self.config().limits.max_batch_updates;
-        let regions = self.shards().len();
+        let regions = self.regions_len();
         while let Some(batch) = stream.message().await? {
             let valid = summary.validate(batch, max);
             let mut per_region: Vec<Vec<_>> = vec![Vec::new(); regions];
             for (driver, position) in valid {
-                let i = self.driver_home(&driver).await;
+                let i = self.location_home(&driver, position).await;
                 per_region[i].push((driver, position));
             }
             for (i, updates) in per_region.into_iter().enumerate() {
-                if updates.is_empty() {
-                    continue;
+                if !updates.is_empty() {
+                    self.send_locations(i, &metadata, updates, &mut summary)
+                        .await?;
                 }
-                let count = updates.len() as u64;
-                let outcome = self
-                    .shard(i)
-                    .engine
-                    .apply_locations(updates)
-                    .await
-                    .map_err(status)?;
-                summary.count(outcome, count);
             }
         }
         Ok(Response::new(summary.into_pb(max)))
@@ -112,16 +195,36 @@ impl DriverService for RegionRouter {
         &self,
         request: Request<pb::SubscribeOffersRequest>,
     ) -> Result<Self::SubscribeOffersStream> {
-        // A gateway's drivers may be in any region: one stream per region, merged. Each
-        // region's own stream starts with its pending offers, so none is missed.
-        let req = request.into_inner();
-        let mut streams = Vec::with_capacity(self.shards().len());
-        for shard in self.shards() {
+        // A gateway's drivers may be in any region: one stream per region served here, one per
+        // other owner (which merges its own regions), merged. Each region's own stream starts
+        // with its pending offers, so none is missed. The set of owners is the one at the
+        // call: a stream from an owner that stops serving ends, and the gateway resubscribes.
+        let (metadata, _, req) = request.into_parts();
+        let mut streams: Vec<Self::SubscribeOffersStream> = Vec::new();
+        for (_, shard) in self.local_shards() {
             let answer = shard
                 .drivers
                 .subscribe_offers(Request::new(req.clone()))
                 .await?;
-            streams.push(answer.into_inner());
+            streams.push(Box::pin(answer.into_inner()));
+        }
+        if metadata.get(super::forward::FORWARDED_HEADER).is_none() {
+            let (owners, _) = self.routes();
+            let mut asked = Vec::new();
+            for (i, owner) in owners.iter().enumerate() {
+                let Some(addr) = owner else { continue };
+                if self.local(i).is_some() || asked.contains(addr) {
+                    continue;
+                }
+                asked.push(addr.clone());
+                if let Ok(Target::Remote(peer)) = self.target(i, &metadata) {
+                    let answer = DriverServiceClient::new(peer.channel.clone())
+                        .subscribe_offers(peer.stream(&metadata, req.clone()))
+                        .await
+                        .map_err(|s| peer.failed(s))?;
+                    streams.push(Box::pin(answer.into_inner()));
+                }
+            }
         }
         Ok(Response::new(Box::pin(stream::select_all(streams))))
     }
@@ -131,7 +234,7 @@ impl DriverService for RegionRouter {
         request: Request<pb::RespondToOfferRequest>,
     ) -> Result<pb::RespondToOfferResponse> {
         let i = self.by_offer(&request.get_ref().offer_id)?;
-        self.shard(i).drivers.respond_to_offer(request).await
+        route!(self, i, request, respond_to_offer)
     }
 
     async fn mark_arrived(
@@ -139,7 +242,7 @@ impl DriverService for RegionRouter {
         request: Request<pb::TripActionRequest>,
     ) -> Result<pb::TripActionResponse> {
         let i = self.by_trip(&request.get_ref().trip_id)?;
-        self.shard(i).drivers.mark_arrived(request).await
+        route!(self, i, request, mark_arrived)
     }
 
     async fn start_trip(
@@ -147,7 +250,7 @@ impl DriverService for RegionRouter {
         request: Request<pb::TripActionRequest>,
     ) -> Result<pb::TripActionResponse> {
         let i = self.by_trip(&request.get_ref().trip_id)?;
-        self.shard(i).drivers.start_trip(request).await
+        route!(self, i, request, start_trip)
     }
 
     async fn complete_trip(
@@ -155,7 +258,7 @@ impl DriverService for RegionRouter {
         request: Request<pb::TripActionRequest>,
     ) -> Result<pb::TripActionResponse> {
         let i = self.by_trip(&request.get_ref().trip_id)?;
-        self.shard(i).drivers.complete_trip(request).await
+        route!(self, i, request, complete_trip)
     }
 
     async fn cancel_trip_by_driver(
@@ -163,6 +266,6 @@ impl DriverService for RegionRouter {
         request: Request<pb::TripActionRequest>,
     ) -> Result<pb::TripActionResponse> {
         let i = self.by_trip(&request.get_ref().trip_id)?;
-        self.shard(i).drivers.cancel_trip_by_driver(request).await
+        route!(self, i, request, cancel_trip_by_driver)
     }
 }

@@ -1,18 +1,57 @@
 //! The rider, query and event services in region mode: a trip request goes to the region of
-//! its pickup, a trip id to the region that issued it, a query to the region of its point.
-//! GetStats sums the regions (or reports one named by the `dispatch-region` metadata); an event
-//! subscription follows one region, named by its `from_offset` (offsets carry their region) or
-//! by the `dispatch-region` metadata.
+//! its pickup, a trip id to the region that issued it, a query to the region of its point,
+//! here or at the region's owner. GetStats sums the regions served here (or reports one named
+//! by the `dispatch-region` metadata, wherever it is served); an event subscription follows one
+//! region, named by its `from_offset` (offsets carry their region) or by the `dispatch-region`
+//! metadata. GetRoutes tells gateways where each region is served.
 
+use std::pin::Pin;
+
+use futures_util::Stream;
 use tonic::{Request, Response, Status};
 
-use super::router::{REGION_HEADER, RegionRouter};
+use super::router::{REGION_HEADER, RegionRouter, Target};
 use crate::pb::{
-    self, event_service_server::EventService, query_service_server::QueryService,
-    rider_service_server::RiderService,
+    self, event_service_client::EventServiceClient, event_service_server::EventService,
+    query_service_client::QueryServiceClient, query_service_server::QueryService,
+    rider_service_client::RiderServiceClient, rider_service_server::RiderService,
 };
 
 type Result<T> = std::result::Result<Response<T>, Status>;
+type Boxed<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send>>;
+
+/// A call for region `$i`: to its `$service` here, or forwarded with `$client` to its owner
+/// (`$kind`: `unary` or `stream`, which is boxed).
+macro_rules! route {
+    ($router:expr, $i:expr, $request:ident, $service:ident, $client:ident, $method:ident) => {{
+        match $router.target($i, $request.metadata())? {
+            Target::Local(shard) => shard.$service.$method($request).await,
+            Target::Remote(peer) => {
+                let (metadata, _, message) = $request.into_parts();
+                $client::new(peer.channel.clone())
+                    .$method(peer.unary(&metadata, message))
+                    .await
+                    .map_err(|s| peer.failed(s))
+            }
+        }
+    }};
+    (stream $router:expr, $i:expr, $request:ident, $service:ident, $client:ident, $method:ident) => {{
+        match $router.target($i, $request.metadata())? {
+            Target::Local(shard) => {
+                let answer = shard.$service.$method($request).await?;
+                Ok(Response::new(Box::pin(answer.into_inner()) as Boxed<_>))
+            }
+            Target::Remote(peer) => {
+                let (metadata, _, message) = $request.into_parts();
+                let answer = $client::new(peer.channel.clone())
+                    .$method(peer.stream(&metadata, message))
+                    .await
+                    .map_err(|s| peer.failed(s))?;
+                Ok(Response::new(Box::pin(answer.into_inner()) as Boxed<_>))
+            }
+        }
+    }};
+}
 
 #[tonic::async_trait]
 impl RiderService for RegionRouter {
@@ -21,17 +60,17 @@ impl RiderService for RegionRouter {
         request: Request<pb::RequestTripRequest>,
     ) -> Result<pb::RequestTripResponse> {
         let i = self.by_point("pickup", request.get_ref().pickup.as_ref())?;
-        self.shard(i).riders.request_trip(request).await
+        route!(self, i, request, riders, RiderServiceClient, request_trip)
     }
 
-    type WatchTripStream = <crate::grpc::RiderApi as RiderService>::WatchTripStream;
+    type WatchTripStream = Boxed<pb::TripUpdate>;
 
     async fn watch_trip(
         &self,
         request: Request<pb::WatchTripRequest>,
     ) -> Result<Self::WatchTripStream> {
         let i = self.by_trip(&request.get_ref().trip_id)?;
-        self.shard(i).riders.watch_trip(request).await
+        route!(stream self, i, request, riders, RiderServiceClient, watch_trip)
     }
 
     async fn cancel_trip(
@@ -39,12 +78,12 @@ impl RiderService for RegionRouter {
         request: Request<pb::CancelTripRequest>,
     ) -> Result<pb::CancelTripResponse> {
         let i = self.by_trip(&request.get_ref().trip_id)?;
-        self.shard(i).riders.cancel_trip(request).await
+        route!(self, i, request, riders, RiderServiceClient, cancel_trip)
     }
 
     async fn get_trip(&self, request: Request<pb::GetTripRequest>) -> Result<pb::GetTripResponse> {
         let i = self.by_trip(&request.get_ref().trip_id)?;
-        self.shard(i).riders.get_trip(request).await
+        route!(self, i, request, riders, RiderServiceClient, get_trip)
     }
 }
 
@@ -55,7 +94,14 @@ impl QueryService for RegionRouter {
         request: Request<pb::NearbyDriversRequest>,
     ) -> Result<pb::NearbyDriversResponse> {
         let i = self.by_point("location", request.get_ref().location.as_ref())?;
-        self.shard(i).queries.nearby_drivers(request).await
+        route!(
+            self,
+            i,
+            request,
+            queries,
+            QueryServiceClient,
+            nearby_drivers
+        )
     }
 
     async fn get_surge(
@@ -63,7 +109,7 @@ impl QueryService for RegionRouter {
         request: Request<pb::GetSurgeRequest>,
     ) -> Result<pb::GetSurgeResponse> {
         let i = self.by_point("location", request.get_ref().location.as_ref())?;
-        self.shard(i).queries.get_surge(request).await
+        route!(self, i, request, queries, QueryServiceClient, get_surge)
     }
 
     async fn get_stats(
@@ -71,11 +117,12 @@ impl QueryService for RegionRouter {
         request: Request<pb::GetStatsRequest>,
     ) -> Result<pb::GetStatsResponse> {
         if let Some(i) = self.by_header(request.metadata())? {
-            return self.shard(i).queries.get_stats(request).await;
+            return route!(self, i, request, queries, QueryServiceClient, get_stats);
         }
-        // The sum over the regions; offsets are per region, so `next_event_offset` is 0 here.
+        // The sum over the regions served here; offsets are per region, so
+        // `next_event_offset` is 0 here.
         let mut total = pb::GetStatsResponse::default();
-        for shard in self.shards() {
+        for (_, shard) in self.local_shards() {
             let s = shard
                 .queries
                 .get_stats(Request::new(pb::GetStatsRequest {}))
@@ -105,14 +152,39 @@ impl QueryService for RegionRouter {
         &self,
         request: Request<pb::GetDriverRequest>,
     ) -> Result<pb::GetDriverResponse> {
-        let i = self.home(&request.get_ref().driver_id).await.unwrap_or(0);
-        self.shard(i).queries.get_driver(request).await
+        let i = match self.by_header(request.metadata())? {
+            Some(i) => i,
+            None => self
+                .home(&request.get_ref().driver_id, request.metadata())
+                .await
+                .unwrap_or(0),
+        };
+        route!(self, i, request, queries, QueryServiceClient, get_driver)
+    }
+
+    async fn get_routes(
+        &self,
+        _request: Request<pb::GetRoutesRequest>,
+    ) -> Result<pb::GetRoutesResponse> {
+        let (owners, version) = self.routes();
+        let routes = self
+            .map()
+            .regions()
+            .iter()
+            .zip(owners)
+            .map(|(region, owner)| pb::RegionRoute {
+                region: region.name.clone(),
+                owner_address: owner.unwrap_or_default(),
+                first_offset: region.first_offset(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetRoutesResponse { routes, version }))
     }
 }
 
 #[tonic::async_trait]
 impl EventService for RegionRouter {
-    type SubscribeStream = <crate::grpc::EventApi as EventService>::SubscribeStream;
+    type SubscribeStream = Boxed<pb::DispatchEvent>;
 
     async fn subscribe(
         &self,
@@ -145,6 +217,6 @@ impl EventService for RegionRouter {
                 )));
             }
         };
-        self.shard(i).events.subscribe(request).await
+        route!(stream self, i, request, events, EventServiceClient, subscribe)
     }
 }

@@ -1,18 +1,22 @@
-//! The region router: which region's engine a call belongs to.
+//! The region router: which region's engine a call belongs to, and where that engine runs.
 //!
 //! A driver belongs to the region of the position it went online at (remembered here; after a
 //! restart it is found by asking the regions), a trip to the region of its pickup, and a trip
 //! or offer id names the region that issued it. A point outside every region is refused with
 //! INVALID_ARGUMENT naming the point. The router holds one ordinary set of services (`grpc`)
-//! per region and hands each call to one of them, so validation, statuses and streaming are the
-//! single-region code's own.
+//! per region served here and hands each call to one of them, so validation, statuses and
+//! streaming are the single-region code's own. In cluster mode a region may be served by
+//! another process: the call is forwarded to its owner (`forward`), or refused with
+//! UNAVAILABLE when the region has no owner right now.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tonic::Status;
 
+use super::forward::{FORWARDED_HEADER, Peer, Peers};
 use super::regions::RegionMap;
 use crate::config::Config;
 use crate::domain::ExternalId;
@@ -35,10 +39,25 @@ pub(crate) struct Shard {
     pub(crate) events: EventApi,
 }
 
+/// Where a call for one region goes.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// This process serves the region.
+    Local(Arc<Shard>),
+    /// Another process does: forward the call to it.
+    Remote(Peer),
+}
+
 #[derive(Debug)]
 struct Inner {
     map: RegionMap,
-    shards: Vec<Shard>,
+    /// The region engines served here, by region index (`None`: served elsewhere or nowhere).
+    shards: Vec<RwLock<Option<Arc<Shard>>>>,
+    /// Each region's owner's gRPC address as last read from its lease (`None`: no owner).
+    owners: RwLock<Vec<Option<String>>>,
+    /// Bumped whenever `owners` changes (see GetRoutes).
+    version: AtomicU64,
+    peers: Peers,
     /// Which region each driver seen here belongs to (index into `shards`).
     homes: Mutex<FxHashMap<String, usize>>,
     config: Arc<Config>,
@@ -52,30 +71,16 @@ pub(crate) struct RegionRouter {
 }
 
 impl RegionRouter {
-    /// A router over `engines` (one per region of `map`, in order) and their event routers.
-    pub(crate) fn new(
-        map: RegionMap,
-        engines: &[Engine],
-        routers: &[Router],
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-    ) -> RegionRouter {
-        let shards = engines
-            .iter()
-            .zip(routers)
-            .map(|(engine, router)| Shard {
-                engine: engine.clone(),
-                drivers: DriverApi::new(engine.clone(), router.clone(), config.clone())
-                    .with_metrics(metrics.clone()),
-                riders: RiderApi::new(engine.clone(), router.clone()),
-                queries: QueryApi::new(engine.clone(), config.clone()),
-                events: EventApi::new(engine.clone()),
-            })
-            .collect();
+    /// A router over `map` serving no region yet; see [`RegionRouter::install`].
+    pub(crate) fn new(map: RegionMap, config: Arc<Config>, metrics: Arc<Metrics>) -> RegionRouter {
+        let n = map.regions().len();
         RegionRouter {
             inner: Arc::new(Inner {
                 map,
-                shards,
+                shards: (0..n).map(|_| RwLock::new(None)).collect(),
+                owners: RwLock::new(vec![None; n]),
+                version: AtomicU64::new(1),
+                peers: Peers::default(),
                 homes: Mutex::new(FxHashMap::default()),
                 config,
                 metrics,
@@ -83,12 +88,96 @@ impl RegionRouter {
         }
     }
 
-    pub(crate) fn shards(&self) -> &[Shard] {
-        &self.inner.shards
+    /// Serves region `i` from `engine` here: its services, event router and metrics follower.
+    pub(crate) fn install(&self, i: usize, engine: Engine) {
+        let log_dir = engine.log_dir().map(|d| d.to_path_buf());
+        let bus = engine.bus().clone();
+        // Both tasks end when the engine's bus closes (at its shutdown).
+        let _metrics_follower = crate::telemetry::spawn_follower(
+            crate::events::Follower::new(bus.clone(), log_dir.clone(), bus.next_offset()),
+            self.inner.metrics.clone(),
+        );
+        let router = Router::spawn(bus, log_dir);
+        let config = self.inner.config.clone();
+        let shard = Shard {
+            drivers: DriverApi::new(engine.clone(), router.clone(), config.clone())
+                .with_metrics(self.inner.metrics.clone()),
+            riders: RiderApi::new(engine.clone(), router),
+            queries: QueryApi::new(engine.clone(), config),
+            events: EventApi::new(engine.clone()),
+            engine,
+        };
+        *self.inner.shards[i].write() = Some(Arc::new(shard));
     }
 
-    pub(crate) fn shard(&self, i: usize) -> &Shard {
-        &self.inner.shards[i]
+    /// Stops serving region `i` here (its engine is the caller's to stop); returns it.
+    pub(crate) fn remove(&self, i: usize) -> Option<Engine> {
+        self.inner.shards[i]
+            .write()
+            .take()
+            .map(|s| s.engine.clone())
+    }
+
+    /// Records region `i`'s owner address as read from its lease (`None`: no owner).
+    pub(crate) fn set_owner(&self, i: usize, addr: Option<String>) {
+        let mut owners = self.inner.owners.write();
+        if owners[i] != addr {
+            owners[i] = addr;
+            self.inner.version.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every region's owner address and the table's version.
+    pub(crate) fn routes(&self) -> (Vec<Option<String>>, u64) {
+        let owners = self.inner.owners.read().clone();
+        (owners, self.inner.version.load(Ordering::Relaxed))
+    }
+
+    /// How many regions the cluster has.
+    pub(crate) fn regions_len(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// The regions served here, with their index.
+    pub(crate) fn local_shards(&self) -> Vec<(usize, Arc<Shard>)> {
+        self.inner
+            .shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.read().clone().map(|s| (i, s)))
+            .collect()
+    }
+
+    /// Region `i`'s shard if it is served here.
+    pub(crate) fn local(&self, i: usize) -> Option<Arc<Shard>> {
+        self.inner.shards[i].read().clone()
+    }
+
+    /// Where a call for region `i` goes: here, to its owner, or nowhere (UNAVAILABLE, a
+    /// retryable status naming the owner when one is known). A call that was already forwarded
+    /// once is never forwarded again (a stale owner table cannot make a loop).
+    pub(crate) fn target(
+        &self,
+        i: usize,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Target, Status> {
+        if let Some(shard) = self.local(i) {
+            return Ok(Target::Local(shard));
+        }
+        let name = &self.inner.map.regions()[i].name;
+        let owner = self.inner.owners.read()[i].clone();
+        match owner {
+            Some(addr) if metadata.get(FORWARDED_HEADER).is_some() => {
+                Err(Status::unavailable(format!(
+                    "region {name} is served by {addr}, not by this process (a forwarded call \
+                     is not forwarded again); retry"
+                )))
+            }
+            Some(addr) => Ok(Target::Remote(self.inner.peers.get(name, &addr)?)),
+            None => Err(Status::unavailable(format!(
+                "region {name} has no owner right now (a failover is under way); retry"
+            ))),
+        }
     }
 
     pub(crate) fn map(&self) -> &RegionMap {
@@ -101,6 +190,13 @@ impl RegionRouter {
 
     pub(crate) fn metrics(&self) -> Arc<Metrics> {
         self.inner.metrics.clone()
+    }
+
+    /// Ends the event streams of every region served here (the server is draining).
+    pub(crate) fn close_streams(&self) {
+        for (_, shard) in self.local_shards() {
+            shard.engine.bus().close();
+        }
     }
 
     /// The region of a point; INVALID_ARGUMENT naming `what` and the point when none covers it.
@@ -140,14 +236,43 @@ impl RegionRouter {
         self.inner.homes.lock().insert(driver.to_owned(), i);
     }
 
-    /// The region a driver belongs to, if it was seen here or any region knows it (asked in
-    /// order; the answer is remembered). `None` for a driver no region knows.
-    pub(crate) async fn home(&self, driver: &str) -> Option<usize> {
+    /// The region a driver belongs to, if it was seen here or any region knows it (the
+    /// regions served here first, then, unless `metadata` marks the call forwarded, each other
+    /// region's owner by a forwarded GetDriver with the caller's token; the answer is
+    /// remembered). `None` for a driver no region knows.
+    pub(crate) async fn home(
+        &self,
+        driver: &str,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Option<usize> {
+        if let Some(i) = self.home_here(driver).await {
+            return Some(i);
+        }
+        if metadata.get(FORWARDED_HEADER).is_some() {
+            return None;
+        }
+        for i in 0..self.regions_len() {
+            if self.local(i).is_some() {
+                continue;
+            }
+            if let Ok(Target::Remote(peer)) = self.target(i, metadata)
+                && peer.driver(driver, metadata).await.is_some()
+            {
+                self.remember(driver, i);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The region a driver belongs to if this process knows: remembered, or held by a region
+    /// served here (the answer is remembered).
+    pub(crate) async fn home_here(&self, driver: &str) -> Option<usize> {
         if let Some(&i) = self.inner.homes.lock().get(driver) {
             return Some(i);
         }
         let id = ExternalId::new("driver_id", driver).ok()?;
-        for (i, shard) in self.inner.shards.iter().enumerate() {
+        for (i, shard) in self.local_shards() {
             if shard.engine.driver(id.clone()).await.is_ok() {
                 self.remember(driver, i);
                 return Some(i);

@@ -6,6 +6,11 @@
 //! refuses the append if anyone else wrote to the region since (fencing). A refused or failed
 //! append is an error the writer stops on, so the region stops serving at once and nothing is
 //! acknowledged that JetStream did not acknowledge first.
+//!
+//! Every message carries the `Dispatch-Owner` header naming the process that wrote it, so the
+//! stream itself shows who wrote what. A new owner appends a takeover message (header
+//! `Dispatch-Takeover`, no events) before it serves: from then on any append by the previous
+//! owner, which knows an older last sequence, is refused.
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{HeaderMap, header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
@@ -17,6 +22,11 @@ use crate::events::Event;
 
 /// Most events in one stream message (keeps a message far below NATS's 1 MiB default).
 const EVENTS_PER_MESSAGE: usize = 1_000;
+
+/// Header naming the member that wrote a message.
+pub(crate) const OWNER_HEADER: &str = "Dispatch-Owner";
+/// Header marking a takeover message (its value: the new owner).
+pub(crate) const TAKEOVER_HEADER: &str = "Dispatch-Takeover";
 
 /// The subject a region's events are published on.
 pub(crate) fn subject(region: &str) -> String {
@@ -34,6 +44,8 @@ pub(crate) struct StreamLog {
     js: jetstream::Context,
     region: String,
     subject: String,
+    /// Our member id, written in every message's `Dispatch-Owner` header.
+    owner: String,
     /// The sequence of the last message on the subject, as this owner knows it.
     last_seq: u64,
     /// The server's runtime: the writer thread is a plain thread and blocks on its appends.
@@ -46,6 +58,7 @@ impl StreamLog {
         js: &jetstream::Context,
         region: &str,
         replicas: usize,
+        owner: &str,
     ) -> Result<(StreamLog, Vec<Event>), String> {
         let subject = subject(region);
         let mut stream = js
@@ -69,44 +82,60 @@ impl StreamLog {
             js: js.clone(),
             region: region.to_owned(),
             subject,
+            owner: owner.to_owned(),
             last_seq: last,
             runtime: Handle::current(),
         };
         Ok((log, history))
     }
 
+    /// Appends the takeover message: no events, fenced like any append, so once it is in no
+    /// earlier owner can append again. Refused: someone wrote since we read the history.
+    pub(crate) async fn take_over(&mut self) -> Result<(), String> {
+        self.publish(&[], true).await
+    }
+
     async fn append(&mut self, events: &[Event]) -> Result<(), String> {
         for chunk in events.chunks(EVENTS_PER_MESSAGE) {
-            let payload = postcard::to_stdvec(chunk)
-                .map_err(|e| format!("encoding events for the stream: {e}"))?;
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                self.last_seq.to_string().as_str(),
-            );
-            let refused = |e: async_nats::jetstream::context::PublishError| {
-                if e.kind() == PublishErrorKind::WrongLastSequence {
-                    format!(
-                        "region {} lost: JetStream refused our append after sequence {} \
-                         (another owner wrote to the region); this process stops serving it",
-                        self.region, self.last_seq
-                    )
-                } else {
-                    format!(
-                        "region {}: JetStream did not acknowledge an append: {e}",
-                        self.region
-                    )
-                }
-            };
-            let ack = self
-                .js
-                .publish_with_headers(self.subject.clone(), headers, Bytes::from(payload))
-                .await
-                .map_err(refused)?
-                .await
-                .map_err(refused)?;
-            self.last_seq = ack.sequence;
+            self.publish(chunk, false).await?;
         }
+        Ok(())
+    }
+
+    async fn publish(&mut self, chunk: &[Event], takeover: bool) -> Result<(), String> {
+        let payload = postcard::to_stdvec(chunk)
+            .map_err(|e| format!("encoding events for the stream: {e}"))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            self.last_seq.to_string().as_str(),
+        );
+        headers.insert(OWNER_HEADER, self.owner.as_str());
+        if takeover {
+            headers.insert(TAKEOVER_HEADER, self.owner.as_str());
+        }
+        let refused = |e: async_nats::jetstream::context::PublishError| {
+            if e.kind() == PublishErrorKind::WrongLastSequence {
+                format!(
+                    "region {} lost: JetStream refused our append after sequence {} \
+                     (another owner wrote to the region); this process stops serving it",
+                    self.region, self.last_seq
+                )
+            } else {
+                format!(
+                    "region {}: JetStream did not acknowledge an append: {e}",
+                    self.region
+                )
+            }
+        };
+        let ack = self
+            .js
+            .publish_with_headers(self.subject.clone(), headers, Bytes::from(payload))
+            .await
+            .map_err(refused)?
+            .await
+            .map_err(refused)?;
+        self.last_seq = ack.sequence;
         Ok(())
     }
 }

@@ -144,6 +144,20 @@ impl Summary {
         }
     }
 
+    /// Adds what an owning process made of the part of a batch forwarded to it (its own
+    /// metrics counted its rejections already).
+    pub(crate) fn add_forwarded(&mut self, owner: &pb::LocationSummary) {
+        self.accepted += owner.accepted;
+        for r in &owner.rejections {
+            *self.rejected.entry(r.reason).or_default() += r.count;
+        }
+        for example in &owner.examples {
+            if self.examples.len() < MAX_EXAMPLES {
+                self.examples.push(example.clone());
+            }
+        }
+    }
+
     fn reject(
         &mut self,
         reason: pb::LocationRejection,

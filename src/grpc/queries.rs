@@ -103,4 +103,11 @@ impl QueryService for QueryApi {
             driver: Some(pb_driver(&driver)),
         }))
     }
+    async fn get_routes(
+        &self,
+        _request: Request<pb::GetRoutesRequest>,
+    ) -> Result<Response<pb::GetRoutesResponse>, Status> {
+        // No regions: nothing to route, every call is served here.
+        Ok(Response::new(pb::GetRoutesResponse::default()))
+    }
 }

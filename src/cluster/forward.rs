@@ -1,0 +1,130 @@
+//! Forwarding a call to the process that owns its region, over gRPC to the owner's address
+//! kept in the region's lease.
+//!
+//! gRPC rather than NATS request/reply: the call, its metadata (the caller's bearer token) and
+//! its status reach the owner's ordinary services unchanged, streams (offers, WatchTrip,
+//! Subscribe) forward as streams, and NATS carries only the log and the leases. One lazily
+//! connected channel per peer address is kept. A forwarded call carries the
+//! `dispatch-forwarded` metadata and is never forwarded again, so a stale owner table cannot
+//! make a loop; the owner refuses it with UNAVAILABLE instead, which the caller retries.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use super::router::REGION_HEADER;
+use crate::pb::{self, query_service_client::QueryServiceClient};
+
+/// Metadata key marking a call forwarded by another process of the cluster.
+pub(crate) const FORWARDED_HEADER: &str = "dispatch-forwarded";
+
+/// How long a forwarded unary call may take before the caller gets UNAVAILABLE.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The metadata a forwarded call keeps: who is calling, and which region it names.
+const KEPT_HEADERS: [&str; 2] = ["authorization", REGION_HEADER];
+
+/// One channel per peer address.
+#[derive(Debug, Default)]
+pub(crate) struct Peers {
+    channels: Mutex<FxHashMap<String, Channel>>,
+}
+
+impl Peers {
+    /// The peer at `addr`, owner of `region` (connected lazily, on the first call).
+    pub(crate) fn get(&self, region: &str, addr: &str) -> Result<Peer, Status> {
+        let mut channels = self.channels.lock();
+        let channel = match channels.get(addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| {
+                        Status::unavailable(format!(
+                            "region {region}: its owner's address {addr:?} is unusable: {e}"
+                        ))
+                    })?
+                    .tcp_nodelay(true)
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy();
+                channels.insert(addr.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(Peer {
+            region: region.to_owned(),
+            addr: addr.to_owned(),
+            channel,
+        })
+    }
+}
+
+/// The owner of one region, as a forwarding target.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    region: String,
+    addr: String,
+    pub(crate) channel: Channel,
+}
+
+impl Peer {
+    /// `message` as a forwarded unary call with the kept metadata of `metadata`.
+    pub(crate) fn unary<T>(&self, metadata: &MetadataMap, message: T) -> Request<T> {
+        let mut request = self.stream(metadata, message);
+        request.set_timeout(FORWARD_TIMEOUT);
+        request
+    }
+
+    /// `message` as a forwarded call without a deadline (a stream lives as long as it is read).
+    pub(crate) fn stream<T>(&self, metadata: &MetadataMap, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        for key in KEPT_HEADERS {
+            if let Some(value) = metadata.get(key) {
+                request.metadata_mut().insert(key, value.clone());
+            }
+        }
+        request.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        request
+    }
+
+    /// The owner's answer as it is, except that a transport failure says which owner could
+    /// not be reached (still UNAVAILABLE: retryable, nothing was done twice).
+    pub(crate) fn failed(&self, status: Status) -> Status {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                Status::unavailable(format!(
+                    "region {} is served by {}, which did not answer ({}); retry",
+                    self.region,
+                    self.addr,
+                    status.message()
+                ))
+            }
+            _ => status,
+        }
+    }
+
+    /// The driver as the owner's region knows it (a forwarded GetDriver naming the region);
+    /// `None` if it does not, or the owner did not answer.
+    pub(crate) async fn driver(&self, driver: &str, metadata: &MetadataMap) -> Option<pb::Driver> {
+        let mut request = self.unary(
+            metadata,
+            pb::GetDriverRequest {
+                driver_id: driver.to_owned(),
+            },
+        );
+        if let Ok(value) = self.region.parse() {
+            request.metadata_mut().insert(REGION_HEADER, value);
+        }
+        QueryServiceClient::new(self.channel.clone())
+            .get_driver(request)
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().driver)
+    }
+}
