@@ -118,6 +118,12 @@ impl Changes {
     }
 }
 
+/// `(count, available)` per cell `(row, col)`.
+type Counts = Arc<FxHashMap<(i64, i64), (u32, u32)>>;
+
+/// Trips and offers that changed, and the surge list (with centres) when it changed.
+type Lists = (Changes, Changes, Option<Vec<(LatLng, SurgeJson)>>);
+
 /// The changed cells of one size: `[lng, lat, count, available]` with their `(row, col)`.
 #[derive(Debug)]
 struct CellChanges {
@@ -126,7 +132,7 @@ struct CellChanges {
     ends: Vec<usize>,
     text: Vec<u8>,
     /// The counts of the newer view, for the next delta at this size.
-    counts: Arc<FxHashMap<(i64, i64), (u32, u32)>>,
+    counts: Counts,
 }
 
 /// From the view at `base` to the view at `seq`.
@@ -139,11 +145,11 @@ pub(super) struct Delta {
     /// The view it leads to.
     pub(super) next: Arc<MapView>,
     drivers: OnceLock<Changes>,
-    lists: OnceLock<(Changes, Changes, Option<Vec<(LatLng, SurgeJson)>>)>,
+    lists: OnceLock<Lists>,
     /// Per entry of `CELL_SIZES_DEG`, built when a viewer of that size asks.
     cells: Vec<OnceLock<CellChanges>>,
     /// The previous delta's cell counts of the view this one starts from, per size.
-    prev_counts: Vec<Option<Arc<FxHashMap<(i64, i64), (u32, u32)>>>>,
+    prev_counts: Vec<Option<Counts>>,
 }
 
 impl Delta {
@@ -316,7 +322,7 @@ impl Delta {
 
     /// Trips and offers that are new, changed or ended (merges on their sorted ids), and
     /// the surge list when it differs.
-    fn diff_lists(&self) -> (Changes, Changes, Option<Vec<(LatLng, SurgeJson)>>) {
+    fn diff_lists(&self) -> Lists {
         let (a, b) = (&self.prev, &self.next);
         let mut trips = Changes::default();
         merge(
