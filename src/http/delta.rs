@@ -5,7 +5,8 @@
 //! Why: re-fetching the viewport on every tick moved ~6 GB in a minute with 50 viewers of a
 //! 100k-driver city and tripled the server's CPU per event, while only about 6 % of the drivers
 //! move in a tick (4 s reports, 250 ms views). Here the dispatcher's views are compared once,
-//! by the first stream that sees a new one: drivers by a merge on their dense key (views list
+//! by the first stream that asks (a stream too slow to see a view asks from the last view it
+//! sent, and the streams as slow as it share that delta too): drivers by a merge on their dense key (views list
 //! drivers in key order), trips and offers by a merge on their ids, surge as a whole list
 //! when it differs. Every changed item is JSON-encoded once; a viewer's tick then scans the
 //! changed items (a few thousand, microseconds) and copies the bytes of those in its bbox.
@@ -27,29 +28,37 @@ use crate::domain::LatLng;
 use crate::engine::MapView;
 use crate::engine::map_view::{DriverDot, OfferLine, TripDot};
 
-/// The view last compared and the delta that led to it: the chain every stream shares.
+/// Recent deltas kept for sharing: the one from the previous view (every stream on time
+/// wants it) and a few from older views (streams that were too slow to see a view).
+const RECENT: usize = 4;
+
+/// The recent deltas every stream shares, keyed by the views they lead from and to.
 #[derive(Debug, Default)]
 pub(super) struct Chain {
-    inner: Mutex<(Arc<MapView>, Option<Arc<Delta>>)>,
+    inner: Mutex<Vec<Arc<Delta>>>,
 }
 
 impl Chain {
-    /// The delta that leads to `view`, made by the first caller that sees `view` (the others
-    /// share it). `None` for a view older than the newest compared (its stream will see the
-    /// newer one next) and for the empty view before the first publish.
-    pub(super) fn delta_to(&self, view: &Arc<MapView>) -> Option<Arc<Delta>> {
-        let mut c = self.inner.lock();
-        if view.seq == 0 || view.seq < c.0.seq {
-            return None;
+    /// The delta from `from` to `to`, made by the first stream that asks (the others share
+    /// it). A stream normally asks from the view before; one that was too slow to see a view
+    /// asks from the last it sent, so it never needs a snapshot for being slow.
+    pub(super) fn delta(&self, from: &Arc<MapView>, to: &Arc<MapView>) -> Arc<Delta> {
+        let mut recent = self.inner.lock();
+        let key = (from.seq, to.seq);
+        if let Some(d) = recent.iter().find(|d| (d.prev.seq, d.next.seq) == key) {
+            return d.clone();
         }
-        if view.seq == c.0.seq {
-            return c.1.clone();
+        let before = recent
+            .iter()
+            .rev()
+            .find(|d| d.next.seq == from.seq)
+            .cloned();
+        let delta = Arc::new(Delta::new(from.clone(), to.clone(), before.as_deref()));
+        if recent.len() >= RECENT {
+            recent.remove(0);
         }
-        // A view nobody streamed in between: no delta, viewers not at `seq` resync.
-        let base = (c.0.seq > 0 && c.0.seq + 1 == view.seq).then_some(c.0.seq);
-        let delta = Arc::new(Delta::new(c.0.clone(), view.clone(), base, c.1.as_deref()));
-        *c = (view.clone(), Some(delta.clone()));
-        Some(delta)
+        recent.push(delta.clone());
+        delta
     }
 }
 
@@ -138,8 +147,8 @@ struct CellChanges {
 /// From the view at `base` to the view at `seq`.
 #[derive(Debug)]
 pub(super) struct Delta {
-    /// The view this applies to; `None` when the stream skipped views (then only a viewer
-    /// whose snapshot is at `seq` goes on without a snapshot).
+    /// The view this applies to; `None` from the empty view before the first publish (then
+    /// only a viewer whose snapshot is at `seq` goes on without a snapshot).
     pub(super) base: Option<u64>,
     prev: Arc<MapView>,
     /// The view it leads to.
@@ -153,20 +162,15 @@ pub(super) struct Delta {
 }
 
 impl Delta {
-    fn new(
-        prev: Arc<MapView>,
-        next: Arc<MapView>,
-        base: Option<u64>,
-        before: Option<&Delta>,
-    ) -> Delta {
+    /// From `prev` to `next`; `before` is a delta that led to `prev` (its cell counts of
+    /// `prev` are reused).
+    fn new(prev: Arc<MapView>, next: Arc<MapView>, before: Option<&Delta>) -> Delta {
         let sizes = super::snapshot::CELL_SIZES_DEG.len();
         let prev_counts = (0..sizes)
-            .map(|l| {
-                before
-                    .filter(|_| base.is_some())
-                    .and_then(|b| b.cells[l].get().map(|c| c.counts.clone()))
-            })
+            .map(|l| before.and_then(|b| b.cells[l].get().map(|c| c.counts.clone())))
             .collect();
+        // The empty view before the first publish is no view a viewer holds.
+        let base = (prev.seq > 0).then_some(prev.seq);
         Delta {
             base,
             prev,

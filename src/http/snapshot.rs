@@ -141,8 +141,6 @@ pub(super) async fn snapshot(
 ) -> Result<Response, ApiError> {
     let query = parse_query(&params.map_err(unreadable)?.0)?;
     let view = s.engine.fresh_map_view().await;
-    // A snapshot is where a viewer starts: the next view's delta must have this one as base.
-    s.deltas.delta_to(&view);
     let id = Arc::as_ptr(&view) as usize;
     let (cached, tiles) = {
         let mut c = s.snapshots.inner.lock();

@@ -6,10 +6,10 @@
 //!
 //! Each tick carries `seq` (the view it leads to) and `base` (the view it applies to): a viewer
 //! applies it when its own view is `base`. A slow viewer never makes the server queue: ticks
-//! are conflated by the view's `watch` channel (one view per viewer at most), and a stream that
-//! skipped a view, or fell more than its buffer behind on the trip feed, gets `resync` instead
-//! (the viewer fetches a snapshot, then goes on with the ticks). Each stream ends when the
-//! server drains.
+//! are conflated by the view's `watch` channel, and a stream that did not see a view sends one
+//! tick from the last view it sent to the newest (one view held per stream). A stream that fell
+//! more than its buffer behind on the trip feed gets `resync` (the viewer fetches a snapshot,
+//! then goes on with the ticks). Each stream ends when the server drains.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -75,22 +75,15 @@ pub(super) async fn stream(
     })?;
     let q = parse_query(&params.0)?;
     let shared = s.clone();
-    // The seq of the last tick sent (0: none yet).
-    let mut last = 0u64;
-    // Marked seen: the first tick is the next view (a receiver cloned from the engine's own
-    // would otherwise start with whatever view it has not seen).
-    // The chain learns of that view too, so the next one has it as its base.
+    // The view current when the stream opened (marked seen, so the first tick leads from it),
+    // then the last view sent: each tick leads from it to the newest, however many views a
+    // slow stream did not see. One view held per stream; nothing queues.
     let mut views = s.engine.map_view();
-    let current = views.borrow_and_update().clone();
-    s.deltas.delta_to(&current);
+    let mut last = views.borrow_and_update().clone();
     let ticks = WatchStream::from_changes(views).filter_map(move |view| {
-        let event = shared.deltas.delta_to(&view).map(|delta| {
-            let skipped = last != 0 && delta.base != Some(last);
-            last = view.seq;
-            if skipped {
-                let data = serde_json::json!({ "seq": view.seq, "reason": "a view was skipped" });
-                return Event::default().event("resync").data(data.to_string());
-            }
+        let event = (view.seq > last.seq).then(|| {
+            let delta = shared.deltas.delta(&last, &view);
+            last = view;
             let mut out = Vec::with_capacity(16 * 1024);
             delta.write(&mut out, q.bbox, q.level);
             // serde_json writes UTF-8 and the copied items are whole serde_json items.
