@@ -1,7 +1,7 @@
 //! The live map's HTTP API over real HTTP on 127.0.0.1:0, against a server driven by a manual
 //! clock: the snapshot agrees with GetStats, a trip requested over gRPC shows in the snapshot,
 //! in its detail (events, offers, the winning offer's score) and on the SSE stream; bad
-//! parameters get a 400 JSON error; with tokens, the map needs `viewer` or `admin` (header or
+//! parameters get a 400 JSON error (the stream's deltas: `http_map_deltas.rs`); with tokens, the map needs `viewer` or `admin` (header or
 //! login cookie) while `/metrics` stays open, and a viewer token opens no gRPC service.
 
 mod http_client;

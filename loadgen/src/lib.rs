@@ -14,7 +14,7 @@
 //! - [`report`]: the JSON report, the summary table, percentiles and the Gini coefficient.
 //! - [`plots`]: SVG charts of a report. [`progress`]: the live progress bar.
 //! - [`server`]: starting a `dispatchd` process when no target is given.
-//! - [`viewers`]: simulated live-map viewers (SSE stream + a snapshot per tick), opt-in.
+//! - [`viewers`]: simulated live-map viewers (a snapshot, then the SSE stream's deltas), opt-in.
 //! - [`whatif`]: `dispatch-replay`, a recorded journal or a trips CSV replayed in-process under
 //!   several configs, side by side, with a driver-behaviour model (a binary of its own).
 //!

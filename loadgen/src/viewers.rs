@@ -1,12 +1,15 @@
-//! Simulated live-map viewers (`--map-viewers N`): each holds the map's SSE stream open and
-//! fetches a snapshot of its own viewport on every tick, as the page does, so a city run can
-//! be measured with and without people watching it.
+//! Simulated live-map viewers (`--map-viewers N`), which behave like the page: each fetches a
+//! snapshot of its viewport, then follows `/api/map/stream` for that viewport, applying each
+//! tick's delta (the changes since the view it holds) and fetching a new snapshot only when it
+//! missed a view (a `resync`, or a tick whose base is not the view it holds) or when it pans
+//! (every ~10 s, a quarter of its viewport), so a city run can be measured with and without
+//! people watching it.
 //!
 //! Viewports differ per viewer (the whole city, quarters, sixteenths, smaller boxes), so the
 //! server's per-view answer cache is shared only where two people would really look at the
-//! same place. A viewer whose previous fetch is still running skips that tick (the page
-//! throttles the same way). Plain HTTP/1.1 over tokio sockets: two requests need no client
-//! library.
+//! same place. A viewer that draws cells (the snapshot said so) asks the stream for the
+//! changed cells of the same size. Plain HTTP over tokio sockets (the stream as HTTP/1.0, so
+//! its body is the bare event text): two requests need no client library.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,10 +39,16 @@ pub struct ViewerArgs {
 pub struct ViewerCounts {
     /// Tick events received, over all viewers.
     pub ticks: AtomicU64,
-    /// Snapshots fetched.
+    /// Ticks applied as deltas to the view a viewer held.
+    pub deltas: AtomicU64,
+    /// Snapshots fetched (at start, on a pan, after a missed view).
     pub snapshots: AtomicU64,
+    /// Of those, fetched because a view was missed.
+    pub resyncs: AtomicU64,
     /// Snapshot bytes received (bodies and heads).
     pub bytes: AtomicU64,
+    /// Stream bytes received.
+    pub stream_bytes: AtomicU64,
     /// Failed connections or non-200 answers.
     pub errors: AtomicU64,
 }
@@ -73,7 +82,7 @@ impl Viewers {
             for i in 0..n {
                 let (http, counts) = (http.clone(), all.clone());
                 let bbox = viewport(bounds, i);
-                viewers.spawn(async move { watch(http, bbox, counts).await });
+                viewers.spawn(async move { watch(http, bbox, i, counts).await });
             }
             while viewers.join_next().await.is_some() {}
         });
@@ -85,10 +94,14 @@ impl Viewers {
         self.tasks.abort_all();
         let c = &self.counts;
         format!(
-            "map viewers: {} ticks, {} snapshots ({:.1} MB), {} errors",
+            "map viewers: {} ticks, {} deltas applied ({:.1} MB streamed), {} snapshots \
+             ({:.1} MB; {} after a missed view), {} errors",
             c.ticks.load(Ordering::Relaxed),
+            c.deltas.load(Ordering::Relaxed),
+            c.stream_bytes.load(Ordering::Relaxed) as f64 / 1e6,
             c.snapshots.load(Ordering::Relaxed),
             c.bytes.load(Ordering::Relaxed) as f64 / 1e6,
+            c.resyncs.load(Ordering::Relaxed),
             c.errors.load(Ordering::Relaxed)
         )
     }
@@ -138,60 +151,119 @@ async fn city_bounds(http: &str) -> Result<Bbox> {
     }
 }
 
-/// One viewer: the stream, and a snapshot per tick.
-async fn watch(http: String, bbox: Bbox, counts: Arc<ViewerCounts>) {
-    let path = format!(
-        "/api/map/snapshot?bbox={:.5},{:.5},{:.5},{:.5}",
-        bbox[0], bbox[1], bbox[2], bbox[3]
-    );
-    loop {
-        if let Err(()) = stream(&http, &path, &counts).await {
-            counts.errors.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(500)).await;
+/// How often a viewer pans.
+const PAN_EVERY: Duration = Duration::from_secs(10);
+
+/// One viewer: a snapshot and the stream for its viewport, moved every [`PAN_EVERY`] (the
+/// viewers' pans spread over that period by their number).
+async fn watch(http: String, home: Bbox, i: usize, counts: Arc<ViewerCounts>) {
+    let first = PAN_EVERY.mul_f64((i % 50) as f64 / 50.0);
+    let mut pan_at = tokio::time::Instant::now() + first;
+    for pan in 0usize.. {
+        // A quarter of the viewport east, back, west, back.
+        let dx = (home[2] - home[0]) * 0.25 * [0.0, 1.0, 0.0, -1.0][pan % 4];
+        let bbox = [home[0] + dx, home[1], home[2] + dx, home[3]];
+        let follow = follow(&http, bbox, &counts);
+        match tokio::time::timeout_at(pan_at, follow).await {
+            Err(_) => {} // time to pan
+            Ok(()) => {
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        if tokio::time::Instant::now() >= pan_at {
+            pan_at += PAN_EVERY;
         }
     }
 }
 
-async fn stream(http: &str, path: &str, counts: &Arc<ViewerCounts>) -> std::result::Result<(), ()> {
-    let mut s = TcpStream::connect(http).await.map_err(|_| ())?;
-    let _ = s.set_nodelay(true);
-    let head = format!(
-        "GET /api/map/stream HTTP/1.1\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n"
+/// What a viewer's snapshot said: the view it is at, and the cell size if it draws cells.
+async fn snapshot(http: &str, bbox: Bbox, counts: &ViewerCounts) -> Option<(u64, Option<f64>)> {
+    let path = format!(
+        "/api/map/snapshot?bbox={:.5},{:.5},{:.5},{:.5}",
+        bbox[0], bbox[1], bbox[2], bbox[3]
     );
-    s.write_all(head.as_bytes()).await.map_err(|_| ())?;
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut carry = String::new();
-    let mut fetching: Option<tokio::task::JoinHandle<()>> = None;
+    match get(http, &path).await {
+        Ok((200, body)) => {
+            counts.snapshots.fetch_add(1, Ordering::Relaxed);
+            counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+            let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            Some((v["seq"].as_u64()?, v["drivers"]["cell_deg"].as_f64()))
+        }
+        _ => None,
+    }
+}
+
+/// Follows the stream for `bbox` until it fails: a snapshot first (its mode says whether to
+/// ask for cells), then the ticks. A view published between the snapshot and the stream's
+/// start shows as a tick whose base is not the snapshot's: a resync, rare.
+async fn follow(http: &str, bbox: Bbox, counts: &ViewerCounts) {
+    let Some((mut seq, cell_deg)) = snapshot(http, bbox, counts).await else {
+        return;
+    };
+    let cells = cell_deg
+        .map(|c| format!("&cell_deg={c}"))
+        .unwrap_or_default();
+    let path = format!(
+        "/api/map/stream?bbox={:.5},{:.5},{:.5},{:.5}{cells}",
+        bbox[0], bbox[1], bbox[2], bbox[3]
+    );
+    let Ok(mut s) = TcpStream::connect(http).await else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let head = format!("GET {path} HTTP/1.0\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n");
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
     loop {
-        let n = s.read(&mut buf).await.map_err(|_| ())?;
+        let Ok(n) = s.read(&mut buf).await else {
+            return;
+        };
         if n == 0 {
-            return Err(());
+            return;
         }
-        carry.push_str(&String::from_utf8_lossy(&buf[..n]));
-        let ticks = carry.matches("event: tick").count() as u64;
-        // Keep a tail in case a marker is split across reads.
-        if let Some(cut) = carry.rfind('\n') {
-            carry.drain(..=cut);
-        }
-        if ticks == 0 {
-            continue;
-        }
-        counts.ticks.fetch_add(ticks, Ordering::Relaxed);
-        if fetching.as_ref().is_some_and(|f| !f.is_finished()) {
-            continue;
-        }
-        let (http, path, counts) = (http.to_string(), path.to_string(), counts.clone());
-        fetching = Some(tokio::spawn(async move {
-            match get(&http, &path).await {
-                Ok((200, body)) => {
-                    counts.snapshots.fetch_add(1, Ordering::Relaxed);
-                    counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        counts.stream_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = pending.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&block);
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("");
+            let data = text
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or("");
+            let missed = match name {
+                "tick" => {
+                    counts.ticks.fetch_add(1, Ordering::Relaxed);
+                    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+                    let (at, base) = (v["seq"].as_u64().unwrap_or(0), v["base"].as_u64());
+                    if at <= seq {
+                        false // the snapshot already shows it
+                    } else if base == Some(seq) {
+                        counts.deltas.fetch_add(1, Ordering::Relaxed);
+                        seq = at;
+                        false
+                    } else {
+                        true
+                    }
                 }
-                _ => {
-                    counts.errors.fetch_add(1, Ordering::Relaxed);
+                "resync" => true,
+                _ => false,
+            };
+            if missed {
+                counts.resyncs.fetch_add(1, Ordering::Relaxed);
+                match snapshot(http, bbox, counts).await {
+                    Some((s, _)) => seq = s,
+                    None => return,
                 }
             }
-        }));
+        }
     }
 }
 

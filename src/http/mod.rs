@@ -8,11 +8,13 @@
 //! command per viewer.
 //! - `auth`: tokens with role `admin` or `viewer`, as a bearer header or the login cookie.
 //! - `snapshot`: `GET /api/map/snapshot` (bbox filter, points or cells) and `/api/map/roads`.
-//! - `stream`: `GET /api/map/stream`, Server-Sent Events (ticks, trip and offer changes).
+//! - `stream`: `GET /api/map/stream`, Server-Sent Events (ticks with what changed in the
+//!   viewer's bbox, trip and offer changes); `delta`: those changes, computed once per view.
 //! - `trips`: the bounded per-trip timelines and `GET /api/trips/{id}`; `describe`: how each
 //!   event reads there.
 
 mod auth;
+mod delta;
 mod describe;
 mod snapshot;
 mod stream;
@@ -43,6 +45,8 @@ struct Shared {
     auth: Authenticator,
     trips: trips::Follower,
     snapshots: snapshot::Cache,
+    /// The deltas between published views, shared by every stream.
+    deltas: delta::Chain,
     /// Flips to true when the server starts draining; open event streams end then.
     draining: watch::Receiver<bool>,
 }
@@ -66,6 +70,7 @@ pub(crate) async fn serve(
         auth: Authenticator::new(&config.auth),
         trips,
         snapshots: snapshot::Cache::default(),
+        deltas: delta::Chain::default(),
         draining,
     });
     let app = router(state);
@@ -145,6 +150,7 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const MAP_JS: &str = include_str!("assets/map.js");
 const MAP_CSS: &str = include_str!("assets/map.css");
+const LIVE_JS: &str = include_str!("assets/live.js");
 
 async fn index() -> Response {
     page(INDEX_HTML, "text/html; charset=utf-8")
@@ -154,6 +160,7 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
     match file.as_str() {
         "map.js" => page(MAP_JS, "text/javascript; charset=utf-8"),
         "map.css" => page(MAP_CSS, "text/css; charset=utf-8"),
+        "live.js" => page(LIVE_JS, "text/javascript; charset=utf-8"),
         _ => ApiError(StatusCode::NOT_FOUND, format!("no asset named {file:?}")).into_response(),
     }
 }

@@ -20,6 +20,7 @@ use super::tiles::{ViewTiles, r};
 use super::{ApiError, AppState, bad_request};
 use crate::domain::LatLng;
 use crate::engine::MapView;
+use crate::engine::map_view::{OfferLine, TripDot};
 use crate::engine::records::Stats;
 
 /// Drivers sent one by one unless `max_points` says otherwise.
@@ -29,7 +30,7 @@ const MAX_POINTS_LIMIT: usize = 200_000;
 /// Aim for at most this many cells when aggregating.
 const TARGET_CELLS: f64 = 5_000.0;
 /// Cell sizes, degrees, from fine to coarse.
-static CELL_SIZES_DEG: [f64; 14] = [
+pub(super) static CELL_SIZES_DEG: [f64; 14] = [
     0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 ];
 /// Built answers kept for the current view.
@@ -37,7 +38,7 @@ const CACHE_ENTRIES: usize = 32;
 
 /// A viewport: `[min_lng, min_lat, max_lng, max_lat]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(super) struct Bbox([f64; 4]);
+pub(super) struct Bbox(pub(super) [f64; 4]);
 
 impl Bbox {
     fn contains(&self, p: LatLng) -> bool {
@@ -196,8 +197,9 @@ impl From<&Stats> for StatsJson {
     }
 }
 
+/// A trip as the snapshot and the stream's deltas send it.
 #[derive(Serialize)]
-struct TripJson<'a> {
+pub(super) struct TripJson<'a> {
     trip: String,
     status: &'static str,
     rider: &'a str,
@@ -207,8 +209,9 @@ struct TripJson<'a> {
     requested_at_ms: u64,
 }
 
+/// An offer as the snapshot and the stream's deltas send it.
 #[derive(Serialize)]
-struct OfferJson<'a> {
+pub(super) struct OfferJson<'a> {
     offer: String,
     trip: String,
     driver: &'a str,
@@ -217,16 +220,67 @@ struct OfferJson<'a> {
     expires_at_ms: u64,
 }
 
-#[derive(Serialize)]
-struct SurgeJson {
+/// A surge cell as the snapshot and the stream's deltas send it.
+#[derive(Serialize, Debug)]
+pub(super) struct SurgeJson {
     cell: String,
     multiplier: f64,
     boundary: Vec<[f64; 2]>,
 }
 
+impl<'a> From<&'a TripDot> for TripJson<'a> {
+    fn from(t: &'a TripDot) -> Self {
+        TripJson {
+            trip: t.trip.to_string(),
+            status: super::trips::status_name(t.status),
+            rider: t.rider.as_str(),
+            pickup: point(t.pickup),
+            dropoff: point(t.dropoff),
+            driver: t.driver.as_ref().map(|d| d.as_str()),
+            requested_at_ms: t.requested_at_ms,
+        }
+    }
+}
+
+impl<'a> From<&'a OfferLine> for OfferJson<'a> {
+    fn from(o: &'a OfferLine) -> Self {
+        OfferJson {
+            offer: o.offer.to_string(),
+            trip: o.trip.to_string(),
+            driver: o.driver.as_str(),
+            from: point(o.from),
+            to: point(o.to),
+            expires_at_ms: o.expires_at_ms,
+        }
+    }
+}
+
+/// The view's surge cells with their centres (the bbox filter), most surging first.
+pub(super) fn surge_items(view: &MapView) -> Vec<(LatLng, SurgeJson)> {
+    view.surge
+        .iter()
+        .filter_map(|c| {
+            let centre = h3o::LatLng::from(c.cell);
+            let centre = LatLng::new(centre.lat(), centre.lng()).ok()?;
+            let json = SurgeJson {
+                cell: c.cell.to_string(),
+                multiplier: (c.multiplier * 100.0).round() / 100.0,
+                boundary: c
+                    .cell
+                    .boundary()
+                    .iter()
+                    .map(|v| [r(v.lng()), r(v.lat())])
+                    .collect(),
+            };
+            Some((centre, json))
+        })
+        .collect()
+}
+
 /// Everything of a snapshot but the drivers, in the order the JSON has them.
 #[derive(Serialize)]
 struct Head {
+    seq: u64,
     at_ms: u64,
     offset: u64,
     stats: StatsJson,
@@ -240,6 +294,7 @@ fn build(view: &MapView, tiles: &ViewTiles, q: &SnapshotQuery) -> Vec<u8> {
     let inside = |p: LatLng| q.bbox.is_none_or(|b| b.contains(p));
     let bbox = q.bbox.map(|b| b.0);
     let head = Head {
+        seq: view.seq,
         at_ms: view.at_ms,
         offset: view.offset,
         stats: StatsJson::from(&view.stats),
@@ -270,15 +325,7 @@ fn build(view: &MapView, tiles: &ViewTiles, q: &SnapshotQuery) -> Vec<u8> {
         .trips
         .iter()
         .filter(|t| inside(t.pickup))
-        .map(|t| TripJson {
-            trip: t.trip.to_string(),
-            status: super::trips::status_name(t.status),
-            rider: t.rider.as_str(),
-            pickup: point(t.pickup),
-            dropoff: point(t.dropoff),
-            driver: t.driver.as_ref().map(|d| d.as_str()),
-            requested_at_ms: t.requested_at_ms,
-        })
+        .map(TripJson::from)
         .collect();
     out.extend_from_slice(br#","trips":"#);
     let _ = serde_json::to_writer(&mut out, &trips);
@@ -286,34 +333,14 @@ fn build(view: &MapView, tiles: &ViewTiles, q: &SnapshotQuery) -> Vec<u8> {
         .offers
         .iter()
         .filter(|o| inside(o.from) || inside(o.to))
-        .map(|o| OfferJson {
-            offer: o.offer.to_string(),
-            trip: o.trip.to_string(),
-            driver: o.driver.as_str(),
-            from: point(o.from),
-            to: point(o.to),
-            expires_at_ms: o.expires_at_ms,
-        })
+        .map(OfferJson::from)
         .collect();
     out.extend_from_slice(br#","offers":"#);
     let _ = serde_json::to_writer(&mut out, &offers);
-    let surge: Vec<_> = view
-        .surge
-        .iter()
-        .filter_map(|c| {
-            let centre = h3o::LatLng::from(c.cell);
-            let centre = LatLng::new(centre.lat(), centre.lng()).ok()?;
-            inside(centre).then(|| SurgeJson {
-                cell: c.cell.to_string(),
-                multiplier: (c.multiplier * 100.0).round() / 100.0,
-                boundary: c
-                    .cell
-                    .boundary()
-                    .iter()
-                    .map(|v| [r(v.lng()), r(v.lat())])
-                    .collect(),
-            })
-        })
+    let surge: Vec<_> = surge_items(view)
+        .into_iter()
+        .filter(|(centre, _)| inside(*centre))
+        .map(|(_, s)| s)
         .collect();
     out.extend_from_slice(br#","surge":"#);
     let _ = serde_json::to_writer(&mut out, &surge);

@@ -1,42 +1,104 @@
-//! `GET /api/map/stream`: Server-Sent Events for the page. A `tick` per view publish (about
-//! four a second: the counters, and the cue to re-fetch the snapshot), and a `trip` or `offer`
-//! event per change, from the shared feed of the trip follower.
+//! `GET /api/map/stream?bbox=...&cell_deg=...`: Server-Sent Events for the page. A `tick` per
+//! view publish (about four a second) carrying the counters and what changed in the viewer's
+//! bbox since the previous view (`delta.rs`: drivers as points, or the changed cells of
+//! `cell_deg` when the viewer draws cells, trips, offers, surge), and a `trip` or `offer` event
+//! per change, from the shared feed of the trip follower.
 //!
-//! Ticks are conflated by the view's `watch` channel: a slow viewer sees the latest view, never
-//! a backlog. The trip/offer feed is a bounded broadcast: a viewer that falls more than its
-//! buffer behind skips the missed items (its next snapshot shows the state anyway). Each
-//! stream ends when the server drains.
+//! Each tick carries `seq` (the view it leads to) and `base` (the view it applies to): a viewer
+//! applies it when its own view is `base`. A slow viewer never makes the server queue: ticks
+//! are conflated by the view's `watch` channel, and a stream that did not see a view sends one
+//! tick from the last view it sent to the newest (one view held per stream). A stream that fell
+//! more than its buffer behind on the trip feed gets `resync` (the viewer fetches a snapshot,
+//! then goes on with the ticks). Each stream ends when the server drains.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{Stream, StreamExt};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
-use super::AppState;
-use super::snapshot::StatsJson;
+use super::snapshot::{CELL_SIZES_DEG, parse_bbox};
+use super::tiles::Bounds;
+use super::{ApiError, AppState, bad_request};
 
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// What one viewer's stream is cut to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct StreamQuery {
+    /// The viewport; everything with `None`.
+    pub(super) bbox: Option<Bounds>,
+    /// Cells of `CELL_SIZES_DEG[level]` instead of points.
+    pub(super) level: Option<usize>,
+}
+
+pub(super) fn parse_query(params: &HashMap<String, String>) -> Result<StreamQuery, ApiError> {
+    if let Some(unknown) = params.keys().find(|k| *k != "bbox" && *k != "cell_deg") {
+        return Err(bad_request(format!(
+            "unknown parameter {unknown:?}; the stream takes bbox and cell_deg"
+        )));
+    }
+    let bbox = params
+        .get("bbox")
+        .map(|b| parse_bbox(b).map(|b| b.0))
+        .transpose()?;
+    let level = match params.get("cell_deg") {
+        None => None,
+        Some(raw) => Some(
+            raw.trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|x| CELL_SIZES_DEG.iter().position(|&c| (c - x).abs() < 1e-9))
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "cell_deg must be a cell size a snapshot answers with ({}), got {raw:?}",
+                        CELL_SIZES_DEG.map(|c| c.to_string()).join(", ")
+                    ))
+                })?,
+        ),
+    };
+    Ok(StreamQuery { bbox, level })
+}
+
 /// `GET /api/map/stream`.
 pub(super) async fn stream(
     State(s): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let ticks = WatchStream::from_changes(s.engine.map_view()).map(|view| {
-        let data = serde_json::json!({
-            "at_ms": view.at_ms,
-            "offset": view.offset,
-            "stats": StatsJson::from(&view.stats),
+    params: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let params = params.map_err(|_| {
+        bad_request("the query string does not decode; expected bbox=minLng,minLat,maxLng,maxLat")
+    })?;
+    let q = parse_query(&params.0)?;
+    let shared = s.clone();
+    // The view current when the stream opened (marked seen, so the first tick leads from it),
+    // then the last view sent: each tick leads from it to the newest, however many views a
+    // slow stream did not see. One view held per stream; nothing queues.
+    let mut views = s.engine.map_view();
+    let mut last = views.borrow_and_update().clone();
+    let ticks = WatchStream::from_changes(views).filter_map(move |view| {
+        let event = (view.seq > last.seq).then(|| {
+            let delta = shared.deltas.delta(&last, &view);
+            last = view;
+            let mut out = Vec::with_capacity(16 * 1024);
+            delta.write(&mut out, q.bbox, q.level);
+            // serde_json writes UTF-8 and the copied items are whole serde_json items.
+            Event::default()
+                .event("tick")
+                .data(String::from_utf8(out).unwrap_or_default())
         });
-        Event::default().event("tick").data(data.to_string())
+        std::future::ready(event)
     });
-    let changes = BroadcastStream::new(s.trips.subscribe()).filter_map(|item| async move {
-        // A lagged viewer skips what it missed.
-        let item = item.ok()?;
-        Some(Event::default().event(item.event).data(item.data.as_str()))
+    let changes = BroadcastStream::new(s.trips.subscribe()).map(|item| match item {
+        Ok(item) => Event::default().event(item.event).data(item.data.as_str()),
+        // Lagged: what was missed is in the next snapshot.
+        Err(_) => Event::default()
+            .event("resync")
+            .data(r#"{"reason":"trip and offer changes were missed"}"#),
     });
     let mut draining = s.draining.clone();
     let stop = async move {
@@ -45,5 +107,5 @@ pub(super) async fn stream(
     let events = futures_util::stream::select(ticks, changes)
         .take_until(Box::pin(stop))
         .map(Ok);
-    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }

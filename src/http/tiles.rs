@@ -66,8 +66,8 @@ impl Rows {
     }
 }
 
-/// The tile rows and columns of side `size` that `b` covers, cut to `within` (the view's
-/// bounds); `None` when they do not meet.
+/// The tile rows and columns of side `size` that `b` covers, cut to those `within` (the
+/// view's bounds) covers; `None` when they share none.
 fn cover(size: f64, b: Bounds, within: Bounds) -> Option<((i64, i64), (i64, i64))> {
     let cut = [
         b[0].max(within[0]),
@@ -75,12 +75,28 @@ fn cover(size: f64, b: Bounds, within: Bounds) -> Option<((i64, i64), (i64, i64)
         b[2].min(within[2]),
         b[3].min(within[3]),
     ];
-    if cut[0] > cut[2] || cut[1] > cut[3] {
-        return None;
-    }
+    // Compared as tiles, not degrees: a bbox that ends just short of the view's bounds still
+    // touches the cell that holds the nearest drivers (cells are whole).
     let (r0, c0) = Rows::tile(size, cut[0], cut[1]);
     let (r1, c1) = Rows::tile(size, cut[2], cut[3]);
-    Some(((r0, r1), (c0, c1)))
+    (r0 <= r1 && c0 <= c1).then_some(((r0, r1), (c0, c1)))
+}
+
+/// The `(row, col)` of the cell of side `size` degrees that holds `(lng, lat)`.
+pub(super) fn cell_key(size: f64, lng: f64, lat: f64) -> (i64, i64) {
+    Rows::tile(size, lng, lat)
+}
+
+/// `(count, available)` per cell of side `size` over every driver of `view`: O(drivers).
+pub(super) fn cell_counts(view: &MapView, size: f64) -> FxHashMap<(i64, i64), (u32, u32)> {
+    let mut counts: FxHashMap<(i64, i64), (u32, u32)> = FxHashMap::default();
+    for d in &view.drivers {
+        let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
+        let c = counts.entry(Rows::tile(size, lng, lat)).or_default();
+        c.0 += 1;
+        c.1 += u32::from(d.state as u8 == 0);
+    }
+    counts
 }
 
 /// Closes a list of comma-terminated items written after `start` into a JSON array.
@@ -281,14 +297,7 @@ impl ViewTiles {
 
     fn build_cells(&self, level: usize) -> Rows {
         let size = self.cell_sizes[level];
-        let mut counts: FxHashMap<(i64, i64), (u32, u32)> = FxHashMap::default();
-        for d in &self.view.drivers {
-            let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
-            let c = counts.entry(Rows::tile(size, lng, lat)).or_default();
-            c.0 += 1;
-            c.1 += u32::from(d.state as u8 == 0);
-        }
-        let mut sorted: Vec<_> = counts.into_iter().collect();
+        let mut sorted: Vec<_> = cell_counts(&self.view, size).into_iter().collect();
         sorted.sort_unstable_by_key(|&(key, _)| key);
         let mut rows = Rows {
             size,
@@ -323,6 +332,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &(lng, lat, state))| DriverDot {
+                key: i as u32,
                 position: LatLng::new(lat, lng).unwrap(),
                 state: [DotState::Available, DotState::Offered, DotState::OnTrip]
                     [usize::from(state % 3)],

@@ -26,7 +26,7 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
 /// The city's centre (midtown Manhattan).
-const CENTRE: (f64, f64) = (40.75, -73.98);
+pub const CENTRE: (f64, f64) = (40.75, -73.98);
 
 /// Where Chromium and chromedriver are.
 #[derive(Debug)]
@@ -213,6 +213,21 @@ impl City {
         while let Some(done) = tasks.join_next().await {
             done.expect("a go-online task");
         }
+    }
+
+    /// Reports driver `id` at `(lat, lng)` (a unary location update, stamped now).
+    pub async fn move_driver(&mut self, id: &str, (lat, lng): (f64, f64)) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.drivers
+            .update_location(pb::LocationUpdate {
+                driver_id: id.into(),
+                location: ll((lat, lng)),
+                recorded_at_ms: now_ms,
+            })
+            .await
+            .expect("the driver's location is taken");
     }
 
     /// Requests `n` trips and accepts the offers of the first `accept` of them.

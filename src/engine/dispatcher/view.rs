@@ -40,6 +40,9 @@ pub enum DotState {
 /// One online driver.
 #[derive(Clone, Debug)]
 pub struct DriverDot {
+    /// Its dense driver key: stable for the engine's life, and views list drivers in key
+    /// order, so two views are compared by one merge (the map stream's deltas).
+    pub key: u32,
     /// Last reported position.
     pub position: LatLng,
     /// Its state.
@@ -98,6 +101,9 @@ pub struct SurgeCell {
 /// Everything the live map shows, as of one instant.
 #[derive(Clone, Debug, Default)]
 pub struct MapView {
+    /// Its number: 1 for the first view published, one more for each after (0 before any),
+    /// so a viewer applying deltas can tell that it missed one.
+    pub seq: u64,
     /// When it was built, ms since epoch (engine time).
     pub at_ms: u64,
     /// The offset the next event got at that instant.
@@ -126,6 +132,8 @@ const OWN_RECEIVERS: usize = 1;
 pub struct ViewPublisher {
     tx: watch::Sender<Arc<MapView>>,
     next_at_ms: u64,
+    /// The number of the last view published.
+    seq: u64,
     /// Set while publishing is paused for want of viewers: the latest view is then old, and
     /// [`fresh`] waits for the next one.
     stale: Arc<AtomicBool>,
@@ -154,6 +162,7 @@ impl ViewPublisher {
         let publisher = ViewPublisher {
             tx,
             next_at_ms: 0,
+            seq: 0,
             stale: stale.clone(),
         };
         (publisher, rx, stale)
@@ -173,7 +182,10 @@ impl ViewPublisher {
             return;
         }
         self.next_at_ms = now_ms.saturating_add(VIEW_INTERVAL_MS);
-        self.tx.send_replace(Arc::new(dispatcher.map_view(now_ms)));
+        self.seq += 1;
+        let mut view = dispatcher.map_view(now_ms);
+        view.seq = self.seq;
+        self.tx.send_replace(Arc::new(view));
         self.stale.store(false, Ordering::Release);
     }
 }
@@ -201,6 +213,7 @@ impl Dispatcher {
                 bounds[3].max(lat),
             ];
             drivers.push(DriverDot {
+                key: d.key.0,
                 position,
                 state,
                 id: d.id.clone(),
@@ -254,6 +267,7 @@ impl Dispatcher {
             .collect();
         surge.sort_by(|a, b| b.multiplier.total_cmp(&a.multiplier));
         MapView {
+            seq: 0,
             at_ms: now_ms,
             offset: s.next_offset(),
             stats: s.stats(),

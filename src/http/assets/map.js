@@ -4,8 +4,11 @@
 //   when more than max_points are in the viewport, so the page asks only for what it shows and
 //   never holds 100k DOM nodes: drivers are rectangles on one canvas, drawn in three batched
 //   paths (one per state), and only when something changed (requestAnimationFrame + dirty flag).
+// - The page fetches a whole snapshot on load and after a pan or zoom (debounced); between
+//   them it applies the stream's ticks, which carry only what changed in its viewport since
+//   the view it holds (live.js). A tick it cannot apply (it missed a view) means a snapshot.
 // - Counters come from the stream's tick (the same numbers GetStats reports at that publish);
-//   trip changes arrive as events, so a new trip shows at once, before the next snapshot.
+//   trip changes also arrive as events, so a new trip shows at once.
 // - Every error is caught and shown in the header instead of thrown; window.mapErrors keeps
 //   any uncaught one (tests read it) and window.mapPerf the frame times.
 'use strict';
@@ -21,7 +24,7 @@ const OPEN_WAITING = new Set(['TRIP_STATUS_SEARCHING', 'TRIP_STATUS_OFFERED',
   'TRIP_STATUS_ACCEPTED', 'TRIP_STATUS_ARRIVED']);
 const TERMINAL = new Set(['TRIP_STATUS_COMPLETED', 'TRIP_STATUS_CANCELLED', 'TRIP_STATUS_NO_DRIVERS']);
 const MAX_LIST = 200;           // trip list rows kept in the DOM (newest first)
-const SNAPSHOT_EVERY_MS = 250;  // at most this often, one request in flight
+const SNAPSHOT_DEBOUNCE_MS = 150; // after the last pan or zoom step; one request in flight
 const MAX_POINTS = 20000;       // beyond this many drivers in view the server sends cells
 
 const $ = (id) => document.getElementById(id);
@@ -50,8 +53,12 @@ const S = {
   stats: null, statsOffset: -1,
   roads: null, noRoads: false, roadsKey: '',
   selected: null, detailTimer: 0,
-  dirty: true, fetching: false, wantSnap: false, lastSnapMs: 0,
+  dirty: true, fetching: false, wantSnap: false,
+  seq: 0,                        // the view the page holds (snapshot plus the ticks applied)
+  es: null, streamUrl: '', pending: [], // the stream; ticks that arrived during a fetch
+  loads: 0, deltas: 0,           // snapshots fetched, ticks applied (window.mapState, tests)
 };
+window.mapState = S;
 
 // ---- fetching
 async function api(path) {
@@ -66,28 +73,32 @@ function setConn(text, cls) { const c = $('conn'); c.textContent = text; c.class
 function requestSnapshot() {
   S.wantSnap = true;
   if (S.fetching) return;
-  const wait = S.lastSnapMs + SNAPSHOT_EVERY_MS - performance.now();
-  if (wait > 0) { setTimeout(requestSnapshot, wait); return; }
-  S.wantSnap = false; S.fetching = true; S.lastSnapMs = performance.now();
-  const q = S.snap && view.fitted ? `bbox=${viewBbox().map((v) => v.toFixed(5)).join(',')}&` : '';
-  api(`/api/map/snapshot?${q}max_points=${MAX_POINTS}`)
-    .then(onSnapshot)
+  S.wantSnap = false; S.fetching = true;
+  const box = S.snap && view.fitted ? viewBbox().map((v) => v.toFixed(5)).join(',') : '';
+  api(`/api/map/snapshot?${box ? `bbox=${box}&` : ''}max_points=${MAX_POINTS}`)
+    .then((snap) => onSnapshot(snap, box))
     .catch((e) => setConn(`snapshot failed: ${e.message}`, 'down'))
-    .finally(() => { S.fetching = false; if (S.wantSnap) requestSnapshot(); });
+    .finally(() => {
+      S.fetching = false;
+      if (S.wantSnap) requestSnapshot();
+      else { const ticks = S.pending; S.pending = []; ticks.forEach(applyTick); }
+    });
 }
+let snapTimer = 0;
+function snapshotSoon() { clearTimeout(snapTimer); snapTimer = setTimeout(requestSnapshot, SNAPSHOT_DEBOUNCE_MS); }
 
-function onSnapshot(snap) {
-  S.snap = snap; S.snapLocalMs = performance.now();
+function onSnapshot(snap, box) {
+  S.snap = snap; S.snapLocalMs = performance.now(); S.seq = snap.seq; S.loads++;
   if (!view.fitted && !view.touched && snap.bounds) { fit(snap.bounds); requestSnapshot(); }
   const d = snap.drivers || {};
   if (d.mode === 'points') {
-    const n = d.points.length;
-    const x = new Float64Array(n), y = new Float64Array(n), st = new Uint8Array(n);
-    for (let i = 0; i < n; i++) { const p = d.points[i]; x[i] = p[0]; y[i] = mercY(p[1]); st[i] = p[2]; }
-    S.pts = { x, y, st, ids: d.points.map((p) => p[3]) }; S.cells = null;
+    S.pts = pointsFrom(d.points); S.cells = null;
   } else if (d.mode === 'cells') {
-    S.cells = { deg: d.cell_deg, list: d.cells }; S.pts = null;
+    S.cells = cellsFrom(d.cell_deg, d.cells); S.pts = null;
   }
+  // The stream follows the snapshot's viewport and mode.
+  const q = [box && `bbox=${box}`, d.mode === 'cells' && `cell_deg=${d.cell_deg}`].filter(Boolean).join('&');
+  connect(`/api/map/stream${q ? '?' + q : ''}`);
   setStats(snap.stats, snap.offset);
   // The view's trips replace the list, except trips an event told us about after that view.
   const next = new Map();
@@ -126,45 +137,6 @@ function maybeRoads() {
     .then((r) => { S.roads = r.segments || []; S.dirty = true; })
     // No road map loaded: a lat/lng grid instead, for the life of this page.
     .catch((e) => { if (e.status === 404) { S.noRoads = true; S.roads = null; S.dirty = true; } });
-}
-
-// ---- the live stream
-function connect() {
-  const es = new EventSource('/api/map/stream');
-  es.onopen = () => setConn('live', 'live');
-  es.onerror = () => {
-    if (es.readyState === EventSource.CLOSED) {
-      setConn('stream closed, retrying', 'down');
-      // A closed stream may mean the login expired: api() sends us to /login on a 401.
-      setTimeout(() => { api('/api/map/snapshot?max_points=1').catch(() => {}); connect(); }, 2000);
-    } else setConn('reconnecting…', 'down');
-  };
-  es.addEventListener('tick', (m) => {
-    const t = JSON.parse(m.data);
-    setStats(t.stats, t.offset);
-    $('lag').textContent = `view ${Math.max(0, Date.now() - t.at_ms)} ms behind the engine clock`;
-    requestSnapshot();
-  });
-  es.addEventListener('trip', (m) => {
-    const e = JSON.parse(m.data);
-    if (TERMINAL.has(e.status)) S.trips.delete(e.trip);
-    else {
-      const old = S.trips.get(e.trip) || { trip: e.trip, order: Date.now() };
-      S.trips.set(e.trip, { ...old, status: e.status, driver: e.driver, offset: e.offset });
-    }
-    renderTrips();
-    S.dirty = true;
-    if (e.trip === S.selected) refreshDetail();
-  });
-  es.addEventListener('offer', (m) => {
-    const e = JSON.parse(m.data);
-    // An answered, expired or withdrawn offer leaves the map now, not at the next snapshot.
-    if (e.state !== 'SENT' && S.snap && S.snap.offers) {
-      S.snap.offers = S.snap.offers.filter((o) => o.offer !== e.offer);
-      S.dirty = true;
-    }
-    if (e.trip === S.selected) refreshDetail();
-  });
 }
 
 // ---- the trip list and the detail panel
@@ -408,7 +380,7 @@ function zoomAt(factor, px, py) {
   view.x = lng - (px - view.w / 2) / view.scale; view.y = y + (py - view.h / 2) / view.scale;
   viewChanged();
 }
-function viewChanged() { view.touched = true; view.fitted = true; S.dirty = true; requestSnapshot(); }
+function viewChanged() { view.touched = true; view.fitted = true; S.dirty = true; snapshotSoon(); }
 
 let drag = null;
 canvas.addEventListener('pointerdown', (e) => {
@@ -471,6 +443,5 @@ function hover(px, py) {
 
 new ResizeObserver(resize).observe(canvas);
 resize();
-requestSnapshot();
-connect();
+requestSnapshot(); // its answer opens the stream
 requestAnimationFrame(frame);

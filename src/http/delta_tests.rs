@@ -1,0 +1,198 @@
+//! Applying a chain of deltas to the first view's snapshot gives the last view's snapshot, for
+//! points and for cells, whatever the bbox and whatever moved, changed state, came or went.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+use super::*;
+use crate::domain::ExternalId;
+use crate::engine::map_view::DotState;
+use crate::http::snapshot::CELL_SIZES_DEG;
+use crate::http::tiles::ViewTiles;
+
+/// A driver of a test view: `(key, lng, lat, state)`.
+type Dot = (u32, f64, f64, u8);
+
+fn view(seq: u64, dots: &BTreeMap<u32, (f64, f64, u8)>) -> Arc<MapView> {
+    let drivers: Vec<DriverDot> = dots
+        .iter()
+        .map(|(&key, &(lng, lat, state))| DriverDot {
+            key,
+            position: LatLng::new(lat, lng).unwrap(),
+            state: [DotState::Available, DotState::Offered, DotState::OnTrip]
+                [usize::from(state % 3)],
+            id: ExternalId::new("driver_id", &format!("d-{key}")).unwrap(),
+        })
+        .collect();
+    let bounds = (!drivers.is_empty()).then(|| {
+        drivers
+            .iter()
+            .fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |b, d| {
+                let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
+                [b[0].min(lng), b[1].min(lat), b[2].max(lng), b[3].max(lat)]
+            })
+    });
+    Arc::new(MapView {
+        seq,
+        at_ms: seq * 250,
+        bounds,
+        drivers,
+        ..MapView::default()
+    })
+}
+
+/// `id -> [lng, lat, state]` of a points array.
+fn points(v: &Value) -> BTreeMap<String, Value> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[3].as_str().unwrap().to_string(),
+                Value::from(p.as_array().unwrap()[..3].to_vec()),
+            )
+        })
+        .collect()
+}
+
+/// `[lng, lat] -> [count, available]` of a cells array, as strings to compare exactly.
+fn cells(v: &Value) -> BTreeMap<String, Value> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                format!("{},{}", c[0], c[1]),
+                Value::from(c.as_array().unwrap()[2..].to_vec()),
+            )
+        })
+        .collect()
+}
+
+fn json(write: impl FnOnce(&mut Vec<u8>)) -> Value {
+    let mut out = Vec::new();
+    write(&mut out);
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// One step of change: `(key, what)`: 0 moves it, 1 changes its state, 2 removes it, 3 adds
+/// it (or moves it, if it is there), with `(dlng, dlat, state)`.
+type Step = Vec<(u32, u8, (f64, f64, u8))>;
+
+fn change(dots: &mut BTreeMap<u32, (f64, f64, u8)>, step: &Step) {
+    for &(key, what, (dlng, dlat, state)) in step {
+        match (what, dots.get_mut(&key)) {
+            (0, Some(d)) => {
+                d.0 = (d.0 + dlng).clamp(-74.1, -73.9);
+                d.1 = (d.1 + dlat).clamp(40.6, 40.8);
+            }
+            (1, Some(d)) => d.2 = state,
+            (2, Some(_)) => {
+                dots.remove(&key);
+            }
+            _ => {
+                dots.insert(key, (-74.0 + dlng * 20.0, 40.7 + dlat * 20.0, state));
+            }
+        }
+    }
+}
+
+fn dot() -> impl Strategy<Value = Dot> {
+    (0u32..300, -74.05..-73.95f64, 40.65..40.75f64, 0u8..3)
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop::collection::vec(
+        (
+            0u32..300,
+            0u8..4,
+            (-0.005..0.005f64, -0.005..0.005f64, 0u8..3),
+        ),
+        0..80,
+    )
+}
+
+proptest! {
+    #[test]
+    fn deltas_take_the_first_snapshot_to_the_last(
+        start in prop::collection::vec(dot(), 0..300),
+        steps in prop::collection::vec((step(), any::<bool>()), 1..5),
+        corner in (-74.1..-73.95f64, 40.6..40.75f64),
+        size in (0.001..0.2f64, 0.001..0.2f64),
+        whole in any::<bool>(),
+        level in 0usize..6,
+    ) {
+        let mut dots: BTreeMap<u32, (f64, f64, u8)> =
+            start.iter().map(|&(k, lng, lat, s)| (k, (lng, lat, s))).collect();
+        let bbox = (!whole).then_some([corner.0, corner.1, corner.0 + size.0, corner.1 + size.1]);
+        let chain = Chain::default();
+        let first = view(1, &dots);
+        let tiles = ViewTiles::new(first.clone(), &CELL_SIZES_DEG);
+        let mut pts = points(&json(|o| { tiles.write_points(o, bbox, usize::MAX); }));
+        let mut cls = cells(&json(|o| tiles.write_cells(o, bbox, level)));
+        // `held`: the view the viewer's map shows. A step marked `slow` is a view it does
+        // not see: the next delta leads from the one it holds (the last step is always seen).
+        let mut held = first;
+        let n = steps.len();
+        for (i, (s, slow)) in steps.iter().enumerate() {
+            change(&mut dots, s);
+            let next = view(i as u64 + 2, &dots);
+            if *slow && i + 1 < n {
+                continue;
+            }
+            let delta = chain.delta(&held, &next);
+            prop_assert_eq!(delta.base, Some(held.seq));
+            // A second stream at the same view shares the delta.
+            prop_assert!(Arc::ptr_eq(&delta, &chain.delta(&held, &next)));
+            let d = json(|o| delta.write(o, bbox, None));
+            prop_assert_eq!(&d["seq"], &Value::from(next.seq));
+            for gone in d["drivers"]["gone"].as_array().unwrap() {
+                pts.remove(gone.as_str().unwrap());
+            }
+            pts.extend(points(&d["drivers"]["upsert"]));
+            let c = json(|o| delta.write(o, bbox, Some(level)));
+            prop_assert_eq!(&c["drivers"]["cell_deg"], &Value::from(CELL_SIZES_DEG[level]));
+            for (k, v) in cells(&c["drivers"]["cells"]) {
+                if v[0] == 0 { cls.remove(&k); } else { cls.insert(k, v); }
+            }
+            held = next;
+        }
+        let tiles = ViewTiles::new(held.clone(), &CELL_SIZES_DEG);
+        prop_assert_eq!(pts, points(&json(|o| { tiles.write_points(o, bbox, usize::MAX); })));
+        prop_assert_eq!(cls, cells(&json(|o| tiles.write_cells(o, bbox, level))));
+    }
+}
+
+#[test]
+fn a_delta_from_the_empty_view_has_no_base_and_old_deltas_are_let_go() {
+    let dots = BTreeMap::from([(1, (-74.0, 40.7, 0))]);
+    let chain = Chain::default();
+    let empty = view(0, &dots);
+    let first = view(1, &dots);
+    let d = chain.delta(&empty, &first);
+    assert_eq!(d.base, None);
+    let tick = json(|o| d.write(o, None, None));
+    assert_eq!(tick["seq"], 1);
+    assert!(
+        tick.get("drivers").is_none(),
+        "no changes without a base: {tick}"
+    );
+    let mut last = first;
+    for seq in 2..2 + RECENT as u64 {
+        let next = view(seq, &dots);
+        assert_eq!(chain.delta(&last, &next).base, Some(last.seq));
+        last = next;
+    }
+    assert_eq!(
+        chain.inner.lock().len(),
+        RECENT,
+        "at most RECENT deltas kept"
+    );
+    assert!(
+        !Arc::ptr_eq(&d, &chain.delta(&empty, &view(1, &dots))),
+        "the oldest was let go"
+    );
+}

@@ -1,0 +1,201 @@
+//! The live map's stream of deltas over real HTTP on 127.0.0.1:0, against a server driven by a
+//! manual clock: each tick carries what changed inside the viewer's bbox (points, or cells of
+//! the size it asked for; trips and offers) since the view it names as its base; a stream too
+//! slow to see a view sends one tick across it, and bad stream parameters get a 400 JSON error.
+
+mod http_client;
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch::clock::{Clock, ManualClock};
+use dispatch::config::Config;
+use dispatch::pb;
+use http_client::{Sse, get};
+use serde_json::Value;
+use support::*;
+
+async fn start_http(config: Config) -> (TestServer, SocketAddr) {
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let s = start_custom(config, clock.clone(), clock, true).await;
+    let addr = s.metrics_addr.unwrap();
+    (s, addr)
+}
+
+/// Moves engine time past the publish interval and waits for the next view (by its number:
+/// positions make no event, so the event offset cannot tell).
+async fn publish_next(s: &TestServer) -> u64 {
+    let mut view = s.engine.map_view();
+    let before = view.borrow_and_update().seq;
+    s.clock.advance(Duration::from_millis(300));
+    let v = tokio::time::timeout(Duration::from_secs(10), view.wait_for(|v| v.seq > before))
+        .await
+        .expect("a view within 10 s")
+        .unwrap();
+    v.seq
+}
+
+async fn move_to(s: &TestServer, driver: &str, (lat, lng): (f64, f64)) {
+    s.drivers()
+        .update_location(pb::LocationUpdate {
+            driver_id: driver.into(),
+            location: ll(lat, lng),
+            recorded_at_ms: s.clock.now_ms(),
+        })
+        .await
+        .unwrap();
+}
+
+/// The next tick, skipping trip and offer events.
+async fn tick(sse: &mut Sse) -> Value {
+    sse.next_named("tick").await
+}
+
+fn ids(list: &Value, at: usize) -> Vec<String> {
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let id = if at == usize::MAX { x } else { &x[at] };
+            id.as_str().unwrap().to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn the_stream_sends_what_changed_inside_its_bbox() {
+    let (s, addr) = start_http(Config::default()).await;
+    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
+    online(&s, "d-2", 20_000.0, 4.5, "gw-1").await; // ~0.18 degrees north, outside the bbox
+    publish_next(&s).await;
+    let (lat, lng) = PICKUP;
+    let bbox = format!(
+        "{},{},{},{}",
+        lng - 0.01,
+        lat - 0.01,
+        lng + 0.01,
+        lat + 0.01
+    );
+    let snap = get(addr, &format!("/api/map/snapshot?bbox={bbox}"), &[])
+        .await
+        .json();
+    assert_eq!(ids(&snap["drivers"]["points"], 3), ["d-1"]);
+    let at = snap["seq"].as_u64().unwrap();
+    let mut points = Sse::open(addr, &format!("/api/map/stream?bbox={bbox}"), &[]).await;
+    let mut cells = Sse::open(addr, "/api/map/stream?cell_deg=0.01", &[]).await;
+
+    // d-1 moves inside the bbox and gets an offer; d-2 moves a cell north, still outside.
+    move_to(&s, "d-1", (lat + 0.002, lng)).await;
+    move_to(&s, "d-2", (lat + 0.195, lng)).await;
+    let trip = request(&s, "r-1", "req-1").await;
+    let seq = publish_next(&s).await;
+    let t = tick(&mut points).await;
+    assert_eq!(
+        (t["base"].as_u64(), t["seq"].as_u64()),
+        (Some(at), Some(seq)),
+        "{t}"
+    );
+    assert_eq!(t["drivers"]["mode"], "points");
+    assert_eq!(ids(&t["drivers"]["upsert"], 3), ["d-1"], "{t}");
+    let d1 = &t["drivers"]["upsert"][0];
+    assert!(
+        (d1[1].as_f64().unwrap() - (lat + 0.002)).abs() < 1e-5,
+        "{d1}"
+    );
+    assert_eq!(d1[2], 1, "offered");
+    assert_eq!(t["drivers"]["gone"], serde_json::json!([]));
+    assert_eq!(t["trips"]["upsert"][0]["trip"], trip.trip_id.as_str());
+    assert_eq!(t["offers"]["upsert"][0]["driver"], "d-1");
+    assert_eq!(t["stats"]["drivers_offered"], 1);
+    // The whole-city cells stream: d-2's old cell emptied, its new one holds it.
+    let c = tick(&mut cells).await;
+    assert_eq!(c["drivers"]["mode"], "cells");
+    assert_eq!(c["drivers"]["cell_deg"], 0.01);
+    let changed = c["drivers"]["cells"].as_array().unwrap();
+    let cell_of = |lat_deg: f64| ((lat_deg / 0.01).floor() + 0.5) * 0.01;
+    let holds = |want_lat: f64, count: u64| {
+        changed
+            .iter()
+            .any(|x| (x[1].as_f64().unwrap() - cell_of(want_lat)).abs() < 1e-6 && x[2] == count)
+    };
+    assert!(holds(lat + 0.195, 1), "{c}");
+    assert!(holds(PICKUP.0 + 20_000.0 / 111_195.0, 0), "{c}");
+
+    // d-1 leaves the bbox: it is gone from this viewer's map; its offer still ends inside.
+    move_to(&s, "d-1", (lat + 0.05, lng)).await;
+    let next = publish_next(&s).await;
+    let t = tick(&mut points).await;
+    assert_eq!(
+        (t["base"].as_u64(), t["seq"].as_u64()),
+        (Some(seq), Some(next))
+    );
+    assert_eq!(ids(&t["drivers"]["gone"], usize::MAX), ["d-1"], "{t}");
+    assert_eq!(t["drivers"]["upsert"], serde_json::json!([]));
+    assert_eq!(
+        t["offers"]["upsert"][0]["driver"], "d-1",
+        "the offer's line moved"
+    );
+    assert_eq!(
+        t["trips"]["upsert"],
+        serde_json::json!([]),
+        "the trip did not change"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_too_slow_to_see_a_view_gets_one_tick_across_it() {
+    let (s, addr) = start_http(Config::default()).await;
+    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
+    publish_next(&s).await;
+    let mut sse = Sse::open(addr, "/api/map/stream", &[]).await;
+    let first = publish_next(&s).await;
+    assert_eq!(tick(&mut sse).await["seq"].as_u64(), Some(first));
+    move_to(&s, "d-1", (PICKUP.0 + 0.001, PICKUP.1)).await;
+    // Two views published while this (single-threaded) runtime cannot run the stream: it
+    // sees only the second, and sends one tick from the view it sent last to that one.
+    let view = s.engine.map_view();
+    for _ in 0..2 {
+        let before = view.borrow().seq;
+        s.clock.advance(Duration::from_millis(300));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while view.borrow().seq == before {
+            assert!(std::time::Instant::now() < deadline, "no view within 10 s");
+            std::thread::yield_now();
+        }
+    }
+    let latest = view.borrow().seq;
+    assert_eq!(latest, first + 2);
+    let t = tick(&mut sse).await;
+    assert_eq!(
+        (t["base"].as_u64(), t["seq"].as_u64()),
+        (Some(first), Some(latest)),
+        "{t}"
+    );
+    assert_eq!(
+        ids(&t["drivers"]["upsert"], 3),
+        ["d-1"],
+        "the move before the skipped view"
+    );
+    let next = publish_next(&s).await;
+    let t = tick(&mut sse).await;
+    assert_eq!(
+        (t["base"].as_u64(), t["seq"].as_u64()),
+        (Some(latest), Some(next))
+    );
+    for bad in [
+        "/api/map/stream?cell_deg=0.03",
+        "/api/map/stream?bbox=1,2",
+        "/api/map/stream?zoom=3",
+    ] {
+        let a = get(addr, bad, &[]).await;
+        assert_eq!(a.status, 400, "{bad}");
+        assert!(a.json()["error"].as_str().unwrap().len() > 20);
+    }
+    s.stop().await;
+}
