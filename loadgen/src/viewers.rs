@@ -1,7 +1,7 @@
 //! Simulated live-map viewers (`--map-viewers N`), which behave like the page: each fetches a
 //! snapshot of its viewport, then follows `/api/map/stream` for that viewport, applying each
 //! tick's delta (the changes since the view it holds) and fetching a new snapshot only when it
-//! missed a view (a `resync`, or a tick whose base is not the view it holds) or when it pans
+//! missed a view (a tick whose base is not the view it holds) or when it pans
 //! (every ~10 s, a quarter of its viewport), so a city run can be measured with and without
 //! people watching it.
 //!
@@ -45,6 +45,8 @@ pub struct ViewerCounts {
     pub snapshots: AtomicU64,
     /// Of those, fetched because a view was missed.
     pub resyncs: AtomicU64,
+    /// `lagged` notices: trip/offer events a viewer's stream skipped (no snapshot needed).
+    pub lagged: AtomicU64,
     /// Snapshot bytes received (bodies and heads).
     pub bytes: AtomicU64,
     /// Stream bytes received.
@@ -95,13 +97,14 @@ impl Viewers {
         let c = &self.counts;
         format!(
             "map viewers: {} ticks, {} deltas applied ({:.1} MB streamed), {} snapshots \
-             ({:.1} MB; {} after a missed view), {} errors",
+             ({:.1} MB; {} after a missed view), {} lagged notices, {} errors",
             c.ticks.load(Ordering::Relaxed),
             c.deltas.load(Ordering::Relaxed),
             c.stream_bytes.load(Ordering::Relaxed) as f64 / 1e6,
             c.snapshots.load(Ordering::Relaxed),
             c.bytes.load(Ordering::Relaxed) as f64 / 1e6,
             c.resyncs.load(Ordering::Relaxed),
+            c.lagged.load(Ordering::Relaxed),
             c.errors.load(Ordering::Relaxed)
         )
     }
@@ -253,7 +256,11 @@ async fn follow(http: &str, bbox: Bbox, counts: &ViewerCounts) {
                         true
                     }
                 }
-                "resync" => true,
+                // Skipped trip/offer events: the next tick carries their end state.
+                "lagged" => {
+                    counts.lagged.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
                 _ => false,
             };
             if missed {

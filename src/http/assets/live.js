@@ -73,7 +73,7 @@ function connect(url) {
     // During a fetch, ticks wait for the snapshot they may follow (a few at most).
     if (S.fetching) { S.pending.push(t); if (S.pending.length > 16) S.pending.shift(); } else applyTick(t);
   });
-  es.addEventListener('resync', () => requestSnapshot());
+  // 'lagged': some trip/offer events were skipped; the next tick brings their end state.
   es.addEventListener('trip', (m) => {
     const e = JSON.parse(m.data);
     if (TERMINAL.has(e.status)) S.trips.delete(e.trip);
