@@ -203,6 +203,8 @@ impl SnapshotStore {
 /// the newest `keep`, and publishes the oldest kept offset (the retention floor).
 pub(super) struct Snapshotter {
     tx: Sender<Box<StateImage>>,
+    /// The same channel's receiving end, so a newer image can replace the waiting one.
+    waiting: Receiver<Box<StateImage>>,
     thread: JoinHandle<()>,
 }
 
@@ -215,8 +217,10 @@ impl Snapshotter {
         known: Vec<u64>,
         floor: Arc<AtomicU64>,
     ) -> Snapshotter {
-        // One waiting image at most: a newer one is never worth queueing behind an older one.
+        // One waiting image at most, and the newest wins: it replaces an older one still
+        // waiting, so once the dispatcher goes quiet its last image is always written.
         let (tx, rx) = crossbeam_channel::bounded(1);
+        let waiting = rx.clone();
         if let Some(oldest) = known.first() {
             floor.store(*oldest, Ordering::Relaxed);
         }
@@ -224,16 +228,25 @@ impl Snapshotter {
             .name("snapshot".into())
             .spawn(move || run(store, keep.max(1), known, floor, rx))
             .expect("spawning the snapshot thread needs only memory");
-        Snapshotter { tx, thread }
+        Snapshotter {
+            tx,
+            waiting,
+            thread,
+        }
     }
 
-    /// Hands an image over; dropped (false) if the previous one is still being written.
+    /// Hands an image over. While one is being written, this one waits in place of any older
+    /// image still waiting (which is dropped: the newer one holds more). The only sender is
+    /// the log writer thread, so after taking the older image out the slot is free (the
+    /// snapshot thread only ever empties it). False if the thread is gone.
     pub(super) fn offer(&self, image: Box<StateImage>) -> bool {
         match self.tx.try_send(image) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                tracing::debug!("snapshot skipped: the previous one is still being written");
-                false
+            Err(TrySendError::Full(image)) => {
+                if self.waiting.try_recv().is_ok() {
+                    tracing::debug!("snapshot image replaced by a newer one while waiting");
+                }
+                self.tx.try_send(image).is_ok()
             }
             Err(TrySendError::Disconnected(_)) => false,
         }
@@ -242,6 +255,7 @@ impl Snapshotter {
     /// Writes what it was given, then waits for the thread.
     pub(super) fn finish(self) {
         drop(self.tx);
+        drop(self.waiting);
         // A panic on the snapshot thread was already reported by the panic hook.
         let _ = self.thread.join();
     }
