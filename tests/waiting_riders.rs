@@ -18,6 +18,26 @@ fn config() -> Config {
     config
 }
 
+/// The opening most tests share: `d-1` online and offered the first rider (`r-1`), so the
+/// second (`r-2`) waits, SEARCHING. Returns both trips.
+async fn one_busy_driver_one_waiting_rider(s: &TestServer) -> (pb::Trip, pb::Trip) {
+    online(s, "d-1", 200.0, 4.8, "gw").await;
+    let first = request(s, "r-1", "q").await;
+    let waiting = request(s, "r-2", "q").await;
+    assert_eq!(status(&first), pb::TripStatus::Offered);
+    assert_eq!(status(&waiting), pb::TripStatus::Searching);
+    (first, waiting)
+}
+
+/// Asserts that `trip` is now offered to `driver`.
+async fn assert_offered_to(s: &TestServer, trip: &pb::Trip, driver: &str) {
+    let t = get_trip(s, &trip.trip_id).await;
+    assert_eq!(
+        (status(&t), t.driver_id.as_str()),
+        (pb::TripStatus::Offered, driver)
+    );
+}
+
 #[tokio::test]
 async fn a_burst_waits_for_the_one_driver_and_a_decline_hands_it_on_at_once() {
     let s = start_with(config()).await;
@@ -66,29 +86,17 @@ async fn a_burst_waits_for_the_one_driver_and_a_decline_hands_it_on_at_once() {
 #[tokio::test]
 async fn a_driver_going_online_takes_the_oldest_waiting_rider() {
     let s = start_with(config()).await;
-    online(&s, "d-1", 200.0, 4.8, "gw").await;
-    let first = request(&s, "r-1", "q").await;
-    let waiting = request(&s, "r-2", "q").await;
-    assert_eq!(status(&first), pb::TripStatus::Offered);
-    assert_eq!(status(&waiting), pb::TripStatus::Searching);
+    let (_, waiting) = one_busy_driver_one_waiting_rider(&s).await;
     let d2 = online(&s, "d-2", 300.0, 4.8, "gw").await;
     assert_eq!(d2.state(), pb::DriverState::Offered);
-    let t = get_trip(&s, &waiting.trip_id).await;
-    assert_eq!(
-        (status(&t), t.driver_id.as_str()),
-        (pb::TripStatus::Offered, "d-2")
-    );
+    assert_offered_to(&s, &waiting, "d-2").await;
     s.stop().await;
 }
 
 #[tokio::test]
 async fn a_repeated_go_online_that_brings_a_driver_near_takes_the_waiting_rider() {
     let s = start_with(config()).await;
-    online(&s, "d-1", 200.0, 4.8, "gw").await;
-    let first = request(&s, "r-1", "q").await;
-    let waiting = request(&s, "r-2", "q").await;
-    assert_eq!(status(&first), pb::TripStatus::Offered);
-    assert_eq!(status(&waiting), pb::TripStatus::Searching);
+    let (_, waiting) = one_busy_driver_one_waiting_rider(&s).await;
     // 20 km away: outside the 5 km search radius, the rider keeps waiting.
     let far = online(&s, "d-2", 20_000.0, 4.8, "gw").await;
     assert_eq!(far.state(), pb::DriverState::Available);
@@ -99,32 +107,21 @@ async fn a_repeated_go_online_that_brings_a_driver_near_takes_the_waiting_rider(
     // The same driver online again from 300 m: offered the waiting rider in that call.
     let near = online(&s, "d-2", 300.0, 4.8, "gw").await;
     assert_eq!(near.state(), pb::DriverState::Offered);
-    let t = get_trip(&s, &waiting.trip_id).await;
-    assert_eq!(
-        (status(&t), t.driver_id.as_str()),
-        (pb::TripStatus::Offered, "d-2")
-    );
+    assert_offered_to(&s, &waiting, "d-2").await;
     s.stop().await;
 }
 
 #[tokio::test]
 async fn an_expiry_hands_the_driver_to_a_waiting_rider() {
     let s = start_with(config()).await;
-    online(&s, "d-1", 200.0, 4.8, "gw").await;
-    let first = request(&s, "r-1", "q").await;
-    let waiting = request(&s, "r-2", "q").await;
-    assert_eq!(status(&waiting), pb::TripStatus::Searching);
+    let (first, waiting) = one_busy_driver_one_waiting_rider(&s).await;
     // The offer window (15 s) passes unanswered.
     s.advance(Duration::from_secs(16)).await;
     assert_eq!(
         status(&get_trip(&s, &first.trip_id).await),
         pb::TripStatus::Searching
     );
-    let t = get_trip(&s, &waiting.trip_id).await;
-    assert_eq!(
-        (status(&t), t.driver_id.as_str()),
-        (pb::TripStatus::Offered, "d-1")
-    );
+    assert_offered_to(&s, &waiting, "d-1").await;
     s.stop().await;
 }
 
