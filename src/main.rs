@@ -11,6 +11,12 @@ use dispatch::config_load::{self, Override};
 use dispatch::server::RunOptions;
 use tokio::net::TcpListener;
 
+/// mimalloc instead of the system allocator: the server allocates on every call (h2 frames,
+/// prost messages, driver ids), and glibc's malloc and free were ~18 % of its CPU in a
+/// NearbyDrivers profile (README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Where the event log lives unless configured otherwise.
 const DEFAULT_DATA_DIR: &str = "./data";
 

@@ -55,6 +55,10 @@ struct Args {
     check_log: Option<PathBuf>,
 }
 
+/// mimalloc instead of the system allocator (as `dispatchd`): a replay runs engines as fast as the CPU allows, and they allocate per event.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
