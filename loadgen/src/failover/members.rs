@@ -173,6 +173,8 @@ pub(super) fn signal(pid: u32, signal: &str) -> crate::Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(crate::Error::Server(format!("kill {signal} {pid}: {status}")))
+        Err(crate::Error::Server(format!(
+            "kill {signal} {pid}: {status}"
+        )))
     }
 }

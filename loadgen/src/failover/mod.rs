@@ -45,43 +45,23 @@ pub struct FailoverArgs {
     pub nats_url: Option<String>,
 }
 
-/// Where the regions lie: `regions` columns 0.03 deg of longitude wide from 74.05 W, between
-/// 40.70 and 40.80 N (Manhattan-sized cells of about 2.5 x 11 km).
+/// Where the regions lie: `regions` columns side by side, as `testkit::column_regions_toml`
+/// writes them (about 2.5 x 11 km each, over Manhattan).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {
     pub(crate) regions: usize,
 }
 
 impl Layout {
-    fn west(i: usize) -> f64 {
-        -74.05 + 0.03 * i as f64
-    }
-
     fn names(self) -> Vec<String> {
         (0..self.regions).map(|i| format!("r{i}")).collect()
-    }
-
-    /// The `[cluster]` and `[[regions]]` of the processes' config file.
-    fn config_toml(self, nats_url: &str, lease_ttl: Duration) -> String {
-        let mut text = format!(
-            "[cluster]\nnats_url = \"{nats_url}\"\nlease_ttl = \"{}ms\"\n",
-            lease_ttl.as_millis()
-        );
-        for i in 0..self.regions {
-            let (w, e) = (Self::west(i), Self::west(i + 1));
-            text.push_str(&format!(
-                "\n[[regions]]\nname = \"r{i}\"\ngeojson = '{{\"type\":\"Polygon\",\"coordinates\":\
-                 [[[{w},40.7],[{e},40.7],[{e},40.8],[{w},40.8],[{w},40.7]]]}}'\n"
-            ));
-        }
-        text
     }
 
     /// A random point well inside region `i`.
     pub(crate) fn point_in(self, i: usize, rng: &mut ChaCha8Rng) -> dispatch::pb::LatLng {
         dispatch::pb::LatLng {
             lat_deg: rng.random_range(40.71..40.79),
-            lng_deg: Self::west(i) + rng.random_range(0.003..0.027),
+            lng_deg: testkit::column_west(i) + rng.random_range(0.003..0.027),
         }
     }
 }
@@ -196,7 +176,10 @@ pub async fn run(config: &Config, args: &FailoverArgs, bin: &Path) -> Result<Fai
                         .into(),
                 )
             })?;
-            eprintln!("loadgen: starting a 3-node NATS cluster ({})", bin.display());
+            eprintln!(
+                "loadgen: starting a 3-node NATS cluster ({})",
+                bin.display()
+            );
             let cluster = testkit::NatsCluster::start(&bin, 3)
                 .await
                 .map_err(Error::Server)?;
@@ -211,8 +194,11 @@ pub async fn run(config: &Config, args: &FailoverArgs, bin: &Path) -> Result<Fai
     let dir = std::env::temp_dir().join(format!("loadgen-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|source| io(&dir, source))?;
     let config_path = dir.join("cluster.toml");
-    std::fs::write(&config_path, layout.config_toml(&nats_url, args.lease_ttl))
-        .map_err(|source| io(&config_path, source))?;
+    std::fs::write(
+        &config_path,
+        testkit::column_regions_toml(&nats_url, args.lease_ttl, layout.regions),
+    )
+    .map_err(|source| io(&config_path, source))?;
     let server_args: Vec<String> = vec![
         "--http-listen".into(),
         "off".into(),
@@ -224,7 +210,10 @@ pub async fn run(config: &Config, args: &FailoverArgs, bin: &Path) -> Result<Fai
     for _ in 0..3 {
         members.push(Member::start(bin, &server_args).await?);
     }
-    eprintln!("loadgen: 3 dispatchd up; waiting for the {} regions to settle", names.len());
+    eprintln!(
+        "loadgen: 3 dispatchd up; waiting for the {} regions to settle",
+        names.len()
+    );
     members::settle(&members, &names).await?;
 
     let prefix = if config.id_prefix.is_empty() {
@@ -238,7 +227,9 @@ pub async fn run(config: &Config, args: &FailoverArgs, bin: &Path) -> Result<Fai
     let mut tasks = Vec::new();
     let every = Duration::from_secs_f64(config.clients as f64 / config.requests_per_sec.max(0.1));
     for k in 0..config.clients {
-        tasks.push(tokio::spawn(traffic.clone().riders(config.seed + 1 + k as u64, every)));
+        tasks.push(tokio::spawn(
+            traffic.clone().riders(config.seed + 1 + k as u64, every),
+        ));
     }
     tasks.push(tokio::spawn(traffic.clone().locations(
         config.seed + 1000,
@@ -253,7 +244,10 @@ pub async fn run(config: &Config, args: &FailoverArgs, bin: &Path) -> Result<Fai
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..2000))).await;
         let routes = members::routes(&members[0].channel).await;
         let region = rng.random_range(0..names.len());
-        let Some(v) = members.iter().position(|m| Some(m.addr()) == routes.get(region).map(String::as_str)) else {
+        let Some(v) = members
+            .iter()
+            .position(|m| Some(m.addr()) == routes.get(region).map(String::as_str))
+        else {
             continue;
         };
         let victim = members.remove(v);
@@ -263,7 +257,11 @@ pub async fn run(config: &Config, args: &FailoverArgs, bin: &Path) -> Result<Fai
         let since = Instant::now();
         victim.server.stop();
         let times = members::wait_moved(&members[0].channel, &names, &moved, &gone, since).await?;
-        eprintln!("loadgen: kill {}/{}: {gone}'s regions {moved:?} served again after {times:.2?} s", k + 1, args.kills);
+        eprintln!(
+            "loadgen: kill {}/{}: {gone}'s regions {moved:?} served again after {times:.2?} s",
+            k + 1,
+            args.kills
+        );
         failover.extend(times);
         members.push(Member::start(bin, &server_args).await?);
         traffic.reachable.set(&members);
@@ -365,7 +363,9 @@ async fn kill_a_nats_node(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let acked = traffic.counters.acked.load(Relaxed) - before;
-    eprintln!("loadgen: NATS node n{node} down: {acked} trips acknowledged meanwhile; restarting it");
+    eprintln!(
+        "loadgen: NATS node n{node} down: {acked} trips acknowledged meanwhile; restarting it"
+    );
     cluster.restart(node).await.map_err(Error::Server)?;
     Ok((1, acked))
 }

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dispatch::cluster::audit::AckedTrip;
-use dispatch::pb::{self, driver_service_client::DriverServiceClient};
 use dispatch::pb::rider_service_client::RiderServiceClient;
+use dispatch::pb::{self, driver_service_client::DriverServiceClient};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tonic::transport::Channel;
@@ -113,7 +113,11 @@ impl Traffic {
                         self.counters.given_up.fetch_add(1, Relaxed);
                     } else if !failed_before {
                         self.counters.refused.fetch_add(1, Relaxed);
-                        let mut samples = self.counters.samples.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut samples = self
+                            .counters
+                            .samples
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
                         if samples.len() < 10 {
                             samples.push(format!("{:?}: {}", s.code(), s.message()));
                         }
