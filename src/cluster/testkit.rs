@@ -3,8 +3,9 @@
 //! 127.0.0.1, on free ports, each node storing in its own temporary directory; ready once every
 //! live node's monitor reports JetStream healthy and the same meta leader, which sees every other
 //! live node current. A node can be killed and restarted on the same ports and store; every
-//! node is killed (SIGKILL, reaped) and the directory removed when the handle drops. Not part of the engine: hidden from the docs,
-//! kept here so the tests and the load generator start clusters one way.
+//! node is killed (SIGKILL, reaped) and the directory removed when the handle drops. Not part
+//! of the engine: hidden from the docs, kept here so the tests and the load generator start
+//! clusters one way.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
