@@ -68,18 +68,7 @@ impl Process {
 
     /// Each region's owner address as this process sees it ("" for none).
     async fn routes(&self) -> Vec<String> {
-        match QueryServiceClient::new(self.channel.clone())
-            .get_routes(pb::GetRoutesRequest {})
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .routes
-                .into_iter()
-                .map(|r| r.owner_address)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        testkit::owner_addresses(&self.channel).await
     }
 
     /// Waits until, seen from this process, every region has an owner among `owners`, each of

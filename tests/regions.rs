@@ -4,8 +4,6 @@
 //! gateway's offer stream carries offers of every region, that events are followed per region,
 //! and that each region recovers its own log after a restart.
 
-use std::time::Duration;
-
 mod support;
 
 use dispatch::cluster::regions::REGION_ID_SPAN;

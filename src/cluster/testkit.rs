@@ -36,6 +36,21 @@ pub fn column_regions_toml(nats_url: &str, lease_ttl: Duration, regions: usize) 
     text
 }
 
+/// Each region's owner address as the process behind `channel` reports it (GetRoutes; "" for
+/// a region with no owner), in config order; empty when it does not answer.
+pub async fn owner_addresses(channel: &tonic::transport::Channel) -> Vec<String> {
+    let mut queries = crate::pb::query_service_client::QueryServiceClient::new(channel.clone());
+    match queries.get_routes(crate::pb::GetRoutesRequest {}).await {
+        Ok(r) => r
+            .into_inner()
+            .routes
+            .into_iter()
+            .map(|r| r.owner_address)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// How long a cluster may take to become ready on a loaded 2-core machine.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -62,21 +62,9 @@ impl Reachable {
     }
 }
 
-/// Each region's owner address as `channel`'s process sees it ("" for none); empty when it
-/// does not answer.
+/// Each region's owner address as `channel`'s process sees it ("" for none).
 pub(super) async fn routes(channel: &Channel) -> Vec<String> {
-    match QueryServiceClient::new(channel.clone())
-        .get_routes(pb::GetRoutesRequest {})
-        .await
-    {
-        Ok(r) => r
-            .into_inner()
-            .routes
-            .into_iter()
-            .map(|r| r.owner_address)
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    dispatch::cluster::testkit::owner_addresses(channel).await
 }
 
 /// Whether region `region` answers a call made through `channel` (served or forwarded).
