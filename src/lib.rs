@@ -43,7 +43,9 @@
 //! - [`cluster`]: regions (named polygons, `geo`), one engine per region, the router sending
 //!   each call to its region's services here or forwarding it to the region's owner, and
 //!   cluster mode: region logs on NATS JetStream with fenced appends, region leases and member
-//!   presence in a JetStream KV bucket, each region taken, handed over or lost on its own.
+//!   presence in a JetStream KV bucket, each region taken, handed over or lost on its own;
+//!   `cluster::audit` reads the region streams back and checks them against what clients were
+//!   told (the failover tests and `loadgen --mode failover` share it).
 //! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,
 //!   TLS, metrics and graceful drain.
 //!

@@ -10,111 +10,70 @@
 //! `CLUSTER_TEST_LOGS=1` shows the processes' logs (stderr) when a run needs explaining.
 
 mod nats;
+mod support;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use dispatch::cluster::{audit, testkit};
 use dispatch::pb::{
     self, driver_service_client::DriverServiceClient, query_service_client::QueryServiceClient,
     rider_service_client::RiderServiceClient,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use support::ll;
+use support::process::{Dispatchd, signal};
+use support::regions::all_served;
 
-/// `[cluster]` with a 2 s lease, and `REGIONS` regions side by side, 0.03 deg of longitude
-/// wide each, from -74.05 east.
+/// `[cluster]` with a 2 s lease, and `regions` regions side by side.
 fn config(urls: &str, regions: usize) -> String {
-    let mut text = format!("[cluster]\nnats_url = \"{urls}\"\nlease_ttl = \"2s\"\n");
-    for i in 0..regions {
-        let (w, e) = (west_edge(i), west_edge(i + 1));
-        text.push_str(&format!(
-            "\n[[regions]]\nname = \"r{i}\"\ngeojson = '{{\"type\":\"Polygon\",\"coordinates\":\
-             [[[{w},40.7],[{e},40.7],[{e},40.8],[{w},40.8],[{w},40.7]]]}}'\n"
-        ));
-    }
-    text
-}
-
-fn west_edge(i: usize) -> f64 {
-    -74.05 + 0.03 * i as f64
+    testkit::column_regions_toml(urls, Duration::from_secs(2), regions)
 }
 
 /// A longitude inside region `i`.
 fn lng_in(i: usize) -> f64 {
-    west_edge(i) + 0.015
+    testkit::column_west(i) + 0.015
 }
 
-struct Process {
-    child: Child,
-    channel: Channel,
-    addr: String,
+/// A `dispatchd` of the cluster (the shared process harness, with this test's flags).
+struct Process(Dispatchd);
+
+impl std::ops::Deref for Process {
+    type Target = Dispatchd;
+    fn deref(&self) -> &Dispatchd {
+        &self.0
+    }
 }
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Dispatchd {
+        &mut self.0
+    }
+}
+
 impl Process {
     async fn spawn(config: &std::path::Path) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "off",
-                "--ephemeral",
-            ])
-            .args(["--offer-timeout-s", "600", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("CLUSTER_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .kill_on_drop(true)
-            .spawn()
-            .expect("dispatchd starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-                .await
-                .expect("dispatchd announces its address within 30 s")
-                .unwrap()
-                .expect("dispatchd stdout open");
-            if let Some(addr) = line.strip_prefix("dispatchd listening on ") {
-                break addr.trim().to_string();
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        Process {
-            child,
-            channel,
-            addr,
-        }
+        let args = [
+            "--http-listen".as_ref(),
+            "off".as_ref(),
+            "--ephemeral".as_ref(),
+            "--offer-timeout-s".as_ref(),
+            "600".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ];
+        let logs = std::env::var_os("CLUSTER_TEST_LOGS").is_some();
+        Process(Dispatchd::spawn(args, "info", logs).await)
     }
 
     /// Each region's owner address as this process sees it ("" for none).
     async fn routes(&self) -> Vec<String> {
-        match QueryServiceClient::new(self.channel.clone())
-            .get_routes(pb::GetRoutesRequest {})
-            .await
-        {
-            Ok(r) => r
-                .into_inner()
-                .routes
-                .into_iter()
-                .map(|r| r.owner_address)
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        testkit::owner_addresses(&self.channel).await
     }
 
     /// Waits until, seen from this process, every region has an owner among `owners`, each of
-    /// them owns its fair share (`floor` or `ceil` of regions / owners), and every region answers a call made here (served or forwarded).
+    /// them owns its fair share (`floor` or `ceil` of regions / owners), and every region
+    /// answers a call made here (served or forwarded).
     async fn wait_owned_by(&self, owners: &[&Process], regions: usize) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -126,14 +85,8 @@ impl Process {
                     let owned = routes.iter().filter(|r| r == a).count();
                     owned == regions / addrs.len() || owned == regions.div_ceil(addrs.len())
                 });
-            if settled {
-                let mut all = true;
-                for i in 0..regions {
-                    all &= self.stats_of(&format!("r{i}")).await.is_ok();
-                }
-                if all {
-                    return routes;
-                }
+            if settled && all_served(&self.channel, &names(regions)).await {
+                return routes;
             }
             assert!(
                 Instant::now() < deadline,
@@ -150,21 +103,6 @@ impl Process {
             .unwrap()
             .into_inner()
             .version
-    }
-
-    async fn stats_of(&self, region: &str) -> Result<pb::GetStatsResponse, tonic::Status> {
-        let mut request = tonic::Request::new(pb::GetStatsRequest {});
-        request
-            .metadata_mut()
-            .insert("dispatch-region", region.parse().unwrap());
-        QueryServiceClient::new(self.channel.clone())
-            .get_stats(request)
-            .await
-            .map(|r| r.into_inner())
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().expect("running").to_string()
     }
 
     async fn online(&self, id: &str, lng: f64) -> Result<(), tonic::Status> {
@@ -233,48 +171,45 @@ where
     }
 }
 
-fn signal(pid: &str, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .expect("kill runs")
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
-fn ll(lat: f64, lng: f64) -> Option<pb::LatLng> {
-    Some(pb::LatLng {
-        lat_deg: lat,
-        lng_deg: lng,
-    })
+/// The region names `r0`..: as the config names them.
+fn names(regions: usize) -> Vec<String> {
+    (0..regions).map(|i| format!("r{i}")).collect()
 }
 
 /// Checks region `region`'s stream from its first message: after each takeover message, every
 /// message is the new owner's (no write by an old owner after a takeover); returns how many
 /// takeovers it holds.
 async fn check_stream_owners(js: &jetstream::Context, region: &str) -> usize {
-    let mut stream = js.get_stream(format!("DISPATCH_{region}")).await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let (mut owner, mut takeovers) = (None::<String>, 0);
-    for seq in 1..=last {
-        let message = stream.direct_get(seq).await.unwrap();
-        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
-        if let Some(new) = header("Dispatch-Takeover") {
-            owner = Some(new);
-            takeovers += 1;
-            continue;
-        }
-        let writer = header("Dispatch-Owner");
-        assert!(
-            owner.is_some(),
-            "{region} #{seq}: written before any takeover"
-        );
-        assert_eq!(
-            writer, owner,
-            "{region} #{seq}: written by an old owner after a takeover"
-        );
-    }
-    takeovers
+    let history = audit::read_region(js, region).await.unwrap();
+    assert!(history.stale.is_empty(), "{:?}", history.stale);
+    history.takeovers
+}
+
+/// The whole history check of the streams (the one `loadgen --mode failover` reports): every
+/// acknowledged trip is in them, nobody is assigned twice, no stale owner wrote, and each
+/// region's replays agree.
+async fn check_history(urls: &str, regions: usize, acked: &HashMap<String, pb::Trip>) {
+    let histories = audit::read_regions(urls, &names(regions)).await.unwrap();
+    let acked: Vec<audit::AckedTrip> = acked
+        .values()
+        .map(|t| audit::AckedTrip {
+            trip_id: t.trip_id.clone(),
+            assigned_driver: None,
+        })
+        .collect();
+    let found = audit::check(&dispatch::config::Config::default(), &histories, &acked);
+    assert!(found.lost_trips.is_empty(), "{:?}", found.lost_trips);
+    assert!(
+        found.double_assignments.is_empty(),
+        "{:?}",
+        found.double_assignments
+    );
+    assert!(
+        found.stale_owner_events.is_empty(),
+        "{:?}",
+        found.stale_owner_events
+    );
+    assert!(found.replay_state_hashes_equal, "{:?}", found.replay_errors);
 }
 
 /// Every acknowledged trip is served by `p` in its acknowledged state, and no driver holds two.
@@ -296,19 +231,17 @@ async fn check_acked(p: &Process, acked: &HashMap<String, pb::Trip>) {
 async fn setup(
     regions: usize,
 ) -> Option<(nats::NatsCluster, tempfile::TempDir, jetstream::Context)> {
-    let cluster = nats::NatsCluster::start(3).await?;
+    let cluster = nats::start(3).await?;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cluster.toml");
     std::fs::write(&path, config(&cluster.urls(), regions)).unwrap();
-    let client = async_nats::connect(format!("127.0.0.1:{}", cluster.nodes[2].client_port))
-        .await
-        .unwrap();
-    Some((cluster, dir, jetstream::new(client)))
+    let js = nats::jetstream(&cluster, 2).await;
+    Some((cluster, dir, js))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_split_four_regions_forward_calls_and_survive_a_kill() {
-    let Some((_nats, dir, js)) = setup(4).await else {
+    let Some((nats, dir, js)) = setup(4).await else {
         return;
     };
     let config = dir.path().join("cluster.toml");
@@ -377,11 +310,12 @@ async fn two_processes_split_four_regions_forward_calls_and_survive_a_kill() {
     }
     // Four first takeovers, then at least the victim's two regions again.
     assert!(takeovers >= 6, "{takeovers} takeovers");
+    check_history(&nats.urls(), 4, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_paused_past_its_lease_writes_nothing_more_and_sigterm_hands_over() {
-    let Some((_nats, dir, js)) = setup(2).await else {
+    let Some((nats, dir, js)) = setup(2).await else {
         return;
     };
     let config = dir.path().join("cluster.toml");
@@ -445,4 +379,5 @@ async fn an_owner_paused_past_its_lease_writes_nothing_more_and_sigterm_hands_ov
     for i in 0..2 {
         check_stream_owners(&js, &format!("r{i}")).await;
     }
+    check_history(&nats.urls(), 2, &acked).await;
 }

@@ -13,9 +13,9 @@
 //! the long run.
 
 mod chaos;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +26,9 @@ use dispatch::pb::{
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use support::ll;
+use support::process::Dispatchd;
+use tokio::process::Child;
 use tonic::transport::Channel;
 
 const DRIVERS: usize = 60;
@@ -59,55 +60,23 @@ impl Acks {
 }
 
 async fn spawn_server(data_dir: &std::path::Path) -> (Child, Channel) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dispatchd"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            // Long runs outlast any short window: offers and searches must not time out
-            // by the wall clock between a round's acknowledgement and its check.
-            "--offer-timeout-s",
-            "36000",
-            "--dispatch-timeout-s",
-            "36000",
-            "--set",
-            "log.snapshot_every_events=50",
-            // ...and acknowledged trips must stay readable.
-            "--set",
-            "dispatch.trip_retention=24h",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("dispatchd starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("dispatchd announces its address within 20 s")
-            .unwrap()
-            .expect("dispatchd stdout open");
-        if let Some(addr) = line.strip_prefix("dispatchd listening on ") {
-            break addr.trim().to_string();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (child, channel)
-}
-
-fn ll(lat: f64, lng: f64) -> Option<pb::LatLng> {
-    Some(pb::LatLng {
-        lat_deg: lat,
-        lng_deg: lng,
-    })
+    let args = [
+        // Long runs outlast any short window: offers and searches must not time out by the
+        // wall clock between a round's acknowledgement and its check...
+        "--offer-timeout-s".as_ref(),
+        "36000".as_ref(),
+        "--dispatch-timeout-s".as_ref(),
+        "36000".as_ref(),
+        "--set".as_ref(),
+        "log.snapshot_every_events=50".as_ref(),
+        // ...and acknowledged trips must stay readable.
+        "--set".as_ref(),
+        "dispatch.trip_retention=24h".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+    ];
+    let server = Dispatchd::spawn(args, "warn", false).await;
+    (server.child, server.channel)
 }
 
 /// One worker: request a trip, accept it, drive it to completion, again and again, writing

@@ -1,6 +1,7 @@
 //! The NATS test harness itself: three `nats-server` processes form one JetStream cluster on
-//! 127.0.0.1 that agrees on a meta leader, keeps one after its leader is killed, and is gone
-//! once the handle drops. Every cluster test builds on this.
+//! 127.0.0.1 that agrees on a meta leader, keeps one after its leader is killed, takes the
+//! killed node back when it restarts, and is gone once the handle drops. Every cluster test
+//! builds on this.
 
 mod nats;
 
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_one_jetstream_cluster_that_survives_its_leader() {
-    let Some(mut cluster) = nats::NatsCluster::start(3).await else {
+    let Some(mut cluster) = nats::start(3).await else {
         return;
     };
     let leader = cluster
@@ -46,6 +47,14 @@ async fn three_nodes_form_one_jetstream_cluster_that_survives_its_leader() {
         }
     };
     assert_ne!(new_leader, leader);
+
+    // Restarted on its ports and store, the killed node rejoins: ready means it is healthy
+    // and sees the leader the others elected.
+    cluster.restart(gone).await.unwrap();
+    assert!(
+        cluster.meta_leader(gone).await.is_some(),
+        "the restarted node sees no meta leader"
+    );
 
     drop(cluster);
     for port in ports {

@@ -4,77 +4,21 @@
 //! gateway's offer stream carries offers of every region, that events are followed per region,
 //! and that each region recovers its own log after a restart.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+mod support;
 
-use dispatch::cluster::regions::{REGION_ID_SPAN, RegionConfig};
+use dispatch::cluster::regions::REGION_ID_SPAN;
 use dispatch::config::Config;
 use dispatch::pb::{
     self, driver_notice::Notice, driver_service_client::DriverServiceClient,
     event_service_client::EventServiceClient, query_service_client::QueryServiceClient,
     rider_service_client::RiderServiceClient,
 };
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use support::regions::{RegionServer as Server, west_east};
+use support::{ll, next};
 use tonic::Code;
 use tonic::transport::Channel;
 
-/// West and east of the 73.99 W meridian, between 40.70 and 40.80 N (Manhattan).
-fn two_regions() -> Vec<RegionConfig> {
-    let square = |lng0: f64, lng1: f64| {
-        format!(
-            r#"{{"type":"Polygon","coordinates":[[[{lng0},40.7],[{lng1},40.7],[{lng1},40.8],[{lng0},40.8],[{lng0},40.7]]]}}"#
-        )
-    };
-    vec![
-        RegionConfig {
-            name: "west".into(),
-            geojson: Some(square(-74.05, -73.99)),
-            geojson_file: None,
-        },
-        RegionConfig {
-            name: "east".into(),
-            geojson: Some(square(-73.99, -73.93)),
-            geojson_file: None,
-        },
-    ]
-}
-
-struct Server {
-    channel: Channel,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
 impl Server {
-    async fn start(config: Config) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            dispatch::server::run(listener, config, Default::default(), async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-        });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Server {
-            channel,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
-
     fn drivers(&self) -> DriverServiceClient<Channel> {
         DriverServiceClient::new(self.channel.clone())
     }
@@ -111,29 +55,14 @@ impl Server {
     }
 }
 
-fn ll(lat: f64, lng: f64) -> Option<pb::LatLng> {
-    Some(pb::LatLng {
-        lat_deg: lat,
-        lng_deg: lng,
-    })
-}
-
 fn region_of(id: &str) -> u64 {
     let n: u64 = id.rsplit('-').next().unwrap().parse().unwrap();
     n / REGION_ID_SPAN
 }
 
-async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("a message within 10 s")
-        .expect("stream ok")
-        .expect("stream open")
-}
-
 fn config(data_dir: Option<&std::path::Path>) -> Config {
     let mut config = Config {
-        regions: two_regions(),
+        regions: west_east(),
         ..Config::default()
     };
     config.log.data_dir = data_dir.map(|d| d.to_path_buf());

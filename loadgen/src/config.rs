@@ -13,6 +13,9 @@ pub enum Mode {
     Ingest,
     /// NearbyDrivers queries as fast as possible.
     Nearby,
+    /// Regions on three `dispatchd` over a 3-node NATS cluster, owners killed and paused under
+    /// load, the history checked from the streams (see `failover`).
+    Failover,
 }
 
 impl Mode {
@@ -22,6 +25,7 @@ impl Mode {
             Mode::City => "city",
             Mode::Ingest => "ingest",
             Mode::Nearby => "nearby",
+            Mode::Failover => "failover",
         }
     }
 }

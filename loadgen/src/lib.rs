@@ -11,6 +11,9 @@
 //! - [`ledger`]: request accounting; joins trip facts that arrive in any order.
 //! - [`rpc`]: connections, ids, and the call workers that keep many unary calls in flight.
 //! - `sim` (city mode), `ingest`, `nearby`: the three modes; `warmup` brings fleets online.
+//! - [`failover`]: regions on three `dispatchd` over a 3-node NATS cluster it starts, owners
+//!   killed and paused under load, the streams' history checked afterwards (its own flow and
+//!   report: it starts its own processes).
 //! - [`report`]: the JSON report, the summary table, percentiles and the Gini coefficient.
 //! - [`plots`]: SVG charts of a report. [`progress`]: the live progress bar.
 //! - [`server`]: starting a `dispatchd` process when no target is given.
@@ -27,6 +30,7 @@ pub mod city;
 pub mod config;
 pub mod drive;
 pub mod error;
+pub mod failover;
 pub mod fleet;
 mod ingest;
 pub mod ledger;
@@ -78,6 +82,11 @@ pub async fn run_until(
         Mode::City => sim::run(config, channels, stop, &progress).await,
         Mode::Ingest => ingest::run(config, channels, stop, &progress).await,
         Mode::Nearby => nearby::run(config, channels, stop, &progress).await,
+        Mode::Failover => Err(Error::Config(
+            "--mode failover starts its own cluster: run it from loadgen's command line \
+             (failover::run), not against a target"
+                .into(),
+        )),
     };
     progress.finish();
     report.map(|mut r| {

@@ -16,6 +16,8 @@ struct Cli {
     config: Config,
     #[command(flatten)]
     viewers: loadgen::viewers::ViewerArgs,
+    #[command(flatten)]
+    failover: loadgen::failover::FailoverArgs,
     /// A running server (`host:port`). Without it, loadgen starts `dispatchd` on a free
     /// 127.0.0.1 port and stops it at the end.
     #[arg(long)]
@@ -82,9 +84,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = cli.config;
+    let mut config = cli.config.clone();
     config.progress = !cli.no_progress && std::io::stderr().is_terminal();
     config.validate().map_err(loadgen::Error::Config)?;
+    if config.mode == loadgen::Mode::Failover {
+        return run_failover(&config, &cli).await;
+    }
 
     let mut server_args = cli.server_args.clone();
     if let Some(policy) = &cli.policy {
@@ -175,6 +180,31 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         for f in plots::write(&report, dir)? {
             println!("chart written to {}", f.display());
         }
+    }
+    Ok(())
+}
+
+/// `--mode failover`: starts its own NATS cluster and three `dispatchd`, so `--target` and
+/// the server flags do not apply.
+async fn run_failover(
+    config: &loadgen::Config,
+    cli: &Cli,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if cli.target.is_some() {
+        return Err("--mode failover starts its own three dispatchd: drop --target".into());
+    }
+    let bin = cli.server_bin.clone().or_else(default_server_bin).ok_or(
+        "no dispatchd next to loadgen; build it (cargo build -p dispatch) or pass --server-bin",
+    )?;
+    let report = loadgen::failover::run(config, &cli.failover, &bin).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = &cli.report {
+        std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("report written to {}", path.display());
+    }
+    if !report.targets_met() {
+        eprintln!("loadgen: failover targets NOT met (see the report)");
     }
     Ok(())
 }

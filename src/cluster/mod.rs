@@ -12,6 +12,10 @@
 //!   `lease`: who may write a region, a renewed key per region in a JetStream KV bucket;
 //!   `members`: who is alive and which member should own which region; `owner`: the task
 //!   that takes, keeps, hands over and loses regions while the server serves.
+//! - [`audit`]: each region's stream read back and checked against what clients were told
+//!   (lost trips, double assignments, writes by a stale owner, replay determinism); used by
+//!   `loadgen --mode failover` and the failover tests. [`testkit`] (hidden): a local 3-node
+//!   NATS cluster for them.
 //!
 //! Without any `[[regions]]` configured none of this runs: the server serves one engine exactly
 //! as before. With regions but no `cluster.nats_url`, one process serves every region from its
@@ -19,6 +23,7 @@
 //! the process holding its lease (written to its JetStream stream); every other process
 //! forwards the region's calls there.
 
+pub mod audit;
 pub mod config;
 mod forward;
 mod lease;
@@ -29,6 +34,8 @@ mod route_drivers;
 mod route_queries;
 pub(crate) mod router;
 mod stream_log;
+#[doc(hidden)]
+pub mod testkit;
 
 use std::sync::Arc;
 

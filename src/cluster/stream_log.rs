@@ -147,6 +147,47 @@ impl CommitLog for StreamLog {
     }
 }
 
+/// One message of a region's stream as read back: who wrote it and what it holds.
+#[derive(Debug)]
+pub(crate) struct StreamMessage {
+    /// Its stream sequence.
+    pub(crate) seq: u64,
+    /// The `Dispatch-Owner` header (absent: not written by a dispatchd).
+    pub(crate) owner: Option<String>,
+    /// The `Dispatch-Takeover` header: the new owner this message announces.
+    pub(crate) takeover: Option<String>,
+    /// Its events, or why its payload is not a list of events.
+    pub(crate) events: Result<Vec<Event>, String>,
+}
+
+/// Stream messages `first..=last` of `stream`, in order.
+pub(crate) async fn read_messages(
+    stream: &stream::Stream,
+    region: &str,
+    first: u64,
+    last: u64,
+) -> Result<Vec<StreamMessage>, String> {
+    let mut messages = Vec::new();
+    if last == 0 {
+        return Ok(messages);
+    }
+    for seq in first.max(1)..=last {
+        let message = stream
+            .direct_get(seq)
+            .await
+            .map_err(|e| format!("region {region}: reading stream message {seq}: {e}"))?;
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+        messages.push(StreamMessage {
+            seq,
+            owner: header(OWNER_HEADER),
+            takeover: header(TAKEOVER_HEADER),
+            events: postcard::from_bytes(&message.payload)
+                .map_err(|e| format!("region {region}: stream message {seq} is unreadable: {e}")),
+        });
+    }
+    Ok(messages)
+}
+
 /// The events of stream messages `first..=last`, in order.
 async fn read_history(
     stream: &stream::Stream,
@@ -155,17 +196,8 @@ async fn read_history(
     last: u64,
 ) -> Result<Vec<Event>, String> {
     let mut events = Vec::new();
-    if last == 0 {
-        return Ok(events);
-    }
-    for seq in first.max(1)..=last {
-        let message = stream
-            .direct_get(seq)
-            .await
-            .map_err(|e| format!("region {region}: reading stream message {seq}: {e}"))?;
-        let chunk: Vec<Event> = postcard::from_bytes(&message.payload)
-            .map_err(|e| format!("region {region}: stream message {seq} is unreadable: {e}"))?;
-        events.extend(chunk);
+    for message in read_messages(stream, region, first, last).await? {
+        events.extend(message.events?);
     }
     Ok(events)
 }

@@ -5,6 +5,9 @@
     reason = "shared by several test crates, each using part of it"
 )]
 
+pub mod process;
+pub mod regions;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
