@@ -3,7 +3,8 @@
 //! a snapshot the dispatcher waits for. Then what the copy defers: commands timed while a copy
 //! is held (their first writes copy what it shares) against commands with none alive. Also
 //! reported, off the dispatcher thread: encoding the copy and its size, decoding it and
-//! restoring it (the first half of a restart).
+//! restoring it (the first half of a restart), in snapshot format 2 (ended trips left encoded
+//! until read) against format 1 (every trip decoded at once).
 //!
 //! Not criterion: the question is the tail (p99) of a rare pause, so it prints percentiles
 //! over repeated copies. `cargo bench --bench snapshot` (100k drivers, 3,000 open trips and
@@ -14,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use dispatch::config::Config;
 use dispatch::domain::{ExternalId, LatLng, Rating, VehicleClass};
+use dispatch::engine::snapshot;
+use dispatch::engine::state::StateImage;
 use dispatch::engine::{Dispatcher, GoOnline, TripRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,6 +27,10 @@ const COPIES: usize = 200;
 const ROUNDS: usize = 10;
 /// Commands per round.
 const COMMANDS: usize = 500;
+/// A snapshot format's encoder.
+type Encoder = fn(&StateImage) -> Vec<u8>;
+/// Encode, decode and restore rounds per snapshot format.
+const RESTORES: usize = 3;
 
 fn fleet(n: usize, ended: u64) -> Dispatcher {
     let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
@@ -145,18 +152,43 @@ fn main() {
         free[free.len() - 1],
         held.len()
     );
-    let started = Instant::now();
-    let bytes = dispatch::engine::snapshot::encode(&image);
-    let encode = started.elapsed();
-    let started = Instant::now();
-    let decoded = dispatch::engine::snapshot::decode(&bytes).unwrap();
-    let decode = started.elapsed();
-    let started = Instant::now();
-    let mut restored = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
-    restored.restore(decoded).unwrap();
-    let restore = started.elapsed();
-    println!(
-        "snapshot/encode_off_thread/{n}: {encode:?}, {} bytes; decode {decode:?}, restore {restore:?}",
-        bytes.len()
-    );
+    // The first half of a restart, format 2 (ended trips left encoded until read) against
+    // format 1 (every trip decoded), alternating A B A B; medians of each.
+    let formats: [(&str, Encoder); 2] = [
+        ("format 2", snapshot::encode),
+        ("format 1", snapshot::encode_format_1),
+    ];
+    let mut times: [Vec<(Duration, Duration, Duration)>; 2] = [Vec::new(), Vec::new()];
+    let mut sizes = [0; 2];
+    for _ in 0..RESTORES {
+        for (i, (_, encode)) in formats.iter().enumerate() {
+            let started = Instant::now();
+            let bytes = encode(&image);
+            let encoded = started.elapsed();
+            let started = Instant::now();
+            let decoded = snapshot::decode(&bytes).unwrap();
+            let decode = started.elapsed();
+            let started = Instant::now();
+            let mut restored =
+                Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
+            restored.restore(decoded).unwrap();
+            times[i].push((encoded, decode, started.elapsed()));
+            sizes[i] = bytes.len();
+            drop(std::hint::black_box(restored));
+        }
+    }
+    for (i, (name, _)) in formats.iter().enumerate() {
+        let median = |f: fn(&(Duration, Duration, Duration)) -> Duration| {
+            let mut v: Vec<Duration> = times[i].iter().map(f).collect();
+            v.sort();
+            v[v.len() / 2]
+        };
+        println!(
+            "snapshot/{name}/{n} drivers, {ended} ended trips: encode {:?} (off the dispatcher thread), {} bytes; decode {:?}, restore {:?} (medians of {RESTORES})",
+            median(|t| t.0),
+            sizes[i],
+            median(|t| t.1),
+            median(|t| t.2),
+        );
+    }
 }

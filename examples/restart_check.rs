@@ -3,7 +3,8 @@
 //! Starts `dispatchd` on a fresh data dir, drives it with `loadgen --target` for `--load-secs`,
 //! kills it with SIGKILL mid-load, restarts it on the same data dir and prints how long the new
 //! process took to report gRPC health SERVING, with what recovery did (the snapshot it started
-//! from, the events it replayed) and the size of the data dir.
+//! from, the events it replayed, where the time went) and the size of the data dir: at the
+//! kill, and the largest it was while loading (sampled every 500 ms).
 //!
 //! ```text
 //! cargo build --release --bin dispatchd && cargo build --release -p loadgen
@@ -13,11 +14,15 @@
 //!
 //! Flags: `--load-secs N` (default 60), `--drivers N`, `--requests-per-sec N` (passed to
 //! loadgen), `--bin-dir DIR` (where `dispatchd` and `loadgen` are; default `target/release`),
-//! `--keep` (keep the data dir and print its path). Times are wall clock on whatever else the
-//! machine is doing: say so when quoting them.
+//! `--keep` (keep the data dir and print its path). Server settings come from the environment
+//! `dispatchd` inherits, e.g. `DISPATCH_LOG__RETENTION_BYTES=268435456` for a 256 MB log
+//! retention. Times are wall clock on whatever else the machine is doing: say so when quoting
+//! them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -146,6 +151,19 @@ async fn main() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
+    // The data dir's size while loading: its peak is what retention must bound.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (sampling, data) = (sampling.clone(), data.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(Ordering::Relaxed) {
+                peak = peak.max(dir_bytes(&data));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            peak
+        })
+    };
     tokio::time::sleep(Duration::from_secs(a.load_secs)).await;
     // SIGKILL mid-load: no drain, no final fsync beyond what was acknowledged.
     server.kill()?;
@@ -153,6 +171,8 @@ async fn main() -> Result<()> {
     let _ = load.kill();
     let _ = load.wait();
     let bytes = dir_bytes(&data);
+    sampling.store(false, Ordering::Relaxed);
+    let peak = sampler.join().unwrap_or(0).max(bytes);
     let restart_log = work.path().join("restart.log");
     let restarted_at = Instant::now();
     let mut server = start_server(&dispatchd, &data, port, &restart_log)?;
@@ -171,7 +191,11 @@ async fn main() -> Result<()> {
         a.load_secs,
         total.as_millis()
     );
-    println!("data dir: {:.1} MB", bytes as f64 / 1e6);
+    println!(
+        "data dir: {:.1} MB at the kill, peak {:.1} MB while loading",
+        bytes as f64 / 1e6,
+        peak as f64 / 1e6
+    );
     println!("recovery: {}", recovered.trim());
     if a.keep {
         println!("kept: {}", work.keep().display());

@@ -30,7 +30,8 @@
 //!   `engine::records::Trip::apply` is the one trip fold (the state and WatchTrip use it). The
 //!   dispatcher runs on its own thread (`runner`), snapshots its state now and then
 //!   (`engine::snapshot`: a copy at a group boundary, written by its own thread), recovers on
-//!   start from the newest good snapshot plus the log after it (`recovery`), publishes a read
+//!   start from the newest good snapshot plus the log after it (`recovery`; the snapshot's
+//!   ended trips stay encoded until something reads them, `state::cold`), publishes a read
 //!   view at every command group (`reads`: NearbyDrivers, GetSurge and GetDriver are answered
 //!   from it on the caller's thread), and `Engine` is the handle to it.
 //! - [`replay`]: feeds a journal's entries to an in-process [`engine::Dispatcher`] exactly as

@@ -33,7 +33,8 @@ fn runner(divisor: u32, cap: u32) -> TestRunner {
     })
 }
 
-/// A real state's snapshot: a few drivers, an offered trip.
+/// A real state's snapshot: a few drivers, an offered trip, two ended trips with request ids
+/// (the section decoded only when read).
 fn real_snapshot() -> Vec<u8> {
     use dispatch::domain::{ExternalId, LatLng, Rating, VehicleClass};
     let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
@@ -55,14 +56,30 @@ fn real_snapshot() -> Vec<u8> {
         class: VehicleClass::Any,
     };
     d.request_trip(1_700_000_000_000, req).unwrap();
+    for i in 0..2 {
+        let rider = ExternalId::new("id", &format!("ended-{i}")).unwrap();
+        let req = dispatch::engine::TripRequest {
+            rider: rider.clone(),
+            request_id: Some(ExternalId::new("id", &format!("q-{i}")).unwrap()),
+            pickup: LatLng::new(40.75, -73.99).unwrap(),
+            dropoff: LatLng::new(40.76, -73.98).unwrap(),
+            class: VehicleClass::Any,
+        };
+        let (trip, _) = d.request_trip(1_700_000_000_001, req).unwrap();
+        d.cancel_trip(1_700_000_000_002, trip.id, &rider).unwrap();
+    }
     snapshot::encode(&d.state().image())
 }
 
 /// Restores a decoded image into a fresh dispatcher: accepted or refused, never a panic, and
-/// an accepted one keeps every invariant.
+/// an accepted one keeps every invariant; then reads every trip (the digest decodes the ended
+/// ones still encoded) and lets their retention pass.
 fn restore(image: dispatch::engine::state::StateImage) {
     let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
     if d.restore(image).is_ok() {
+        d.check_invariants().unwrap();
+        let _ = d.durable_digest();
+        d.fire_due(1_700_000_000_000 + 3_600_000);
         d.check_invariants().unwrap();
     }
 }

@@ -2,7 +2,9 @@
 //! only the log after it into the same state a whole replay gives; a corrupt or torn newest
 //! snapshot falls back to the previous one, and with none left to the whole log; retention
 //! deletes the segments before the oldest kept snapshot even when a driver who went online in
-//! them is still online (without snapshots those segments must stay).
+//! them is still online (without snapshots those segments must stay); ended trips restored
+//! from a snapshot still encoded answer as the live ones (request ids, GetTrip, retention),
+//! and a format 1 snapshot still loads.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,8 +13,9 @@ use std::time::{Duration, Instant};
 use dispatch::clock::ManualClock;
 use dispatch::config::Config;
 use dispatch::domain::{ExternalId, LatLng, Rating, VehicleClass};
-use dispatch::engine::snapshot::SnapshotStore;
-use dispatch::engine::{Engine, GoOnline, TripRequest};
+use dispatch::engine::snapshot::{self, SnapshotStore};
+use dispatch::engine::{Dispatcher, Engine, GoOnline, TripRequest};
+use dispatch::events::TripStatus;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -263,4 +266,114 @@ async fn without_snapshots_retention_keeps_what_the_state_needs() {
     assert_eq!(segments(dir.path())[0], 0, "d-0 went online in segment 0");
     assert!(SnapshotStore::new(dir.path()).list().unwrap().is_empty());
     e.shutdown();
+}
+
+/// A dispatcher (no engine thread) with two drivers online and `ended` trips requested with
+/// request ids and cancelled, then one open trip: what a snapshot after a while of city holds.
+fn with_ended_trips(ended: u64) -> (Dispatcher, Vec<TripRequest>) {
+    let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
+    for (i, name) in ["d-1", "d-2"].iter().enumerate() {
+        let go = GoOnline {
+            driver: id(name),
+            position: LatLng::new(40.75 + i as f64 * 0.001, -73.99).unwrap(),
+            rating: Rating::new(4.8).unwrap(),
+            class: VehicleClass::Economy,
+            gateway: Some(id("gw")),
+        };
+        d.go_online(T0, go).unwrap();
+    }
+    let mut asked = Vec::new();
+    for i in 0..ended {
+        let req = ride(&format!("r-{i}"));
+        let (trip, _) = d.request_trip(T0 + i, req.clone()).unwrap();
+        d.cancel_trip(T0 + i, trip.id, &req.rider).unwrap();
+        asked.push(req);
+    }
+    d.request_trip(T0 + ended, ride("open")).unwrap();
+    d.take_events();
+    (d, asked)
+}
+
+fn ride(rider: &str) -> TripRequest {
+    TripRequest {
+        rider: id(rider),
+        request_id: Some(id(&format!("q-{rider}"))),
+        pickup: LatLng::new(40.75, -73.99).unwrap(),
+        dropoff: LatLng::new(40.77, -73.97).unwrap(),
+        class: VehicleClass::Any,
+    }
+}
+
+fn restored(bytes: &[u8]) -> Dispatcher {
+    let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
+    d.restore(snapshot::decode(bytes).unwrap()).unwrap();
+    d.check_invariants().unwrap();
+    d
+}
+
+/// Ended trips come back from a snapshot encoded (format 2 decodes them only when read): a
+/// repeated request id still gets its trip within `dispatch.trip_retention`, a changed one is
+/// refused, and past the retention the trip is gone (GetTrip: not found) and the request id
+/// makes a new trip, exactly as on the engine that never restarted.
+#[test]
+fn ended_trips_restored_encoded_answer_as_the_live_ones_within_and_past_retention() {
+    let (mut live, asked) = with_ended_trips(200);
+    let mut back = restored(&snapshot::encode(&live.state().image()));
+    // Read through the request index, by id, refused when changed: as on the live engine.
+    let mut kept = Vec::new();
+    for d in [&mut live, &mut back] {
+        let (trip, retry) = d.request_trip(T0 + 1_000, asked[7].clone()).unwrap();
+        assert!(retry, "a repeated request id is a retry");
+        assert_eq!(trip.status, TripStatus::Cancelled);
+        assert_eq!(d.trip(trip.id).unwrap().rider, asked[7].rider);
+        kept.push(trip.id);
+        let mut changed = asked[8].clone();
+        changed.class = VehicleClass::Comfort;
+        let refused = d.request_trip(T0 + 1_000, changed).unwrap_err();
+        assert!(refused.to_string().contains("already used"), "{refused}");
+    }
+    assert_eq!(kept[0], kept[1]);
+    assert_eq!(back.durable_digest(), live.durable_digest());
+    // A snapshot of the restored state (encoded trips copied) and a format 1 one load too.
+    let again = restored(&snapshot::encode(&back.state().image()));
+    assert_eq!(again.durable_digest(), live.durable_digest());
+    let old = restored(&snapshot::encode_format_1(&back.state().image()));
+    assert_eq!(old.durable_digest(), live.durable_digest());
+    // Half the trips past their retention (default 10 min after each ended), then all.
+    let retention = Config::default().dispatch.trip_retention.as_millis() as u64;
+    for at in [T0 + retention + 100, T0 + retention + 1_000] {
+        for d in [&mut live, &mut back] {
+            d.fire_due(at);
+            d.take_events();
+        }
+        assert_eq!(back.durable_digest(), live.durable_digest());
+        assert_eq!(back.oldest_needed_offset(), live.oldest_needed_offset());
+    }
+    let first = live.state().next_offset();
+    for d in [&mut live, &mut back] {
+        let gone = d
+            .request_trip(T0 + retention + 2_000, asked[7].clone())
+            .unwrap();
+        assert!(
+            !gone.1,
+            "past the retention the request id makes a new trip"
+        );
+        assert!(gone.0.id.0 >= first);
+        assert!(
+            d.trip(kept[0]).is_err(),
+            "GetTrip of a forgotten trip: not found"
+        );
+        d.check_invariants().unwrap();
+    }
+    assert_eq!(back.durable_digest(), live.durable_digest());
+}
+
+/// A snapshot file of an unknown format version is refused, naming it and the ones read.
+#[test]
+fn a_snapshot_of_another_format_version_is_refused_naming_both() {
+    let (live, _) = with_ended_trips(3);
+    let mut bytes = snapshot::encode(&live.state().image());
+    bytes[7] = 9;
+    let why = snapshot::decode(&bytes).unwrap_err();
+    assert!(why.contains("version 9") && why.contains("[1, 2]"), "{why}");
 }

@@ -4,7 +4,9 @@
 //! Layout: `<data_dir>/snapshots/<next offset, 20 digits>.snap`, one file per snapshot:
 //! `[magic "DSPSNAP" + format version: 8 bytes][next offset: u64 LE][payload length: u64 LE]
 //! [crc32 of offset and payload: u32 LE][payload]`, the payload a [`StateImage`] encoded with
-//! postcard (the format the log's records use). A file is written to a `.tmp` name, fsynced,
+//! postcard (the format the log's records use) in the format the version names
+//! (`engine::state` `wire.rs`: version 2 is written, 1 and 2 are read; another version is
+//! refused with a message naming it and the ones this build reads). A file is written to a `.tmp` name, fsynced,
 //! renamed into place and the directory fsynced, so a crash leaves either the whole snapshot or
 //! none (a stray `.tmp` is ignored and deleted later).
 //!
@@ -27,8 +29,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::state::StateImage;
 use crate::events::LogError;
 
-/// First bytes of every snapshot file: "DSPSNAP", format version 1.
-const MAGIC: &[u8; 8] = b"DSPSNAP\x01";
+/// First bytes of every snapshot file: "DSPSNAP", then the format version (a byte).
+const MAGIC: &[u8; 7] = b"DSPSNAP";
 /// Magic, offset, length, crc.
 const HEADER: usize = 8 + 8 + 8 + 4;
 /// No floor yet: retention falls back to what the state itself needs.
@@ -39,14 +41,26 @@ pub fn snapshots_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshots")
 }
 
-/// Encodes an image as a whole snapshot file.
+/// Encodes an image as a whole snapshot file (format [`StateImage::FORMAT`]).
 pub fn encode(image: &StateImage) -> Vec<u8> {
+    frame(image, StateImage::FORMAT, |out| image.encode_into(out))
+}
+
+/// Encodes an image as a format 1 snapshot file, as builds before format 2 wrote them (for the
+/// tests and the bench comparing the formats; snapshots are written by [`encode`]).
+#[doc(hidden)]
+pub fn encode_format_1(image: &StateImage) -> Vec<u8> {
+    frame(image, 1, |out| image.encode_format_1(out))
+}
+
+/// The header around a payload `write` appends.
+fn frame(image: &StateImage, version: u8, write: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + 64 * image.driver_count());
     out.extend_from_slice(MAGIC);
+    out.push(version);
     out.extend_from_slice(&image.next_offset().to_le_bytes());
     out.extend_from_slice(&[0; 12]);
-    // Serializing plain data into a Vec cannot fail.
-    let mut out = postcard::to_extend(image, out).expect("postcard encodes images into a Vec");
+    let mut out = write(out);
     let len = (out.len() - HEADER) as u64;
     out[16..24].copy_from_slice(&len.to_le_bytes());
     let crc = checksum(&out[8..16], &out[HEADER..]);
@@ -59,13 +73,14 @@ pub fn decode(bytes: &[u8]) -> Result<StateImage, String> {
     if bytes.len() < HEADER {
         return Err(format!("{} bytes, shorter than the header", bytes.len()));
     }
-    if bytes[..7] != MAGIC[..7] {
+    if bytes[..7] != MAGIC[..] {
         return Err("not a snapshot file (bad magic)".into());
     }
-    if bytes[7] != MAGIC[7] {
+    let version = bytes[7];
+    if !StateImage::READS.contains(&version) {
         return Err(format!(
-            "snapshot format version {} (this build reads {})",
-            bytes[7], MAGIC[7]
+            "snapshot format version {version}; this build reads versions {:?}",
+            StateImage::READS
         ));
     }
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
@@ -81,8 +96,7 @@ pub fn decode(bytes: &[u8]) -> Result<StateImage, String> {
     if checksum(&bytes[8..16], payload) != crc {
         return Err("checksum mismatch".into());
     }
-    let image: StateImage =
-        postcard::from_bytes(payload).map_err(|e| format!("undecodable state: {e}"))?;
+    let image = StateImage::decode_from(version, payload)?;
     if image.next_offset() != offset {
         return Err(format!(
             "header offset {offset} but the state is at {}",

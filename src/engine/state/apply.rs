@@ -34,7 +34,10 @@ impl DispatchState {
             return;
         }
         // The trip's own record first, then what the event means for drivers, offers and
-        // deadlines.
+        // deadlines. An ended trip still encoded from a snapshot moves to the map first.
+        if let Some(trip) = event.kind.trip() {
+            self.warm(trip);
+        }
         if let Some(trip) = event.kind.trip()
             && let Some(entry) = self.trips.get_mut(&trip).map(Arc::make_mut)
         {
@@ -224,9 +227,27 @@ impl DispatchState {
                 retry_at_ms: None,
             }),
         );
+        self.needed.trip_added(id);
         if joins {
             self.batch_join(id, event.at_ms);
         }
+    }
+
+    /// Moves `trip` from the snapshot's encoded ended trips (`cold.rs`) to the trip map, where
+    /// an event can change it (with its request key, as `trip_requested` files it).
+    fn warm(&mut self, trip: TripId) {
+        if self.trips.contains_key(&trip) {
+            return;
+        }
+        let Some(entry) = self.cold.take(trip) else {
+            return;
+        };
+        if let Some(request_id) = &entry.trip.request_id {
+            self.by_request
+                .insert((entry.trip.rider.clone(), request_id.clone()), trip);
+        }
+        self.trips.insert(trip, entry);
+        self.needed.trip_added(trip);
     }
 
     /// Keeps driver counters and index membership in step with the driver's status.
@@ -234,6 +255,14 @@ impl DispatchState {
         let d = &mut self.drivers[key.0 as usize];
         let old = d.status;
         d.status = status;
+        match (
+            old == DriverStatus::Offline,
+            status == DriverStatus::Offline,
+        ) {
+            (true, false) => self.needed.driver_online(d.online_offset, key),
+            (false, true) => self.needed.driver_offline(d.online_offset, key),
+            _ => {}
+        }
         *self.state_counter(old) -= 1;
         *self.state_counter(status) += 1;
         match (

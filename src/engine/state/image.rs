@@ -17,41 +17,35 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
-
-use super::persist::{PMap, TimerQueue, seq_pairs, seq_timers, seq_values, seq_vector};
+use super::cold::Cold;
+use super::persist::{PMap, TimerQueue, seq_values};
 use super::{Chunked, DispatchState, TripEntry};
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
 use crate::engine::records::DriverRecord;
 use crate::engine::records::{DriverStatus, OfferOutcome, PendingOffer, Stats};
+use rustc_hash::FxHashMap;
 
 /// The durable state at one offset (see the module docs). Opaque: made by
-/// [`DispatchState::image`], turned back into a state by [`DispatchState::restore`]. The
-/// encoding is the one of the plain sequences the first format version wrote.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// [`DispatchState::image`], turned back into a state by [`DispatchState::restore`], written
+/// and read by `wire.rs` (the snapshot payload formats).
+#[derive(Clone, Debug)]
 pub struct StateImage {
-    next_offset: u64,
-    drivers: Chunked<DriverRecord>,
-    positions: Chunked<LatLng>,
-    #[serde(with = "seq_values")]
-    trips: PMap<TripId, Arc<TripEntry>>,
-    #[serde(with = "seq_values")]
-    offers: PMap<OfferId, PendingOffer>,
-    #[serde(with = "seq_pairs")]
-    ended_offers: PMap<OfferId, OfferOutcome>,
-    #[serde(with = "seq_vector")]
-    ended_order: imbl::Vector<OfferId>,
-    #[serde(with = "seq_pairs")]
-    open_by_rider: PMap<ExternalId, TripId>,
-    #[serde(with = "seq_pairs")]
-    by_request: PMap<(ExternalId, ExternalId), TripId>,
-    #[serde(with = "seq_timers")]
-    timers: TimerQueue,
-    batch: BTreeSet<TripId>,
-    batch_flush_at_ms: Option<u64>,
-    waiting: BTreeSet<TripId>,
-    stats: Stats,
+    pub(super) next_offset: u64,
+    pub(super) drivers: Chunked<DriverRecord>,
+    pub(super) positions: Chunked<LatLng>,
+    pub(super) trips: PMap<TripId, Arc<TripEntry>>,
+    pub(super) offers: PMap<OfferId, PendingOffer>,
+    pub(super) ended_offers: PMap<OfferId, OfferOutcome>,
+    pub(super) ended_order: imbl::Vector<OfferId>,
+    pub(super) open_by_rider: PMap<ExternalId, TripId>,
+    pub(super) by_request: PMap<(ExternalId, ExternalId), TripId>,
+    pub(super) timers: TimerQueue,
+    pub(super) batch: BTreeSet<TripId>,
+    pub(super) batch_flush_at_ms: Option<u64>,
+    pub(super) waiting: BTreeSet<TripId>,
+    pub(super) stats: Stats,
+    /// The ended trips a snapshot restored and nothing has needed since (`cold.rs`).
+    pub(super) cold: Cold,
 }
 
 impl seq_values::Keyed for Arc<TripEntry> {
@@ -102,6 +96,7 @@ impl DispatchState {
             batch_flush_at_ms: self.batch_flush_at_ms,
             waiting: self.waiting.clone(),
             stats: self.stats.clone(),
+            cold: self.cold.clone(),
         }
     }
 
@@ -112,7 +107,8 @@ impl DispatchState {
     /// back to an older snapshot or to the whole log.
     ///
     /// # Runtime
-    /// O(d), plus one index insert per available driver (the maps come built from decoding).
+    /// O(d + t log t) for t trips in the maps (the open ones, with a format 2 snapshot), plus one
+    /// index insert per available driver (the maps come built from decoding).
     pub fn restore(&mut self, image: StateImage) -> Result<(), String> {
         if !self.drivers.is_empty() || !self.trips.is_empty() || !self.index.is_empty() {
             return Err("a snapshot is only restored into a fresh state".into());
@@ -145,6 +141,8 @@ impl DispatchState {
         self.waiting = image.waiting;
         self.stats = image.stats;
         self.next_offset = image.next_offset;
+        self.cold = image.cold;
+        self.needed.rebuild(&self.trips, &self.drivers);
         if let Err(broken) = self.check_invariants() {
             self.clear();
             return Err(format!("inconsistent snapshot: {broken}"));
@@ -172,6 +170,8 @@ impl DispatchState {
         self.stats = Stats::default();
         self.next_offset = 0;
         self.live.clear_positions();
+        self.cold = Cold::default();
+        self.needed.clear();
     }
 }
 

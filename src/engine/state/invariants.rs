@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::DispatchState;
+use super::{DispatchState, TripEntry};
 use crate::engine::records::{DriverStatus, Stats};
 use crate::events::{MatchPolicy, TripStatus};
 
@@ -157,6 +157,20 @@ impl DispatchState {
                 self.open_by_rider.len()
             ));
         }
+        // What retention keeps, found by the walk it replaced (`needed.rs`).
+        let online = self
+            .drivers
+            .iter()
+            .filter(|d| d.status != DriverStatus::Offline);
+        let walked = (self.trips.keys().map(|t| t.0))
+            .chain(online.map(|d| d.online_offset))
+            .min();
+        if walked != self.needed.oldest() {
+            return Err(format!(
+                "oldest needed offset {:?} but the trips and drivers say {walked:?}",
+                self.needed.oldest()
+            ));
+        }
         Ok(())
     }
 
@@ -185,7 +199,9 @@ impl DispatchState {
                 d.online_offset
             );
         }
-        let mut trips: Vec<_> = self.trips.values().collect();
+        // The ended trips still encoded from a snapshot (`cold.rs`) are trips in memory too.
+        let mut trips: Vec<&TripEntry> = self.trips.values().map(|e| &**e).collect();
+        trips.extend(self.cold.entries());
         trips.sort_by_key(|e| e.trip.id);
         for e in trips {
             let _ = writeln!(
@@ -204,7 +220,15 @@ impl DispatchState {
         ended.sort_by_key(|(id, _)| *id);
         let mut riders: Vec<_> = self.open_by_rider.iter().collect();
         riders.sort();
-        let mut requests: Vec<_> = self.by_request.iter().collect();
+        let mut requests: Vec<_> = self
+            .by_request
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        requests.extend(self.cold.entries().filter_map(|e| {
+            let request = e.trip.request_id.clone()?;
+            Some(((e.trip.rider.clone(), request), e.trip.id))
+        }));
         requests.sort();
         let timers: Vec<_> = self.timers.iter().collect();
         let stats = Stats {

@@ -17,10 +17,13 @@
 
 mod apply;
 mod chunked;
+mod cold;
 mod image;
 mod invariants;
 mod live;
+mod needed;
 mod persist;
+mod wire;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,8 +31,10 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use chunked::Chunked;
+use cold::Cold;
 pub use image::StateImage;
 pub use live::Live;
+use needed::Needed;
 use persist::{PMap, TimerQueue};
 
 use super::records::{
@@ -118,6 +123,10 @@ pub struct DispatchState {
     stats: Stats,
     next_offset: u64,
     live: Live,
+    /// Ended trips restored from a snapshot, still encoded (`cold.rs`); never also in `trips`.
+    cold: Cold,
+    /// What the log must keep for the state (`needed.rs`), kept with `trips` and `drivers`.
+    needed: Needed,
 }
 
 impl std::fmt::Debug for DispatchState {
@@ -160,6 +169,8 @@ impl DispatchState {
             stats: Stats::default(),
             next_offset: first_offset,
             live: Live::new(config.surge.clone()),
+            cold: Cold::default(),
+            needed: Needed::default(),
         }
     }
 
@@ -214,7 +225,8 @@ impl DispatchState {
         &self.drivers
     }
 
-    /// Every trip in memory (open, and ended within retention), in no order.
+    /// Every open trip, and the ended ones within retention except those restored from a
+    /// snapshot that nothing has read since (`cold.rs`), in no order.
     pub(crate) fn trips(&self) -> impl Iterator<Item = &Trip> {
         self.trips.values().map(|e| &e.trip)
     }
@@ -234,11 +246,14 @@ impl DispatchState {
     }
 
     pub(crate) fn entry(&self, trip: TripId) -> Option<&TripEntry> {
-        self.trips.get(&trip).map(|e| &**e)
+        match self.trips.get(&trip) {
+            Some(e) => Some(&**e),
+            None => self.cold.get(trip),
+        }
     }
 
     pub(crate) fn trip(&self, trip: TripId) -> Option<&Trip> {
-        self.trips.get(&trip).map(|e| &e.trip)
+        self.entry(trip).map(|e| &e.trip)
     }
 
     pub(crate) fn trip_by_request(
@@ -246,8 +261,10 @@ impl DispatchState {
         rider: &ExternalId,
         request: &ExternalId,
     ) -> Option<&Trip> {
-        let id = self.by_request.get(&(rider.clone(), request.clone()))?;
-        self.trip(*id)
+        match self.by_request.get(&(rider.clone(), request.clone())) {
+            Some(id) => self.trip(*id),
+            None => self.cold.by_request(rider, request).map(|e| &e.trip),
+        }
     }
 
     pub(crate) fn open_trip_of(&self, rider: &ExternalId) -> Option<TripId> {
@@ -329,14 +346,17 @@ impl DispatchState {
     /// The lowest event offset recovery needs to rebuild today's state: the first event of
     /// every trip still in memory and the online event of every online driver. Log retention
     /// never deletes from here on.
+    ///
+    /// # Runtime
+    /// O(log n): kept up to date as trips and drivers change (`needed.rs`).
     pub fn oldest_needed_offset(&self) -> u64 {
-        let trips = self.trips.keys().map(|t| t.0);
-        let drivers = self
-            .drivers
-            .iter()
-            .filter(|d| d.status != DriverStatus::Offline)
-            .map(|d| d.online_offset);
-        trips.chain(drivers).min().unwrap_or(self.next_offset)
+        let cold = self.cold.oldest().map(|t| t.0);
+        self.needed
+            .oldest()
+            .into_iter()
+            .chain(cold)
+            .min()
+            .unwrap_or(self.next_offset)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -375,6 +395,7 @@ impl DispatchState {
 
     fn forget(&mut self, trip_id: TripId) {
         let Some(entry) = self.trips.get(&trip_id) else {
+            self.cold.forget(trip_id);
             return;
         };
         let trip = &entry.trip;
@@ -388,6 +409,7 @@ impl DispatchState {
             }
         }
         self.trips.remove(&trip_id);
+        self.needed.trip_removed(trip_id);
     }
 
     // ---------------------------------------------------------------------------------------
