@@ -26,7 +26,7 @@ use super::snapshot::{OfferJson, SurgeJson, TripJson};
 use super::tiles::{Bounds, cell_counts, cell_key, close_array, r};
 use crate::domain::LatLng;
 use crate::engine::MapView;
-use crate::engine::map_view::{DriverDot, OfferLine, TripDot};
+use crate::engine::map_view::DriverDot;
 
 /// Recent deltas kept for sharing: the one from the previous view (every stream on time
 /// wants it) and a few from older views (streams that were too slow to see a view).
@@ -328,49 +328,21 @@ impl Delta {
     /// the surge list when it differs.
     fn diff_lists(&self) -> Lists {
         let (a, b) = (&self.prev, &self.next);
-        let mut trips = Changes::default();
-        merge(
+        let trips = changed_by_id(
             &a.trips,
             &b.trips,
             |t| t.trip,
-            |p, n| {
-                let same = |p: &TripDot, n: &TripDot| p.status == n.status && p.driver == n.driver;
-                match (p, n) {
-                    (Some(p), Some(n)) if same(p, n) => {}
-                    _ => {
-                        let id = n.or(p).map(|t| t.trip.to_string()).unwrap_or_default();
-                        trips.push(
-                            n.map(TripJson::from),
-                            &id,
-                            n.map(|t| [t.pickup; 2]),
-                            p.map(|t| [t.pickup; 2]),
-                        );
-                    }
-                }
-            },
+            |p, n| p.status == n.status && p.driver == n.driver,
+            TripJson::from,
+            |t| [t.pickup; 2],
         );
-        let mut offers = Changes::default();
-        merge(
+        let offers = changed_by_id(
             &a.offers,
             &b.offers,
             |o| o.offer,
-            |p, n| {
-                let same = |p: &OfferLine, n: &OfferLine| {
-                    p.from == n.from && p.expires_at_ms == n.expires_at_ms
-                };
-                match (p, n) {
-                    (Some(p), Some(n)) if same(p, n) => {}
-                    _ => {
-                        let id = n.or(p).map(|o| o.offer.to_string()).unwrap_or_default();
-                        offers.push(
-                            n.map(OfferJson::from),
-                            &id,
-                            n.map(|o| [o.from, o.to]),
-                            p.map(|o| [o.from, o.to]),
-                        );
-                    }
-                }
-            },
+            |p, n| p.from == n.from && p.expires_at_ms == n.expires_at_ms,
+            OfferJson::from,
+            |o| [o.from, o.to],
         );
         let key = |v: &MapView| -> Vec<(u64, u64)> {
             v.surge
@@ -393,12 +365,33 @@ fn item(d: &DriverDot) -> (f64, f64, u8, &str) {
     )
 }
 
+/// The items of two lists sorted by `id` that are new, ended, or not `same` in both: each
+/// encoded by `json` (ended ones by their id alone) with the positions `at` gives.
+fn changed_by_id<'a, T, K: Ord + std::fmt::Display, J: serde::Serialize>(
+    a: &'a [T],
+    b: &'a [T],
+    id: impl Fn(&T) -> K,
+    same: impl Fn(&T, &T) -> bool,
+    json: impl Fn(&'a T) -> J,
+    at: impl Fn(&T) -> [LatLng; 2],
+) -> Changes {
+    let mut out = Changes::default();
+    merge(a, b, &id, |p, n| match (p, n) {
+        (Some(p), Some(n)) if same(p, n) => {}
+        _ => {
+            let key = n.or(p).map(|x| id(x).to_string()).unwrap_or_default();
+            out.push(n.map(&json), &key, n.map(&at), p.map(&at));
+        }
+    });
+    out
+}
+
 /// Calls `f(before, after)` for every id in either sorted list.
-fn merge<T, K: Ord>(
-    a: &[T],
-    b: &[T],
+fn merge<'a, T, K: Ord>(
+    a: &'a [T],
+    b: &'a [T],
     key: impl Fn(&T) -> K,
-    mut f: impl FnMut(Option<&T>, Option<&T>),
+    mut f: impl FnMut(Option<&'a T>, Option<&'a T>),
 ) {
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {

@@ -8,40 +8,18 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::*;
-use crate::domain::ExternalId;
-use crate::engine::map_view::DotState;
 use crate::http::snapshot::CELL_SIZES_DEG;
-use crate::http::tiles::ViewTiles;
+use crate::http::tiles::{ViewTiles, test_view};
 
 /// A driver of a test view: `(key, lng, lat, state)`.
 type Dot = (u32, f64, f64, u8);
 
 fn view(seq: u64, dots: &BTreeMap<u32, (f64, f64, u8)>) -> Arc<MapView> {
-    let drivers: Vec<DriverDot> = dots
+    let dots: Vec<Dot> = dots
         .iter()
-        .map(|(&key, &(lng, lat, state))| DriverDot {
-            key,
-            position: LatLng::new(lat, lng).unwrap(),
-            state: [DotState::Available, DotState::Offered, DotState::OnTrip]
-                [usize::from(state % 3)],
-            id: ExternalId::new("driver_id", &format!("d-{key}")).unwrap(),
-        })
+        .map(|(&key, &(lng, lat, state))| (key, lng, lat, state))
         .collect();
-    let bounds = (!drivers.is_empty()).then(|| {
-        drivers
-            .iter()
-            .fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |b, d| {
-                let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
-                [b[0].min(lng), b[1].min(lat), b[2].max(lng), b[3].max(lat)]
-            })
-    });
-    Arc::new(MapView {
-        seq,
-        at_ms: seq * 250,
-        bounds,
-        drivers,
-        ..MapView::default()
-    })
+    test_view(seq, &dots)
 }
 
 /// `id -> [lng, lat, state]` of a points array.
