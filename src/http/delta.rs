@@ -28,9 +28,10 @@ use crate::domain::LatLng;
 use crate::engine::MapView;
 use crate::engine::map_view::DriverDot;
 
-/// Recent deltas kept for sharing: the one from the previous view (every stream on time
-/// wants it) and a few from older views (streams that were too slow to see a view).
-const RECENT: usize = 4;
+/// Recent deltas kept for sharing: the one from the previous view (every points stream on
+/// time wants it), the one across the last second (cells streams, see `stream.rs`) and a few
+/// from older views (streams that were too slow to see a view).
+const RECENT: usize = 8;
 
 /// The recent deltas every stream shares, keyed by the views they lead from and to.
 #[derive(Debug, Default)]
@@ -144,6 +145,15 @@ struct CellChanges {
     counts: Counts,
 }
 
+/// How a tick sends the drivers.
+pub(super) enum TickDrivers<'a> {
+    /// What changed: points (`None`) or the cells of size index `level` (`Some(level)`).
+    Changes(Option<usize>),
+    /// The viewport's whole set in the newer view, from its tiles, in the mode given (as
+    /// the snapshot sends it, marked `"full":true`): the stream changed mode.
+    Whole(&'a super::tiles::ViewTiles, Option<usize>),
+}
+
 /// From the view at `base` to the view at `seq`.
 #[derive(Debug)]
 pub(super) struct Delta {
@@ -182,9 +192,25 @@ impl Delta {
         }
     }
 
+    /// How many more drivers are inside `bbox` in the newer view than in the older one.
+    pub(super) fn count_change(&self, bbox: Bounds) -> isize {
+        let inside = |p: &Option<[LatLng; 2]>| {
+            p.is_some_and(|[p, _]| {
+                (bbox[0]..=bbox[2]).contains(&p.lng_deg())
+                    && (bbox[1]..=bbox[3]).contains(&p.lat_deg())
+            })
+        };
+        let drivers = self.drivers.get_or_init(|| self.diff_drivers());
+        drivers
+            .items
+            .iter()
+            .map(|i| isize::from(inside(&i.now)) - isize::from(inside(&i.was)))
+            .sum()
+    }
+
     /// Writes this delta's tick for one viewer: the head, and with a base the changes inside
-    /// `bbox` (everything with `None`): points, or cells of size index `level`.
-    pub(super) fn write(&self, out: &mut Vec<u8>, bbox: Option<Bounds>, level: Option<usize>) {
+    /// `bbox` (everything with `None`): drivers as `drivers` says, then trips, offers, surge.
+    pub(super) fn write(&self, out: &mut Vec<u8>, bbox: Option<Bounds>, drivers: TickDrivers<'_>) {
         let v = &self.next;
         let head = serde_json::json!({
             "seq": v.seq, "base": self.base, "at_ms": v.at_ms, "offset": v.offset,
@@ -200,14 +226,23 @@ impl Delta {
                 (b[0]..=b[2]).contains(&p.lng_deg()) && (b[1]..=b[3]).contains(&p.lat_deg())
             })
         };
+        let level = match drivers {
+            TickDrivers::Whole(tiles, mode) => {
+                out.extend_from_slice(br#","drivers":"#);
+                super::snapshot::write_drivers(out, tiles, bbox, mode, true);
+                None
+            }
+            TickDrivers::Changes(level) => Some(level),
+        };
         match level {
-            None => {
+            None => {}
+            Some(None) => {
                 out.extend_from_slice(br#","drivers":{"mode":"points","#);
                 self.drivers
                     .get_or_init(|| self.diff_drivers())
                     .write(out, &|p| inside(p[0]));
             }
-            Some(level) => {
+            Some(Some(level)) => {
                 let cells = self.cells[level].get_or_init(|| self.diff_cells(level));
                 out.extend_from_slice(br#","drivers":{"mode":"cells","cell_deg":"#);
                 let _ = serde_json::to_writer(&mut *out, &cells.size);

@@ -260,6 +260,12 @@ impl ViewTiles {
         (encoded, start)
     }
 
+    /// The number of drivers inside `b` (the whole view with `None`), exact up to `limit`
+    /// (above it, some number above `limit`).
+    pub(super) fn count(&self, b: Option<Bounds>, limit: usize) -> usize {
+        self.visible(b, limit).0
+    }
+
     /// Writes `[point, ...]` for the drivers inside `b` if there are at most `max_points` of
     /// them, and answers whether it did.
     pub(super) fn write_points(&self, out: &mut Vec<u8>, b: Option<Bounds>, max: usize) -> bool {
