@@ -311,3 +311,27 @@ async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
     assert_eq!(ids(&d["points"], 3), ["d-1"], "{t}");
     s.stop().await;
 }
+
+/// A viewer that names its snapshot's view (`seq=`) gets its first tick from that view, even
+/// when a view was published between its snapshot and the stream's start.
+#[tokio::test]
+async fn a_stream_opened_with_the_snapshots_view_leads_from_it() {
+    let (s, addr) = start_http(Config::default()).await;
+    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
+    publish_next(&s).await;
+    let snap = get(addr, "/api/map/snapshot", &[]).await.json();
+    let at = snap["seq"].as_u64().unwrap();
+    let between = publish_next(&s).await;
+    assert!(between > at);
+    let mut sse = Sse::open(addr, &format!("/api/map/stream?seq={at}"), &[]).await;
+    move_to(&s, "d-1", (PICKUP.0 + 0.001, PICKUP.1)).await;
+    let next = publish_next(&s).await;
+    let t = tick(&mut sse).await;
+    assert_eq!(
+        (t["base"].as_u64(), t["seq"].as_u64()),
+        (Some(at), Some(next)),
+        "{t}"
+    );
+    assert_eq!(ids(&t["drivers"]["upsert"], 3), ["d-1"], "{t}");
+    s.stop().await;
+}

@@ -253,29 +253,37 @@ async fn snapshot(http: &str, bbox: Bbox, counts: &ViewerCounts) -> Option<u64> 
 /// published between the snapshot and the stream's start shows as a tick whose base is not
 /// the snapshot's: a resync, rare. `kind` is 0 for a city-wide viewer, 1 for a street-level.
 async fn follow(http: &str, bbox: Bbox, kind: usize, counts: &ViewerCounts) {
+    while stream(http, bbox, kind, counts).await {
+        counts.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot, then the stream from its view (`seq=`) until it fails (false) or a tick
+/// shows that the viewer missed a view (true: start again, as the page does).
+async fn stream(http: &str, bbox: Bbox, kind: usize, counts: &ViewerCounts) -> bool {
     let Some(mut seq) = snapshot(http, bbox, counts).await else {
-        return;
+        return false;
     };
     let path = format!(
-        "/api/map/stream?bbox={:.5},{:.5},{:.5},{:.5}",
+        "/api/map/stream?bbox={:.5},{:.5},{:.5},{:.5}&seq={seq}",
         bbox[0], bbox[1], bbox[2], bbox[3]
     );
     let Ok(mut s) = TcpStream::connect(http).await else {
-        return;
+        return false;
     };
     let _ = s.set_nodelay(true);
     let head = format!("GET {path} HTTP/1.0\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n");
     if s.write_all(head.as_bytes()).await.is_err() {
-        return;
+        return false;
     }
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let Ok(n) = s.read(&mut buf).await else {
-            return;
+            return false;
         };
         if n == 0 {
-            return;
+            return false;
         }
         counts.stream_bytes[kind].fetch_add(n as u64, Ordering::Relaxed);
         pending.extend_from_slice(&buf[..n]);
@@ -316,11 +324,7 @@ async fn follow(http: &str, bbox: Bbox, kind: usize, counts: &ViewerCounts) {
                 _ => false,
             };
             if missed {
-                counts.resyncs.fetch_add(1, Ordering::Relaxed);
-                match snapshot(http, bbox, counts).await {
-                    Some(s) => seq = s,
-                    None => return,
-                }
+                return true;
             }
         }
     }

@@ -40,6 +40,17 @@ pub(super) struct Chain {
 }
 
 impl Chain {
+    /// View number `seq`, if a recent delta leads from or to it.
+    pub(super) fn view(&self, seq: u64) -> Option<Arc<MapView>> {
+        let recent = self.inner.lock();
+        recent.iter().rev().find_map(|d| {
+            [&d.next, &d.prev]
+                .into_iter()
+                .find(|v| v.seq == seq)
+                .cloned()
+        })
+    }
+
     /// The delta from `from` to `to`, made by the first stream that asks (the others share
     /// it). A stream normally asks from the view before; one that was too slow to see a view
     /// asks from the last it sent, so it never needs a snapshot for being slow.

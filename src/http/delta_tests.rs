@@ -216,7 +216,7 @@ proptest! {
         let bbox = (!whole).then_some([corner.0, corner.1, corner.0 + size.0, corner.1 + size.1]);
         let chain = Chain::default();
         let first = view(1, &dots);
-        let mut follow = Follow::new(StreamQuery { bbox, max_points }, first.clone());
+        let mut follow = Follow::new(StreamQuery { bbox, max_points, seq: None }, first.clone());
         let mut holds = held(&snapshot_drivers(&first, bbox, max_points));
         let mut sent = first;
         for (i, s) in steps.iter().enumerate() {

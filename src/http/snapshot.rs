@@ -183,9 +183,10 @@ pub(super) struct Cache {
 
 #[derive(Debug, Default)]
 struct CacheInner {
-    /// Identity of the view the entries were cut from, and its number.
+    /// Identity of the view the entries were cut from, its number, and the view.
     view: usize,
     seq: u64,
+    current: Option<Arc<MapView>>,
     /// Its drivers sorted into tiles, built by the first snapshot that needs them.
     tiles: Arc<OnceLock<ViewTiles>>,
     entries: Vec<(SnapshotQuery, axum::body::Bytes)>,
@@ -205,9 +206,18 @@ impl Cache {
         }
         c.view = id;
         c.seq = view.seq;
+        c.current = Some(view.clone());
         c.entries.clear();
         c.tiles = Arc::default();
         c.tiles.clone()
+    }
+}
+
+impl Cache {
+    /// The view the latest snapshots were cut from, if it is view number `seq`.
+    pub(super) fn view(&self, seq: u64) -> Option<Arc<MapView>> {
+        let c = self.inner.lock();
+        c.current.as_ref().filter(|v| v.seq == seq).cloned()
     }
 }
 

@@ -11,7 +11,8 @@
 //! ([`CELLS_EVERY`] views), and its trips and offers with the ticks only.
 //!
 //! Each tick carries `seq` (the view it leads to) and `base` (the view it applies to): a viewer
-//! applies it when its own view is `base`. When the count inside the bbox crosses
+//! applies it when its own view is `base`, and names its view when it opens the stream
+//! (`seq=`), so the first tick leads from it. When the count inside the bbox crosses
 //! `max_points` the stream switches mode and that tick carries the whole set in the new mode
 //! (`"full":true`, as the snapshot has it). A slow viewer never makes the server queue: ticks
 //! are conflated by the view's `watch` channel, and a stream that did not see a view sends one
@@ -53,17 +54,21 @@ pub(super) struct StreamQuery {
     pub(super) bbox: Option<Bounds>,
     /// More drivers than this inside the viewport are sent as cells (the snapshot's rule).
     pub(super) max_points: usize,
+    /// The view the viewer holds (its snapshot's `seq`): the first tick leads from it when
+    /// the server still has it, else from the view current at the start.
+    pub(super) seq: Option<u64>,
 }
 
 pub(super) fn parse_query(params: &HashMap<String, String>) -> Result<StreamQuery, ApiError> {
-    if let Some(unknown) = params.keys().find(|k| *k != "bbox" && *k != "max_points") {
+    let known = ["bbox", "max_points", "seq"];
+    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
         let hint = if unknown == "cell_deg" {
             "; the server now chooses points or cells by max_points, as for the snapshot"
         } else {
             ""
         };
         return Err(bad_request(format!(
-            "unknown parameter {unknown:?}; the stream takes bbox and max_points{hint}"
+            "unknown parameter {unknown:?}; the stream takes bbox, max_points and seq{hint}"
         )));
     }
     let bbox = params
@@ -71,7 +76,20 @@ pub(super) fn parse_query(params: &HashMap<String, String>) -> Result<StreamQuer
         .map(|b| parse_bbox(b).map(|b| b.0))
         .transpose()?;
     let max_points = parse_max_points(params.get("max_points"))?;
-    Ok(StreamQuery { bbox, max_points })
+    let seq = match params.get("seq") {
+        None => None,
+        Some(raw) => Some(raw.trim().parse::<u64>().map_err(|_| {
+            bad_request(format!(
+                "seq must be the whole number of the view the viewer holds (its snapshot's \
+                 \"seq\"), got {raw:?}"
+            ))
+        })?),
+    };
+    Ok(StreamQuery {
+        bbox,
+        max_points,
+        seq,
+    })
 }
 
 /// What one stream has sent: the view its last tick led to, how many drivers were inside its
@@ -164,8 +182,17 @@ pub(super) async fn stream(
     // The view current when the stream opened (marked seen, so the first tick leads from it),
     // then the last view sent: each tick leads from it to the newest, however many views a
     // slow stream did not see. One view held per stream; nothing queues.
+    // A viewer that names the view it holds gets its first tick from that view when the
+    // server still has it: otherwise a cells stream (a tick a second) opened just after a
+    // publish would start from a view no snapshot showed, and the viewer would fetch another.
     let mut views = s.engine.map_view();
-    let mut follow = Follow::new(q, views.borrow_and_update().clone());
+    let current = views.borrow_and_update().clone();
+    let start = q
+        .seq
+        .filter(|&seq| seq != current.seq)
+        .and_then(|seq| s.deltas.view(seq).or_else(|| s.snapshots.view(seq)))
+        .unwrap_or(current);
+    let mut follow = Follow::new(q, start);
     // Read by the trip/offer feed below: only a points stream gets it.
     let points = Arc::new(AtomicBool::new(follow.points()));
     let points_now = points.clone();

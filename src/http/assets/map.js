@@ -94,7 +94,8 @@ function onSnapshot(snap, box) {
   if (!view.fitted && !view.touched && snap.bounds) { fit(snap.bounds); requestSnapshot(); }
   setDrivers(snap.drivers || {});
   // The stream follows the snapshot's viewport and point budget; the server picks the mode.
-  connect(`/api/map/stream?${box ? `bbox=${box}&` : ''}max_points=${MAX_POINTS}`);
+  // Naming the view it holds, so the first tick leads from it.
+  connect(`/api/map/stream?${box ? `bbox=${box}&` : ''}max_points=${MAX_POINTS}&seq=${snap.seq}`);
   setStats(snap.stats, snap.offset);
   // The view's trips replace the list, except trips an event told us about after that view.
   const next = new Map();
