@@ -1,7 +1,8 @@
 //! The live map's stream of deltas over real HTTP on 127.0.0.1:0, against a server driven by a
-//! manual clock: each tick carries what changed inside the viewer's bbox (points, or cells of
-//! the size it asked for; trips and offers) since the view it names as its base; a stream too
-//! slow to see a view sends one tick across it, and bad stream parameters get a 400 JSON error.
+//! manual clock: each tick carries what changed inside the viewer's bbox (points, or cells
+//! beyond its point budget; trips and offers) since the view it names as its base; a stream
+//! that crosses its budget switches mode with a whole set; a stream too slow to see a view
+//! sends one tick across it, and bad stream parameters get a 400 JSON error.
 
 mod http_client;
 mod support;
@@ -42,6 +43,16 @@ async fn publish_next(s: &TestServer) -> u64 {
     .expect("a view within 10 s")
     .unwrap();
     v.seq
+}
+
+/// Publishes views up to the next one a cells stream ticks at (every fourth, once a second).
+async fn publish_aligned(s: &TestServer) -> u64 {
+    loop {
+        let seq = publish_next(s).await;
+        if seq % 4 == 0 {
+            return seq;
+        }
+    }
 }
 
 async fn move_to(s: &TestServer, driver: &str, (lat, lng): (f64, f64)) {
@@ -94,7 +105,8 @@ async fn the_stream_sends_what_changed_inside_its_bbox() {
     assert_eq!(ids(&snap["drivers"]["points"], 3), ["d-1"]);
     let at = snap["seq"].as_u64().unwrap();
     let mut points = Sse::open(addr, &format!("/api/map/stream?bbox={bbox}"), &[]).await;
-    let mut cells = Sse::open(addr, "/api/map/stream?cell_deg=0.01", &[]).await;
+    // Two drivers over a budget of one: the whole city as cells.
+    let mut cells = Sse::open(addr, "/api/map/stream?max_points=1", &[]).await;
 
     // d-1 moves inside the bbox and gets an offer; d-2 moves a cell north, still outside.
     move_to(&s, "d-1", (lat + 0.002, lng)).await;
@@ -119,20 +131,6 @@ async fn the_stream_sends_what_changed_inside_its_bbox() {
     assert_eq!(t["trips"]["upsert"][0]["trip"], trip.trip_id.as_str());
     assert_eq!(t["offers"]["upsert"][0]["driver"], "d-1");
     assert_eq!(t["stats"]["drivers_offered"], 1);
-    // The whole-city cells stream: d-2's old cell emptied, its new one holds it.
-    let c = tick(&mut cells).await;
-    assert_eq!(c["drivers"]["mode"], "cells");
-    assert_eq!(c["drivers"]["cell_deg"], 0.01);
-    let changed = c["drivers"]["cells"].as_array().unwrap();
-    let cell_of = |lat_deg: f64| ((lat_deg / 0.01).floor() + 0.5) * 0.01;
-    let holds = |want_lat: f64, count: u64| {
-        changed
-            .iter()
-            .any(|x| (x[1].as_f64().unwrap() - cell_of(want_lat)).abs() < 1e-6 && x[2] == count)
-    };
-    assert!(holds(lat + 0.195, 1), "{c}");
-    assert!(holds(PICKUP.0 + 20_000.0 / 111_195.0, 0), "{c}");
-
     // d-1 leaves the bbox: it is gone from this viewer's map; its offer still ends inside.
     move_to(&s, "d-1", (lat + 0.05, lng)).await;
     let next = publish_next(&s).await;
@@ -152,6 +150,32 @@ async fn the_stream_sends_what_changed_inside_its_bbox() {
         serde_json::json!([]),
         "the trip did not change"
     );
+    // The whole-city cells stream: d-2's old cell emptied, its new one holds it.
+    // A cells stream ticks once a second, at every fourth view: from the view it opened at
+    // (the snapshot's) to the first such view after it, across the moves above.
+    let aligned = (at / 4 + 1) * 4;
+    if next < aligned {
+        publish_aligned(&s).await;
+    }
+    let c = tick(&mut cells).await;
+    assert_eq!(
+        (c["base"].as_u64(), c["seq"].as_u64()),
+        (Some(at), Some(aligned)),
+        "{c}"
+    );
+    assert_eq!(c["drivers"]["mode"], "cells", "{c}");
+    assert_eq!(c["drivers"]["full"], Value::Null, "no switch: {c}");
+    let size = c["drivers"]["cell_deg"].as_f64().unwrap();
+    let changed = c["drivers"]["cells"].as_array().unwrap();
+    let cell_of = |lat_deg: f64| ((lat_deg / size).floor() + 0.5) * size;
+    let holds = |want_lat: f64, count: u64| {
+        changed
+            .iter()
+            .any(|x| (x[1].as_f64().unwrap() - cell_of(want_lat)).abs() < 1e-6 && x[2] == count)
+    };
+    assert!(holds(lat + 0.195, 1), "{c}");
+    assert!(holds(PICKUP.0 + 20_000.0 / 111_195.0, 0), "{c}");
+
     s.stop().await;
 }
 
@@ -196,14 +220,118 @@ async fn a_stream_too_slow_to_see_a_view_gets_one_tick_across_it() {
         (t["base"].as_u64(), t["seq"].as_u64()),
         (Some(latest), Some(next))
     );
-    for bad in [
-        "/api/map/stream?cell_deg=0.03",
-        "/api/map/stream?bbox=1,2",
-        "/api/map/stream?zoom=3",
+    for (bad, says) in [
+        ("/api/map/stream?cell_deg=0.03", "max_points"),
+        ("/api/map/stream?bbox=1,2", "bbox must be"),
+        ("/api/map/stream?zoom=3", "unknown parameter"),
+        ("/api/map/stream?max_points=0", "whole number from 1"),
+        ("/api/map/stream?max_points=many", "whole number from 1"),
+        ("/api/map/stream?max_points=-5", "whole number from 1"),
+        (
+            "/api/map/stream?max_points=999999999",
+            "whole number from 1",
+        ),
     ] {
         let a = get(addr, bad, &[]).await;
         assert_eq!(a.status, 400, "{bad}");
-        assert!(a.json()["error"].as_str().unwrap().len() > 20);
+        let error = a.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(says), "{bad}: {error}");
     }
+    s.stop().await;
+}
+
+/// A stream whose viewport crosses its point budget switches between points and cells with
+/// one tick carrying the whole set in the new mode (as the snapshot would send it).
+#[tokio::test]
+async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
+    let (s, addr) = start_http(Config::default()).await;
+    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
+    online(&s, "d-2", 20_000.0, 4.5, "gw-1").await; // outside the bbox
+    publish_next(&s).await;
+    let (lat, lng) = PICKUP;
+    let bbox = format!(
+        "{},{},{},{}",
+        lng - 0.01,
+        lat - 0.01,
+        lng + 0.01,
+        lat + 0.01
+    );
+    let query = format!("bbox={bbox}&max_points=1");
+    let snap = get(addr, &format!("/api/map/snapshot?{query}"), &[])
+        .await
+        .json();
+    assert_eq!(
+        snap["drivers"]["mode"], "points",
+        "one driver inside: {snap}"
+    );
+    let mut sse = Sse::open(addr, &format!("/api/map/stream?{query}"), &[]).await;
+
+    // d-2 comes inside: two drivers over a budget of one, so the whole set as cells.
+    move_to(&s, "d-2", (lat + 0.003, lng)).await;
+    publish_next(&s).await;
+    let t = tick(&mut sse).await;
+    let d = &t["drivers"];
+    assert_eq!(
+        (&d["mode"], &d["full"]),
+        (&"cells".into(), &true.into()),
+        "{t}"
+    );
+    let counted: u64 = d["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[2].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 2, "{t}");
+    // The snapshot of the same view and query agrees.
+    let snap = get(addr, &format!("/api/map/snapshot?{query}"), &[])
+        .await
+        .json();
+    assert_eq!(snap["seq"], t["seq"]);
+    assert_eq!(snap["drivers"]["cells"], d["cells"]);
+
+    // Nothing crosses the budget: the next tick (a cells stream's, at a fourth view) is
+    // changes in cells again.
+    let next = publish_aligned(&s).await;
+    let t = tick(&mut sse).await;
+    assert_eq!(t["seq"].as_u64(), Some(next));
+    assert_eq!(t["drivers"]["mode"], "cells", "{t}");
+    assert_eq!(t["drivers"]["full"], Value::Null, "{t}");
+
+    // d-2 leaves: one driver, points again, whole.
+    move_to(&s, "d-2", (lat + 0.05, lng)).await;
+    publish_aligned(&s).await;
+    let t = tick(&mut sse).await;
+    let d = &t["drivers"];
+    assert_eq!(
+        (&d["mode"], &d["full"]),
+        (&"points".into(), &true.into()),
+        "{t}"
+    );
+    assert_eq!(ids(&d["points"], 3), ["d-1"], "{t}");
+    s.stop().await;
+}
+
+/// A viewer that names its snapshot's view (`seq=`) gets its first tick from that view, even
+/// when a view was published between its snapshot and the stream's start.
+#[tokio::test]
+async fn a_stream_opened_with_the_snapshots_view_leads_from_it() {
+    let (s, addr) = start_http(Config::default()).await;
+    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
+    publish_next(&s).await;
+    let snap = get(addr, "/api/map/snapshot", &[]).await.json();
+    let at = snap["seq"].as_u64().unwrap();
+    let between = publish_next(&s).await;
+    assert!(between > at);
+    let mut sse = Sse::open(addr, &format!("/api/map/stream?seq={at}"), &[]).await;
+    move_to(&s, "d-1", (PICKUP.0 + 0.001, PICKUP.1)).await;
+    let next = publish_next(&s).await;
+    let t = tick(&mut sse).await;
+    assert_eq!(
+        (t["base"].as_u64(), t["seq"].as_u64()),
+        (Some(at), Some(next)),
+        "{t}"
+    );
+    assert_eq!(ids(&t["drivers"]["upsert"], 3), ["d-1"], "{t}");
     s.stop().await;
 }

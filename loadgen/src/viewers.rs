@@ -1,15 +1,17 @@
-//! Simulated live-map viewers (`--map-viewers N`), which behave like the page: each fetches a
-//! snapshot of its viewport, then follows `/api/map/stream` for that viewport, applying each
-//! tick's delta (the changes since the view it holds) and fetching a new snapshot only when it
-//! missed a view (a tick whose base is not the view it holds) or when it pans
+//! Simulated live-map viewers (`--map-viewers N`), which behave like operators with the page:
+//! each fetches a snapshot of its viewport, then follows `/api/map/stream` for that viewport,
+//! applying each tick's delta (the changes since the view it holds) and fetching a new snapshot
+//! only when it missed a view (a tick whose base is not the view it holds) or when it pans
 //! (every ~10 s, a quarter of its viewport), so a city run can be measured with and without
 //! people watching it.
 //!
-//! Viewports differ per viewer (the whole city, quarters, sixteenths, smaller boxes), so the
-//! server's per-view answer cache is shared only where two people would really look at the
-//! same place. A viewer that draws cells (the snapshot said so) asks the stream for the
-//! changed cells of the same size. Plain HTTP over tokio sockets (the stream as HTTP/1.0, so
-//! its body is the bare event text): two requests need no client library.
+//! Zoom levels are mixed as operators would have them: one viewer in ten watches the whole
+//! city and one in ten a quarter of it (both more than the page's 20,000-point budget at 100k
+//! drivers, so the server sends them cells), the other eight in ten a street-level box of
+//! about 3 km placed by their number. The server decides points or cells (the page's default
+//! budget); a viewer follows what the answer says. The summary gives stream bytes per viewer
+//! per second for both kinds. Plain HTTP over tokio sockets (the stream as HTTP/1.0, so its
+//! body is the bare event text): two requests need no client library.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +26,9 @@ use crate::{Error, Result};
 /// The live-map viewer flags.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ViewerArgs {
-    /// Simulated live-map viewers during the run: each holds `/api/map/stream` open and
-    /// fetches `/api/map/snapshot` for its own viewport on every tick. With no --target,
+    /// Simulated live-map viewers during the run: each fetches `/api/map/snapshot` for its
+    /// own viewport (1 in 10 the whole city, 1 in 10 a quarter, the rest about 3 km), then
+    /// holds `/api/map/stream` open and applies its ticks. With no --target,
     /// the dispatchd loadgen starts gets an HTTP port for them.
     #[arg(long, default_value_t = 0)]
     pub map_viewers: usize,
@@ -49,8 +52,11 @@ pub struct ViewerCounts {
     pub lagged: AtomicU64,
     /// Snapshot bytes received (bodies and heads).
     pub bytes: AtomicU64,
-    /// Stream bytes received.
-    pub stream_bytes: AtomicU64,
+    /// Stream bytes received, by the city-wide viewers (whole city or a quarter) and the
+    /// street-level ones.
+    pub stream_bytes: [AtomicU64; 2],
+    /// Ticks that switched between points and cells (`"full"`).
+    pub switches: AtomicU64,
     /// Failed connections or non-200 answers.
     pub errors: AtomicU64,
 }
@@ -59,6 +65,9 @@ pub struct ViewerCounts {
 #[derive(Debug)]
 pub struct Viewers {
     tasks: JoinSet<()>,
+    /// How many, of which city-wide, and since when.
+    n: [usize; 2],
+    started: std::time::Instant,
     /// Their counts.
     pub counts: Arc<ViewerCounts>,
 }
@@ -84,23 +93,46 @@ impl Viewers {
             for i in 0..n {
                 let (http, counts) = (http.clone(), all.clone());
                 let bbox = viewport(bounds, i);
-                viewers.spawn(async move { watch(http, bbox, i, counts).await });
+                let kind = usize::from(!city_wide(i));
+                viewers.spawn(async move { watch(http, bbox, i, kind, counts).await });
             }
             while viewers.join_next().await.is_some() {}
         });
-        Viewers { tasks, counts }
+        let city = (0..n).filter(|&i| city_wide(i)).count();
+        Viewers {
+            tasks,
+            counts,
+            n: [city, n - city],
+            started: std::time::Instant::now(),
+        }
     }
 
     /// Stops every viewer and returns a one-line summary.
     pub fn stop(mut self) -> String {
         self.tasks.abort_all();
         let c = &self.counts;
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let per = |k: usize| {
+            let bytes = c.stream_bytes[k].load(Ordering::Relaxed) as f64;
+            bytes / 1e3 / secs / self.n[k].max(1) as f64
+        };
+        let streamed: u64 = c
+            .stream_bytes
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum();
         format!(
-            "map viewers: {} ticks, {} deltas applied ({:.1} MB streamed), {} snapshots \
-             ({:.1} MB; {} after a missed view), {} lagged notices, {} errors",
+            "map viewers: {} ticks, {} deltas applied, {} mode switches ({:.1} MB streamed; \
+             per viewer {:.1} KB/s for the {} city-wide, {:.1} KB/s for the {} street-level), \
+             {} snapshots ({:.1} MB; {} after a missed view), {} lagged notices, {} errors",
             c.ticks.load(Ordering::Relaxed),
             c.deltas.load(Ordering::Relaxed),
-            c.stream_bytes.load(Ordering::Relaxed) as f64 / 1e6,
+            c.switches.load(Ordering::Relaxed),
+            streamed as f64 / 1e6,
+            per(0),
+            self.n[0],
+            per(1),
+            self.n[1],
             c.snapshots.load(Ordering::Relaxed),
             c.bytes.load(Ordering::Relaxed) as f64 / 1e6,
             c.resyncs.load(Ordering::Relaxed),
@@ -113,24 +145,43 @@ impl Viewers {
 /// `[min_lng, min_lat, max_lng, max_lat]`.
 type Bbox = [f64; 4];
 
-/// Viewer 0 sees everything, 1-4 a quarter each, 5-20 a sixteenth each, the rest boxes of a
-/// 64th placed by their number.
+/// Whether viewer `i` watches the whole city or a quarter of it (1 in 10 each).
+fn city_wide(i: usize) -> bool {
+    i % 10 < 2
+}
+
+/// Street-level viewports' side, degrees of latitude (about 3 km).
+const STREET_DEG: f64 = 0.027;
+
+/// Viewer `i`'s viewport: `i % 10 == 0` the whole city, `1` a quarter (by `i`), otherwise a
+/// box of about 3 km (narrower in degrees of longitude by the latitude's cosine) placed by a
+/// spread of `i` over the city.
 fn viewport(b: Bbox, i: usize) -> Bbox {
     let (w, h) = (b[2] - b[0], b[3] - b[1]);
-    let (split, k) = match i {
-        0 => return b,
-        1..=4 => (2, i - 1),
-        5..=20 => (4, i - 5),
-        _ => (8, (i * 37) % 64),
-    };
-    let (x, y) = ((k % split) as f64, (k / split) as f64);
-    let (cw, ch) = (w / split as f64, h / split as f64);
-    [
-        b[0] + x * cw,
-        b[1] + y * ch,
-        b[0] + (x + 1.0) * cw,
-        b[1] + (y + 1.0) * ch,
-    ]
+    match i % 10 {
+        0 => b,
+        1 => {
+            let k = (i / 10) % 4;
+            let (x, y) = ((k % 2) as f64, (k / 2) as f64);
+            let (cw, ch) = (w / 2.0, h / 2.0);
+            [
+                b[0] + x * cw,
+                b[1] + y * ch,
+                b[0] + (x + 1.0) * cw,
+                b[1] + (y + 1.0) * ch,
+            ]
+        }
+        _ => {
+            let side_lat = STREET_DEG.min(h);
+            let cos = ((b[1] + b[3]) / 2.0).to_radians().cos().max(0.1);
+            let side_lng = (STREET_DEG / cos).min(w);
+            // A low-discrepancy spread (golden ratio) of the boxes over the city.
+            let fx = (i as f64 * 0.618_034).fract();
+            let fy = (i as f64 * 0.754_878).fract();
+            let (x, y) = (b[0] + fx * (w - side_lng), b[1] + fy * (h - side_lat));
+            [x, y, x + side_lng, y + side_lat]
+        }
+    }
 }
 
 /// The bounds of every online driver, from one snapshot (waits up to 2 minutes for some).
@@ -159,14 +210,14 @@ const PAN_EVERY: Duration = Duration::from_secs(10);
 
 /// One viewer: a snapshot and the stream for its viewport, moved every [`PAN_EVERY`] (the
 /// viewers' pans spread over that period by their number).
-async fn watch(http: String, home: Bbox, i: usize, counts: Arc<ViewerCounts>) {
+async fn watch(http: String, home: Bbox, i: usize, kind: usize, counts: Arc<ViewerCounts>) {
     let first = PAN_EVERY.mul_f64((i % 50) as f64 / 50.0);
     let mut pan_at = tokio::time::Instant::now() + first;
     for pan in 0usize.. {
         // A quarter of the viewport east, back, west, back.
         let dx = (home[2] - home[0]) * 0.25 * [0.0, 1.0, 0.0, -1.0][pan % 4];
         let bbox = [home[0] + dx, home[1], home[2] + dx, home[3]];
-        let follow = follow(&http, bbox, &counts);
+        let follow = follow(&http, bbox, kind, &counts);
         match tokio::time::timeout_at(pan_at, follow).await {
             Err(_) => {} // time to pan
             Ok(()) => {
@@ -180,8 +231,8 @@ async fn watch(http: String, home: Bbox, i: usize, counts: Arc<ViewerCounts>) {
     }
 }
 
-/// What a viewer's snapshot said: the view it is at, and the cell size if it draws cells.
-async fn snapshot(http: &str, bbox: Bbox, counts: &ViewerCounts) -> Option<(u64, Option<f64>)> {
+/// The view a viewer's snapshot is at.
+async fn snapshot(http: &str, bbox: Bbox, counts: &ViewerCounts) -> Option<u64> {
     let path = format!(
         "/api/map/snapshot?bbox={:.5},{:.5},{:.5},{:.5}",
         bbox[0], bbox[1], bbox[2], bbox[3]
@@ -191,44 +242,50 @@ async fn snapshot(http: &str, bbox: Bbox, counts: &ViewerCounts) -> Option<(u64,
             counts.snapshots.fetch_add(1, Ordering::Relaxed);
             counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-            Some((v["seq"].as_u64()?, v["drivers"]["cell_deg"].as_f64()))
+            v["seq"].as_u64()
         }
         _ => None,
     }
 }
 
-/// Follows the stream for `bbox` until it fails: a snapshot first (its mode says whether to
-/// ask for cells), then the ticks. A view published between the snapshot and the stream's
-/// start shows as a tick whose base is not the snapshot's: a resync, rare.
-async fn follow(http: &str, bbox: Bbox, counts: &ViewerCounts) {
-    let Some((mut seq, cell_deg)) = snapshot(http, bbox, counts).await else {
-        return;
+/// Follows the stream for `bbox` until it fails: a snapshot first, then the ticks (the
+/// server sends points or cells by the same budget as the snapshot, and says so). A view
+/// published between the snapshot and the stream's start shows as a tick whose base is not
+/// the snapshot's: a resync, rare. `kind` is 0 for a city-wide viewer, 1 for a street-level.
+async fn follow(http: &str, bbox: Bbox, kind: usize, counts: &ViewerCounts) {
+    while stream(http, bbox, kind, counts).await {
+        counts.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot, then the stream from its view (`seq=`) until it fails (false) or a tick
+/// shows that the viewer missed a view (true: start again, as the page does).
+async fn stream(http: &str, bbox: Bbox, kind: usize, counts: &ViewerCounts) -> bool {
+    let Some(mut seq) = snapshot(http, bbox, counts).await else {
+        return false;
     };
-    let cells = cell_deg
-        .map(|c| format!("&cell_deg={c}"))
-        .unwrap_or_default();
     let path = format!(
-        "/api/map/stream?bbox={:.5},{:.5},{:.5},{:.5}{cells}",
+        "/api/map/stream?bbox={:.5},{:.5},{:.5},{:.5}&seq={seq}",
         bbox[0], bbox[1], bbox[2], bbox[3]
     );
     let Ok(mut s) = TcpStream::connect(http).await else {
-        return;
+        return false;
     };
     let _ = s.set_nodelay(true);
     let head = format!("GET {path} HTTP/1.0\r\nHost: {http}\r\nAccept: text/event-stream\r\n\r\n");
     if s.write_all(head.as_bytes()).await.is_err() {
-        return;
+        return false;
     }
     let mut buf = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     loop {
         let Ok(n) = s.read(&mut buf).await else {
-            return;
+            return false;
         };
         if n == 0 {
-            return;
+            return false;
         }
-        counts.stream_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        counts.stream_bytes[kind].fetch_add(n as u64, Ordering::Relaxed);
         pending.extend_from_slice(&buf[..n]);
         while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
             let block: Vec<u8> = pending.drain(..end + 2).collect();
@@ -250,6 +307,9 @@ async fn follow(http: &str, bbox: Bbox, counts: &ViewerCounts) {
                         false // the snapshot already shows it
                     } else if base == Some(seq) {
                         counts.deltas.fetch_add(1, Ordering::Relaxed);
+                        if v["drivers"]["full"] == true {
+                            counts.switches.fetch_add(1, Ordering::Relaxed);
+                        }
                         seq = at;
                         false
                     } else {
@@ -264,11 +324,7 @@ async fn follow(http: &str, bbox: Bbox, counts: &ViewerCounts) {
                 _ => false,
             };
             if missed {
-                counts.resyncs.fetch_add(1, Ordering::Relaxed);
-                match snapshot(http, bbox, counts).await {
-                    Some((s, _)) => seq = s,
-                    None => return,
-                }
+                return true;
             }
         }
     }

@@ -26,11 +26,12 @@ use super::snapshot::{OfferJson, SurgeJson, TripJson};
 use super::tiles::{Bounds, cell_counts, cell_key, close_array, r};
 use crate::domain::LatLng;
 use crate::engine::MapView;
-use crate::engine::map_view::{DriverDot, OfferLine, TripDot};
+use crate::engine::map_view::DriverDot;
 
-/// Recent deltas kept for sharing: the one from the previous view (every stream on time
-/// wants it) and a few from older views (streams that were too slow to see a view).
-const RECENT: usize = 4;
+/// Recent deltas kept for sharing: the one from the previous view (every points stream on
+/// time wants it), the one across the last second (cells streams, see `stream.rs`) and a few
+/// from older views (streams that were too slow to see a view).
+const RECENT: usize = 8;
 
 /// The recent deltas every stream shares, keyed by the views they lead from and to.
 #[derive(Debug, Default)]
@@ -39,6 +40,17 @@ pub(super) struct Chain {
 }
 
 impl Chain {
+    /// View number `seq`, if a recent delta leads from or to it.
+    pub(super) fn view(&self, seq: u64) -> Option<Arc<MapView>> {
+        let recent = self.inner.lock();
+        recent.iter().rev().find_map(|d| {
+            [&d.next, &d.prev]
+                .into_iter()
+                .find(|v| v.seq == seq)
+                .cloned()
+        })
+    }
+
     /// The delta from `from` to `to`, made by the first stream that asks (the others share
     /// it). A stream normally asks from the view before; one that was too slow to see a view
     /// asks from the last it sent, so it never needs a snapshot for being slow.
@@ -144,6 +156,15 @@ struct CellChanges {
     counts: Counts,
 }
 
+/// How a tick sends the drivers.
+pub(super) enum TickDrivers<'a> {
+    /// What changed: points (`None`) or the cells of size index `level` (`Some(level)`).
+    Changes(Option<usize>),
+    /// The viewport's whole set in the newer view, from its tiles, in the mode given (as
+    /// the snapshot sends it, marked `"full":true`): the stream changed mode.
+    Whole(&'a super::tiles::ViewTiles, Option<usize>),
+}
+
 /// From the view at `base` to the view at `seq`.
 #[derive(Debug)]
 pub(super) struct Delta {
@@ -182,9 +203,25 @@ impl Delta {
         }
     }
 
+    /// How many more drivers are inside `bbox` in the newer view than in the older one.
+    pub(super) fn count_change(&self, bbox: Bounds) -> isize {
+        let inside = |p: &Option<[LatLng; 2]>| {
+            p.is_some_and(|[p, _]| {
+                (bbox[0]..=bbox[2]).contains(&p.lng_deg())
+                    && (bbox[1]..=bbox[3]).contains(&p.lat_deg())
+            })
+        };
+        let drivers = self.drivers.get_or_init(|| self.diff_drivers());
+        drivers
+            .items
+            .iter()
+            .map(|i| isize::from(inside(&i.now)) - isize::from(inside(&i.was)))
+            .sum()
+    }
+
     /// Writes this delta's tick for one viewer: the head, and with a base the changes inside
-    /// `bbox` (everything with `None`): points, or cells of size index `level`.
-    pub(super) fn write(&self, out: &mut Vec<u8>, bbox: Option<Bounds>, level: Option<usize>) {
+    /// `bbox` (everything with `None`): drivers as `drivers` says, then trips, offers, surge.
+    pub(super) fn write(&self, out: &mut Vec<u8>, bbox: Option<Bounds>, drivers: TickDrivers<'_>) {
         let v = &self.next;
         let head = serde_json::json!({
             "seq": v.seq, "base": self.base, "at_ms": v.at_ms, "offset": v.offset,
@@ -200,14 +237,23 @@ impl Delta {
                 (b[0]..=b[2]).contains(&p.lng_deg()) && (b[1]..=b[3]).contains(&p.lat_deg())
             })
         };
+        let level = match drivers {
+            TickDrivers::Whole(tiles, mode) => {
+                out.extend_from_slice(br#","drivers":"#);
+                super::snapshot::write_drivers(out, tiles, bbox, mode, true);
+                None
+            }
+            TickDrivers::Changes(level) => Some(level),
+        };
         match level {
-            None => {
+            None => {}
+            Some(None) => {
                 out.extend_from_slice(br#","drivers":{"mode":"points","#);
                 self.drivers
                     .get_or_init(|| self.diff_drivers())
                     .write(out, &|p| inside(p[0]));
             }
-            Some(level) => {
+            Some(Some(level)) => {
                 let cells = self.cells[level].get_or_init(|| self.diff_cells(level));
                 out.extend_from_slice(br#","drivers":{"mode":"cells","cell_deg":"#);
                 let _ = serde_json::to_writer(&mut *out, &cells.size);
@@ -328,49 +374,21 @@ impl Delta {
     /// the surge list when it differs.
     fn diff_lists(&self) -> Lists {
         let (a, b) = (&self.prev, &self.next);
-        let mut trips = Changes::default();
-        merge(
+        let trips = changed_by_id(
             &a.trips,
             &b.trips,
             |t| t.trip,
-            |p, n| {
-                let same = |p: &TripDot, n: &TripDot| p.status == n.status && p.driver == n.driver;
-                match (p, n) {
-                    (Some(p), Some(n)) if same(p, n) => {}
-                    _ => {
-                        let id = n.or(p).map(|t| t.trip.to_string()).unwrap_or_default();
-                        trips.push(
-                            n.map(TripJson::from),
-                            &id,
-                            n.map(|t| [t.pickup; 2]),
-                            p.map(|t| [t.pickup; 2]),
-                        );
-                    }
-                }
-            },
+            |p, n| p.status == n.status && p.driver == n.driver,
+            TripJson::from,
+            |t| [t.pickup; 2],
         );
-        let mut offers = Changes::default();
-        merge(
+        let offers = changed_by_id(
             &a.offers,
             &b.offers,
             |o| o.offer,
-            |p, n| {
-                let same = |p: &OfferLine, n: &OfferLine| {
-                    p.from == n.from && p.expires_at_ms == n.expires_at_ms
-                };
-                match (p, n) {
-                    (Some(p), Some(n)) if same(p, n) => {}
-                    _ => {
-                        let id = n.or(p).map(|o| o.offer.to_string()).unwrap_or_default();
-                        offers.push(
-                            n.map(OfferJson::from),
-                            &id,
-                            n.map(|o| [o.from, o.to]),
-                            p.map(|o| [o.from, o.to]),
-                        );
-                    }
-                }
-            },
+            |p, n| p.from == n.from && p.expires_at_ms == n.expires_at_ms,
+            OfferJson::from,
+            |o| [o.from, o.to],
         );
         let key = |v: &MapView| -> Vec<(u64, u64)> {
             v.surge
@@ -393,12 +411,33 @@ fn item(d: &DriverDot) -> (f64, f64, u8, &str) {
     )
 }
 
+/// The items of two lists sorted by `id` that are new, ended, or not `same` in both: each
+/// encoded by `json` (ended ones by their id alone) with the positions `at` gives.
+fn changed_by_id<'a, T, K: Ord + std::fmt::Display, J: serde::Serialize>(
+    a: &'a [T],
+    b: &'a [T],
+    id: impl Fn(&T) -> K,
+    same: impl Fn(&T, &T) -> bool,
+    json: impl Fn(&'a T) -> J,
+    at: impl Fn(&T) -> [LatLng; 2],
+) -> Changes {
+    let mut out = Changes::default();
+    merge(a, b, &id, |p, n| match (p, n) {
+        (Some(p), Some(n)) if same(p, n) => {}
+        _ => {
+            let key = n.or(p).map(|x| id(x).to_string()).unwrap_or_default();
+            out.push(n.map(&json), &key, n.map(&at), p.map(&at));
+        }
+    });
+    out
+}
+
 /// Calls `f(before, after)` for every id in either sorted list.
-fn merge<T, K: Ord>(
-    a: &[T],
-    b: &[T],
+fn merge<'a, T, K: Ord>(
+    a: &'a [T],
+    b: &'a [T],
     key: impl Fn(&T) -> K,
-    mut f: impl FnMut(Option<&T>, Option<&T>),
+    mut f: impl FnMut(Option<&'a T>, Option<&'a T>),
 ) {
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {

@@ -8,40 +8,18 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::*;
-use crate::domain::ExternalId;
-use crate::engine::map_view::DotState;
 use crate::http::snapshot::CELL_SIZES_DEG;
-use crate::http::tiles::ViewTiles;
+use crate::http::tiles::{ViewTiles, test_view};
 
 /// A driver of a test view: `(key, lng, lat, state)`.
 type Dot = (u32, f64, f64, u8);
 
 fn view(seq: u64, dots: &BTreeMap<u32, (f64, f64, u8)>) -> Arc<MapView> {
-    let drivers: Vec<DriverDot> = dots
+    let dots: Vec<Dot> = dots
         .iter()
-        .map(|(&key, &(lng, lat, state))| DriverDot {
-            key,
-            position: LatLng::new(lat, lng).unwrap(),
-            state: [DotState::Available, DotState::Offered, DotState::OnTrip]
-                [usize::from(state % 3)],
-            id: ExternalId::new("driver_id", &format!("d-{key}")).unwrap(),
-        })
+        .map(|(&key, &(lng, lat, state))| (key, lng, lat, state))
         .collect();
-    let bounds = (!drivers.is_empty()).then(|| {
-        drivers
-            .iter()
-            .fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |b, d| {
-                let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
-                [b[0].min(lng), b[1].min(lat), b[2].max(lng), b[3].max(lat)]
-            })
-    });
-    Arc::new(MapView {
-        seq,
-        at_ms: seq * 250,
-        bounds,
-        drivers,
-        ..MapView::default()
-    })
+    test_view(seq, &dots)
 }
 
 /// `id -> [lng, lat, state]` of a points array.
@@ -147,13 +125,13 @@ proptest! {
             prop_assert_eq!(delta.base, Some(held.seq));
             // A second stream at the same view shares the delta.
             prop_assert!(Arc::ptr_eq(&delta, &chain.delta(&held, &next)));
-            let d = json(|o| delta.write(o, bbox, None));
+            let d = json(|o| delta.write(o, bbox, TickDrivers::Changes(None)));
             prop_assert_eq!(&d["seq"], &Value::from(next.seq));
             for gone in d["drivers"]["gone"].as_array().unwrap() {
                 pts.remove(gone.as_str().unwrap());
             }
             pts.extend(points(&d["drivers"]["upsert"]));
-            let c = json(|o| delta.write(o, bbox, Some(level)));
+            let c = json(|o| delta.write(o, bbox, TickDrivers::Changes(Some(level))));
             prop_assert_eq!(&c["drivers"]["cell_deg"], &Value::from(CELL_SIZES_DEG[level]));
             for (k, v) in cells(&c["drivers"]["cells"]) {
                 if v[0] == 0 { cls.remove(&k); } else { cls.insert(k, v); }
@@ -174,7 +152,7 @@ fn a_delta_from_the_empty_view_has_no_base_and_old_deltas_are_let_go() {
     let first = view(1, &dots);
     let d = chain.delta(&empty, &first);
     assert_eq!(d.base, None);
-    let tick = json(|o| d.write(o, None, None));
+    let tick = json(|o| d.write(o, None, TickDrivers::Changes(None)));
     assert_eq!(tick["seq"], 1);
     assert!(
         tick.get("drivers").is_none(),
@@ -195,4 +173,80 @@ fn a_delta_from_the_empty_view_has_no_base_and_old_deltas_are_let_go() {
         !Arc::ptr_eq(&d, &chain.delta(&empty, &view(1, &dots))),
         "the oldest was let go"
     );
+}
+
+/// What a viewer holds of its drivers: the mode, the cell size, and the points or cells.
+type Held = (String, Value, BTreeMap<String, Value>);
+
+fn held(drivers: &Value) -> Held {
+    let mode = drivers["mode"].as_str().unwrap().to_string();
+    let items = if mode == "points" {
+        points(&drivers["points"])
+    } else {
+        cells(&drivers["cells"])
+    };
+    (mode, drivers["cell_deg"].clone(), items)
+}
+
+/// The drivers a snapshot of `view` sends for `bbox` and `max_points`.
+fn snapshot_drivers(view: &Arc<MapView>, bbox: Option<Bounds>, max_points: usize) -> Value {
+    use crate::http::snapshot::{drivers_mode, write_drivers};
+    let tiles = ViewTiles::new(view.clone(), &CELL_SIZES_DEG);
+    let inside = tiles.count(bbox, max_points);
+    let mode = drivers_mode(inside, bbox, view.bounds, max_points);
+    json(|o| write_drivers(o, &tiles, bbox, mode, false))
+}
+
+proptest! {
+    /// A stream whose viewport crosses its point budget (up and down, any number of times)
+    /// switches mode with a whole set, and a viewer applying its ticks to the first view's
+    /// snapshot holds the snapshot of the last view the stream sent, in the same mode.
+    #[test]
+    fn a_stream_switching_between_points_and_cells_stays_exact(
+        start in prop::collection::vec(dot(), 0..120),
+        steps in prop::collection::vec(step(), 1..10),
+        corner in (-74.1..-73.95f64, 40.6..40.75f64),
+        size in (0.01..0.2f64, 0.01..0.2f64),
+        whole in any::<bool>(),
+        max_points in 1usize..60,
+    ) {
+        use crate::http::stream::{Follow, StreamQuery};
+        let mut dots: BTreeMap<u32, (f64, f64, u8)> =
+            start.iter().map(|&(k, lng, lat, s)| (k, (lng, lat, s))).collect();
+        let bbox = (!whole).then_some([corner.0, corner.1, corner.0 + size.0, corner.1 + size.1]);
+        let chain = Chain::default();
+        let first = view(1, &dots);
+        let mut follow = Follow::new(StreamQuery { bbox, max_points, seq: None }, first.clone());
+        let mut holds = held(&snapshot_drivers(&first, bbox, max_points));
+        let mut sent = first;
+        for (i, s) in steps.iter().enumerate() {
+            change(&mut dots, s);
+            let next = view(i as u64 + 2, &dots);
+            if !follow.due(&next) {
+                continue; // a cells stream skips views between its once-a-second ticks
+            }
+            let tick = follow.tick(&chain, next.clone(), |_| Arc::default());
+            let t: Value = serde_json::from_slice(&tick).unwrap();
+            prop_assert_eq!(t["base"].as_u64(), Some(sent.seq));
+            let d = &t["drivers"];
+            if d["full"] == true {
+                holds = held(d);
+            } else {
+                prop_assert_eq!(d["mode"].as_str(), Some(holds.0.as_str()), "{}", t);
+                prop_assert_eq!(&d["cell_deg"], &holds.1);
+                if holds.0 == "points" {
+                    for gone in d["gone"].as_array().unwrap() {
+                        holds.2.remove(gone.as_str().unwrap());
+                    }
+                    holds.2.extend(points(&d["upsert"]));
+                } else {
+                    for (k, v) in cells(&d["cells"]) {
+                        if v[0] == 0 { holds.2.remove(&k); } else { holds.2.insert(k, v); }
+                    }
+                }
+            }
+            sent = next;
+        }
+        prop_assert_eq!(holds, held(&snapshot_drivers(&sent, bbox, max_points)));
+    }
 }

@@ -110,6 +110,7 @@ pub(super) fn untracked(event: &Event, trip: TripId) -> Vec<FeedItem> {
             "driver": o.driver.as_str(), "state": state, "expires_at_ms": expires,
         })
         .to_string(),
+        pickup: None,
     };
     let trip_to = |s: TripStatus, d: Option<&ExternalId>| trip_item(event.offset, trip, s, d);
     match &event.kind {
@@ -123,6 +124,7 @@ pub(super) fn untracked(event: &Event, trip: TripId) -> Vec<FeedItem> {
                     "expires_at_ms": o.expires_at_ms,
                 })
                 .to_string(),
+                pickup: None,
             },
         ],
         EventKind::OfferAccepted(o) => vec![offer(o, "ACCEPTED", None)],

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::tiles::{ViewTiles, r};
+use super::tiles::{Bounds, ViewTiles, r};
 use super::{ApiError, AppState, bad_request};
 use crate::domain::LatLng;
 use crate::engine::MapView;
@@ -103,8 +103,15 @@ fn parse_query(params: &HashMap<String, String>) -> Result<SnapshotQuery, ApiErr
         )));
     }
     let bbox = params.get("bbox").map(|b| parse_bbox(b)).transpose()?;
-    let max_points = match params.get("max_points") {
-        None => DEFAULT_MAX_POINTS,
+    let max_points = parse_max_points(params.get("max_points"))?;
+    Ok(SnapshotQuery { bbox, max_points })
+}
+
+/// `max_points=N` of a snapshot or a stream: at most this many drivers are sent one by one;
+/// [`DEFAULT_MAX_POINTS`] when absent.
+pub(super) fn parse_max_points(raw: Option<&String>) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(DEFAULT_MAX_POINTS),
         Some(raw) => raw
             .trim()
             .parse::<usize>()
@@ -114,9 +121,58 @@ fn parse_query(params: &HashMap<String, String>) -> Result<SnapshotQuery, ApiErr
                 bad_request(format!(
                     "max_points must be a whole number from 1 to {MAX_POINTS_LIMIT}, got {raw:?}"
                 ))
-            })?,
-    };
-    Ok(SnapshotQuery { bbox, max_points })
+            }),
+    }
+}
+
+/// How a viewport's drivers are sent, the one rule of snapshots and streams: one by one
+/// (`None`) when at most `max_points` are inside, otherwise as cells of
+/// `CELL_SIZES_DEG[level]` (`Some(level)`), sized so the viewport (the view's `bounds` when
+/// there is no bbox) holds about `min(5,000, max_points)` of them.
+pub(super) fn drivers_mode(
+    inside: usize,
+    bbox: Option<Bounds>,
+    bounds: Option<Bounds>,
+    max_points: usize,
+) -> Option<usize> {
+    if inside <= max_points {
+        return None;
+    }
+    let [min_lng, min_lat, max_lng, max_lat] = bbox.or(bounds).unwrap_or_default();
+    let area = (max_lng - min_lng).max(0.0) * (max_lat - min_lat).max(0.0);
+    let wanted = (area / TARGET_CELLS.min(max_points as f64)).sqrt();
+    Some(
+        CELL_SIZES_DEG
+            .iter()
+            .position(|&c| c >= wanted)
+            .unwrap_or(CELL_SIZES_DEG.len() - 1),
+    )
+}
+
+/// Writes a viewport's drivers as the snapshot and a stream's mode-changing tick send them:
+/// `{"mode":"points","points":[...]}` or `{"mode":"cells","cell_deg":..,"cells":[...]}`, with
+/// `"full":true` first when `full`.
+pub(super) fn write_drivers(
+    out: &mut Vec<u8>,
+    tiles: &ViewTiles,
+    bbox: Option<Bounds>,
+    mode: Option<usize>,
+    full: bool,
+) {
+    out.extend_from_slice(if full { br#"{"full":true,"# } else { b"{" });
+    match mode {
+        None => {
+            out.extend_from_slice(br#""mode":"points","points":"#);
+            tiles.write_points(out, bbox, usize::MAX);
+        }
+        Some(level) => {
+            out.extend_from_slice(br#""mode":"cells","cell_deg":"#);
+            let _ = serde_json::to_writer(&mut *out, &CELL_SIZES_DEG[level]);
+            out.extend_from_slice(br#","cells":"#);
+            tiles.write_cells(out, bbox, level);
+        }
+    }
+    out.push(b'}');
 }
 
 /// Built answers for one view, and that view's tile index.
@@ -127,11 +183,42 @@ pub(super) struct Cache {
 
 #[derive(Debug, Default)]
 struct CacheInner {
-    /// Identity of the view the entries were cut from.
+    /// Identity of the view the entries were cut from, its number, and the view.
     view: usize,
+    seq: u64,
+    current: Option<Arc<MapView>>,
     /// Its drivers sorted into tiles, built by the first snapshot that needs them.
     tiles: Arc<OnceLock<ViewTiles>>,
     entries: Vec<(SnapshotQuery, axum::body::Bytes)>,
+}
+
+impl Cache {
+    /// The tile index of `view`, shared with the snapshots of that view when it is the
+    /// newest asked for (an older view gets an index of its own).
+    pub(super) fn tiles(&self, view: &Arc<MapView>) -> Arc<OnceLock<ViewTiles>> {
+        let id = Arc::as_ptr(view) as usize;
+        let mut c = self.inner.lock();
+        if c.view == id {
+            return c.tiles.clone();
+        }
+        if view.seq < c.seq {
+            return Arc::default();
+        }
+        c.view = id;
+        c.seq = view.seq;
+        c.current = Some(view.clone());
+        c.entries.clear();
+        c.tiles = Arc::default();
+        c.tiles.clone()
+    }
+}
+
+impl Cache {
+    /// The view the latest snapshots were cut from, if it is view number `seq`.
+    pub(super) fn view(&self, seq: u64) -> Option<Arc<MapView>> {
+        let c = self.inner.lock();
+        c.current.as_ref().filter(|v| v.seq == seq).cloned()
+    }
 }
 
 /// `GET /api/map/snapshot?bbox=...&max_points=N`.
@@ -142,15 +229,11 @@ pub(super) async fn snapshot(
     let query = parse_query(&params.map_err(unreadable)?.0)?;
     let view = s.engine.fresh_map_view().await;
     let id = Arc::as_ptr(&view) as usize;
-    let (cached, tiles) = {
-        let mut c = s.snapshots.inner.lock();
-        if c.view != id {
-            c.view = id;
-            c.entries.clear();
-            c.tiles = Arc::default();
-        }
-        let cached = c.entries.iter().find(|(q, _)| *q == query);
-        (cached.map(|(_, body)| body.clone()), c.tiles.clone())
+    let tiles = s.snapshots.tiles(&view);
+    let cached = {
+        let c = s.snapshots.inner.lock();
+        let cached = c.entries.iter().find(|(q, _)| c.view == id && *q == query);
+        cached.map(|(_, body)| body.clone())
     };
     let body = match cached {
         Some(body) => body,
@@ -304,23 +387,14 @@ fn build(view: &MapView, tiles: &ViewTiles, q: &SnapshotQuery) -> Vec<u8> {
     // Plain structs of numbers and strings always serialise.
     let _ = serde_json::to_writer(&mut out, &head);
     out.pop(); // the head's closing brace: the drivers and the lists follow
-    out.extend_from_slice(br#","drivers":{"mode":"points","points":"#);
-    let mark = out.len() - br#""mode":"points","points":"#.len();
-    if !tiles.write_points(&mut out, bbox, q.max_points) {
-        out.truncate(mark);
-        let [min_lng, min_lat, max_lng, max_lat] = bbox.or(view.bounds).unwrap_or_default();
-        let area = (max_lng - min_lng).max(0.0) * (max_lat - min_lat).max(0.0);
-        let wanted = (area / TARGET_CELLS.min(q.max_points as f64)).sqrt();
-        let level = CELL_SIZES_DEG
-            .iter()
-            .position(|&c| c >= wanted)
-            .unwrap_or(CELL_SIZES_DEG.len() - 1);
-        out.extend_from_slice(br#""mode":"cells","cell_deg":"#);
-        let _ = serde_json::to_writer(&mut out, &CELL_SIZES_DEG[level]);
-        out.extend_from_slice(br#","cells":"#);
-        tiles.write_cells(&mut out, bbox, level);
-    }
-    out.push(b'}');
+    out.extend_from_slice(br#","drivers":"#);
+    let mode = drivers_mode(
+        tiles.count(bbox, q.max_points),
+        bbox,
+        view.bounds,
+        q.max_points,
+    );
+    write_drivers(&mut out, tiles, bbox, mode, false);
     let trips: Vec<_> = view
         .trips
         .iter()

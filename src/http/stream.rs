@@ -1,21 +1,30 @@
-//! `GET /api/map/stream?bbox=...&cell_deg=...`: Server-Sent Events for the page. A `tick` per
-//! view publish (about four a second) carrying the counters and what changed in the viewer's
-//! bbox since the previous view (`delta.rs`: drivers as points, or the changed cells of
-//! `cell_deg` when the viewer draws cells, trips, offers, surge), and a `trip` or `offer` event
-//! per change, from the shared feed of the trip follower.
+//! `GET /api/map/stream?bbox=...&max_points=N`: Server-Sent Events for the page. A `tick`
+//! carrying the counters and what changed in the viewer's bbox since the view its last tick
+//! led to (`delta.rs`: drivers as points, or the changed cells when more than `max_points`
+//! drivers are inside, the snapshot's rule; trips, offers, surge), and for a points stream a
+//! `trip` or `offer` event per change of a trip whose pickup is inside the bbox, from the
+//! shared feed of the trip follower.
+//!
+//! Why cut this way: 50 viewers of a 1,000 requests/s city each got every trip and offer
+//! change of the whole city (thousands of SSE events a second per viewer) and points ticks of
+//! thousands of moved drivers; a zoomed-out viewer now gets density (cells), once a second
+//! ([`CELLS_EVERY`] views), and its trips and offers with the ticks only.
 //!
 //! Each tick carries `seq` (the view it leads to) and `base` (the view it applies to): a viewer
-//! applies it when its own view is `base`. A slow viewer never makes the server queue: ticks
+//! applies it when its own view is `base`, and names its view when it opens the stream
+//! (`seq=`), so the first tick leads from it. When the count inside the bbox crosses
+//! `max_points` the stream switches mode and that tick carries the whole set in the new mode
+//! (`"full":true`, as the snapshot has it). A slow viewer never makes the server queue: ticks
 //! are conflated by the view's `watch` channel, and a stream that did not see a view sends one
 //! tick from the last view it sent to the newest (one view held per stream). A stream that fell
 //! more than its buffer behind on the trip feed gets `lagged` with the number of changes it
 //! missed: the next tick carries their end state (trips and offers), so no snapshot is needed.
-//! (At 1,000 requests/s every viewer's feed lagged now and then; answering that with a
-//! snapshot each time made viewers fetch ~1,500 snapshots a minute.) Each stream ends when the
-//! server drains.
+//! Each stream ends when the server drains.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -24,48 +33,137 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{Stream, StreamExt};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
-use super::snapshot::{CELL_SIZES_DEG, parse_bbox};
-use super::tiles::Bounds;
+use super::delta::{Chain, TickDrivers};
+use super::snapshot::{CELL_SIZES_DEG, drivers_mode, parse_bbox, parse_max_points};
+use super::tiles::{Bounds, ViewTiles};
 use super::{ApiError, AppState, bad_request};
+use crate::domain::LatLng;
+use crate::engine::MapView;
 
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// A stream sending cells ticks once per this many views (once a second): density moves
+/// slowly, and whole-city viewers are the ones whose ticks are big.
+pub(super) const CELLS_EVERY: u64 = 4;
 
 /// What one viewer's stream is cut to.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct StreamQuery {
     /// The viewport; everything with `None`.
     pub(super) bbox: Option<Bounds>,
-    /// Cells of `CELL_SIZES_DEG[level]` instead of points.
-    pub(super) level: Option<usize>,
+    /// More drivers than this inside the viewport are sent as cells (the snapshot's rule).
+    pub(super) max_points: usize,
+    /// The view the viewer holds (its snapshot's `seq`): the first tick leads from it when
+    /// the server still has it, else from the view current at the start.
+    pub(super) seq: Option<u64>,
 }
 
 pub(super) fn parse_query(params: &HashMap<String, String>) -> Result<StreamQuery, ApiError> {
-    if let Some(unknown) = params.keys().find(|k| *k != "bbox" && *k != "cell_deg") {
+    let known = ["bbox", "max_points", "seq"];
+    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
+        let hint = if unknown == "cell_deg" {
+            "; the server now chooses points or cells by max_points, as for the snapshot"
+        } else {
+            ""
+        };
         return Err(bad_request(format!(
-            "unknown parameter {unknown:?}; the stream takes bbox and cell_deg"
+            "unknown parameter {unknown:?}; the stream takes bbox, max_points and seq{hint}"
         )));
     }
     let bbox = params
         .get("bbox")
         .map(|b| parse_bbox(b).map(|b| b.0))
         .transpose()?;
-    let level = match params.get("cell_deg") {
+    let max_points = parse_max_points(params.get("max_points"))?;
+    let seq = match params.get("seq") {
         None => None,
-        Some(raw) => Some(
-            raw.trim()
-                .parse::<f64>()
-                .ok()
-                .and_then(|x| CELL_SIZES_DEG.iter().position(|&c| (c - x).abs() < 1e-9))
-                .ok_or_else(|| {
-                    bad_request(format!(
-                        "cell_deg must be a cell size a snapshot answers with ({}), got {raw:?}",
-                        CELL_SIZES_DEG.map(|c| c.to_string()).join(", ")
-                    ))
-                })?,
-        ),
+        Some(raw) => Some(raw.trim().parse::<u64>().map_err(|_| {
+            bad_request(format!(
+                "seq must be the whole number of the view the viewer holds (its snapshot's \
+                 \"seq\"), got {raw:?}"
+            ))
+        })?),
     };
-    Ok(StreamQuery { bbox, level })
+    Ok(StreamQuery {
+        bbox,
+        max_points,
+        seq,
+    })
+}
+
+/// What one stream has sent: the view its last tick led to, how many drivers were inside its
+/// bbox then, and how it sent them (points `None`, or cells of size index `Some(level)`).
+pub(super) struct Follow {
+    q: StreamQuery,
+    last: Arc<MapView>,
+    inside: usize,
+    mode: Option<usize>,
+}
+
+impl Follow {
+    /// A stream that opened at `view` (its first tick leads from it), in the mode the
+    /// snapshot of `view` has for the same query.
+    pub(super) fn new(q: StreamQuery, view: Arc<MapView>) -> Follow {
+        let inside = match q.bbox {
+            None => view.drivers.len(),
+            Some(b) => view
+                .drivers
+                .iter()
+                .filter(|d| {
+                    let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
+                    (b[0]..=b[2]).contains(&lng) && (b[1]..=b[3]).contains(&lat)
+                })
+                .count(),
+        };
+        let mode = drivers_mode(inside, q.bbox, view.bounds, q.max_points);
+        Follow {
+            q,
+            last: view,
+            inside,
+            mode,
+        }
+    }
+
+    /// Whether to send a tick at `next`: points streams at every new view, cells streams
+    /// once per [`CELLS_EVERY`] views, at the same views (so they share the deltas).
+    pub(super) fn due(&self, next: &MapView) -> bool {
+        next.seq > self.last.seq
+            && (self.mode.is_none() || next.seq / CELLS_EVERY > self.last.seq / CELLS_EVERY)
+    }
+
+    /// Whether the stream sends points now (trip and offer events go to points streams).
+    pub(super) fn points(&self) -> bool {
+        self.mode.is_none()
+    }
+
+    /// The tick from the last view sent to `next`. When the count inside the bbox crosses
+    /// `max_points` (or a cells stream's cell size changes with the drivers' bounds), the
+    /// tick carries the whole set in the new mode, `"full":true`; `tiles` gives the shared
+    /// tile index of `next` for it.
+    pub(super) fn tick(
+        &mut self,
+        chain: &Chain,
+        next: Arc<MapView>,
+        tiles: impl FnOnce(&Arc<MapView>) -> Arc<OnceLock<ViewTiles>>,
+    ) -> Vec<u8> {
+        let delta = chain.delta(&self.last, &next);
+        let inside = match self.q.bbox {
+            None => next.drivers.len(),
+            Some(b) => self.inside.saturating_add_signed(delta.count_change(b)),
+        };
+        let mode = drivers_mode(inside, self.q.bbox, next.bounds, self.q.max_points);
+        let mut out = Vec::with_capacity(16 * 1024);
+        if mode == self.mode {
+            delta.write(&mut out, self.q.bbox, TickDrivers::Changes(mode));
+        } else {
+            let tiles = tiles(&next);
+            let tiles = tiles.get_or_init(|| ViewTiles::new(next.clone(), &CELL_SIZES_DEG));
+            delta.write(&mut out, self.q.bbox, TickDrivers::Whole(tiles, mode));
+        }
+        (self.last, self.inside, self.mode) = (next, inside, mode);
+        out
+    }
 }
 
 /// `GET /api/map/stream`.
@@ -74,21 +172,34 @@ pub(super) async fn stream(
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let params = params.map_err(|_| {
-        bad_request("the query string does not decode; expected bbox=minLng,minLat,maxLng,maxLat")
+        bad_request(
+            "the query string does not decode; expected bbox=minLng,minLat,maxLng,maxLat\
+             &max_points=N",
+        )
     })?;
     let q = parse_query(&params.0)?;
     let shared = s.clone();
     // The view current when the stream opened (marked seen, so the first tick leads from it),
     // then the last view sent: each tick leads from it to the newest, however many views a
     // slow stream did not see. One view held per stream; nothing queues.
+    // A viewer that names the view it holds gets its first tick from that view when the
+    // server still has it: otherwise a cells stream (a tick a second) opened just after a
+    // publish would start from a view no snapshot showed, and the viewer would fetch another.
     let mut views = s.engine.map_view();
-    let mut last = views.borrow_and_update().clone();
+    let current = views.borrow_and_update().clone();
+    let start = q
+        .seq
+        .filter(|&seq| seq != current.seq)
+        .and_then(|seq| s.deltas.view(seq).or_else(|| s.snapshots.view(seq)))
+        .unwrap_or(current);
+    let mut follow = Follow::new(q, start);
+    // Read by the trip/offer feed below: only a points stream gets it.
+    let points = Arc::new(AtomicBool::new(follow.points()));
+    let points_now = points.clone();
     let ticks = WatchStream::from_changes(views).filter_map(move |view| {
-        let event = (view.seq > last.seq).then(|| {
-            let delta = shared.deltas.delta(&last, &view);
-            last = view;
-            let mut out = Vec::with_capacity(16 * 1024);
-            delta.write(&mut out, q.bbox, q.level);
+        let event = follow.due(&view).then(|| {
+            let out = follow.tick(&shared.deltas, view, |v| shared.snapshots.tiles(v));
+            points_now.store(follow.points(), Ordering::Relaxed);
             // serde_json writes UTF-8 and the copied items are whole serde_json items.
             Event::default()
                 .event("tick")
@@ -96,15 +207,28 @@ pub(super) async fn stream(
         });
         std::future::ready(event)
     });
-    let changes = BroadcastStream::new(s.trips.subscribe()).map(|item| match item {
-        Ok(item) => Event::default().event(item.event).data(item.data.as_str()),
-        // Lagged: the missed changes' end state comes with the next tick (its trips and
-        // offers), so the viewer needs no snapshot; it is told how many it missed.
-        Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
-            Event::default()
-                .event("lagged")
-                .data(format!(r#"{{"missed":{missed}}}"#))
-        }
+    let inside = move |p: Option<LatLng>| {
+        let (Some(b), Some(p)) = (q.bbox, p) else {
+            return true;
+        };
+        (b[0]..=b[2]).contains(&p.lng_deg()) && (b[1]..=b[3]).contains(&p.lat_deg())
+    };
+    let changes = BroadcastStream::new(s.trips.subscribe()).filter_map(move |item| {
+        let wanted = points.load(Ordering::Relaxed);
+        std::future::ready(match item {
+            Ok(item) if wanted && inside(item.pickup) => {
+                Some(Event::default().event(item.event).data(item.data.as_str()))
+            }
+            Ok(_) => None,
+            // Lagged: the missed changes' end state comes with the next tick (its trips and
+            // offers), so the viewer needs no snapshot; it is told how many it missed.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => wanted
+                .then(|| {
+                    Event::default()
+                        .event("lagged")
+                        .data(format!(r#"{{"missed":{missed}}}"#))
+                }),
+        })
     });
     let mut draining = s.draining.clone();
     let stop = async move {

@@ -260,6 +260,12 @@ impl ViewTiles {
         (encoded, start)
     }
 
+    /// The number of drivers inside `b` (the whole view with `None`), exact up to `limit`
+    /// (above it, some number above `limit`).
+    pub(super) fn count(&self, b: Option<Bounds>, limit: usize) -> usize {
+        self.visible(b, limit).0
+    }
+
     /// Writes `[point, ...]` for the drivers inside `b` if there are at most `max_points` of
     /// them, and answers whether it did.
     pub(super) fn write_points(&self, out: &mut Vec<u8>, b: Option<Bounds>, max: usize) -> bool {
@@ -317,41 +323,54 @@ impl ViewTiles {
     }
 }
 
+/// A view for tests of this module and `delta`: view number `seq` (published at `seq` x 250
+/// ms) holding the drivers `(key, lng, lat, state)`, given in key order; driver `k` is
+/// `d-{k}`, state `0` available, `1` offered, `2` on a trip.
+#[cfg(test)]
+pub(super) fn test_view(seq: u64, dots: &[(u32, f64, f64, u8)]) -> Arc<MapView> {
+    use crate::domain::{ExternalId, LatLng};
+    use crate::engine::map_view::{DotState, DriverDot};
+    let drivers: Vec<DriverDot> = dots
+        .iter()
+        .map(|&(key, lng, lat, state)| DriverDot {
+            key,
+            position: LatLng::new(lat, lng).unwrap(),
+            state: [DotState::Available, DotState::Offered, DotState::OnTrip]
+                [usize::from(state % 3)],
+            id: ExternalId::new("driver_id", &format!("d-{key}")).unwrap(),
+        })
+        .collect();
+    let bounds = (!drivers.is_empty()).then(|| {
+        drivers
+            .iter()
+            .fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |b, d| {
+                let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
+                [b[0].min(lng), b[1].min(lat), b[2].max(lng), b[3].max(lat)]
+            })
+    });
+    Arc::new(MapView {
+        seq,
+        at_ms: seq * 250,
+        bounds,
+        drivers,
+        ..MapView::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::domain::{ExternalId, LatLng};
-    use crate::engine::map_view::{DotState, DriverDot};
 
     const SIZES: [f64; 3] = [0.001, 0.01, 0.1];
 
     fn view(points: &[(f64, f64, u8)]) -> Arc<MapView> {
-        let drivers: Vec<DriverDot> = points
-            .iter()
-            .enumerate()
-            .map(|(i, &(lng, lat, state))| DriverDot {
-                key: i as u32,
-                position: LatLng::new(lat, lng).unwrap(),
-                state: [DotState::Available, DotState::Offered, DotState::OnTrip]
-                    [usize::from(state % 3)],
-                id: ExternalId::new("driver_id", &format!("d-{i}")).unwrap(),
-            })
+        let dots: Vec<_> = (0u32..)
+            .zip(points)
+            .map(|(i, &(lng, lat, state))| (i, lng, lat, state))
             .collect();
-        let bounds = (!drivers.is_empty()).then(|| {
-            drivers
-                .iter()
-                .fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |b, d| {
-                    let (lng, lat) = (d.position.lng_deg(), d.position.lat_deg());
-                    [b[0].min(lng), b[1].min(lat), b[2].max(lng), b[3].max(lat)]
-                })
-        });
-        Arc::new(MapView {
-            bounds,
-            drivers,
-            ..MapView::default()
-        })
+        test_view(0, &dots)
     }
 
     fn ids(json: &[u8]) -> Vec<String> {

@@ -56,6 +56,9 @@ pub(super) fn status_name(s: TripStatus) -> &'static str {
 pub(super) struct FeedItem {
     pub(super) event: &'static str,
     pub(super) data: String,
+    /// The trip's pickup, which decides which viewports are sent the change; `None` (a trip
+    /// the follower does not remember) for every viewport.
+    pub(super) pickup: Option<LatLng>,
 }
 
 struct OfferEntry {
@@ -154,6 +157,7 @@ pub(super) fn trip_item(
             "driver": driver.map(|d| d.as_str()),
         })
         .to_string(),
+        pickup: None,
     }
 }
 
@@ -223,6 +227,7 @@ impl Timelines {
                     "expires_at_ms": d.expires_at_ms,
                 })
                 .to_string(),
+                pickup: None,
             })
         };
         let mut out = Vec::with_capacity(2);
@@ -285,6 +290,9 @@ impl Timelines {
             | EventKind::DriverProfileUpdated { .. }
             | EventKind::SearchRetryScheduled { .. }
             | EventKind::BatchFlushed { .. } => {}
+        }
+        for item in &mut out {
+            item.pickup = Some(t.pickup);
         }
         out
     }

@@ -1,9 +1,11 @@
 // The live stream and applying its ticks to what the page holds (map.js opens it after each
-// snapshot, for that snapshot's viewport and mode). A tick carries the
+// snapshot, for that snapshot's viewport and point budget). A tick carries the
 // changes between two published views, cut to the page's viewport (see /api/map/stream in
 // docs/map-api.md): drivers that changed as [lng, lat, state, id] ("upsert") and the ids of
 // those no longer shown ("gone"), or the changed cells (count 0 = empty now); trips and offers
-// the same way by id; the surge list only when it changed. Gone first, then upserts.
+// the same way by id; the surge list only when it changed. Gone first, then upserts. When
+// the drivers in view cross the point budget the server switches mode and that tick carries
+// the whole set ("full"), as a snapshot would.
 'use strict';
 
 // Points held as growable arrays plus id -> index, so a delta is O(changes): a gone driver's
@@ -37,6 +39,14 @@ function applyPoints(p, d) {
 function cellsFrom(deg, list) {
   const byKey = new Map(list.map((c) => [`${c[0]},${c[1]}`, c]));
   return { deg, list, byKey };
+}
+// A snapshot's drivers, or a tick's whole set after the stream changed mode ("full").
+function setDrivers(d) {
+  if (d.mode === 'points') {
+    S.pts = pointsFrom(d.points); S.cells = null;
+  } else if (d.mode === 'cells') {
+    S.cells = cellsFrom(d.cell_deg, d.cells); S.pts = null;
+  }
 }
 function applyCells(cells, changed) {
   for (const c of changed) {
@@ -103,14 +113,13 @@ function applyTick(t) {
   $('lag').textContent = `view ${Math.max(0, Date.now() - t.at_ms)} ms behind the engine clock`;
   if (!S.snap || t.seq <= S.seq) return; // no snapshot yet, or it already shows this view
   const d = t.drivers;
-  const fits = d && (d.mode === 'points' ? S.pts : S.cells);
+  const fits = d && (d.full || (d.mode === 'points' ? S.pts : S.cells && S.cells.deg === d.cell_deg));
   if (t.base !== S.seq || !fits) { requestSnapshot(); return; }
   S.seq = t.seq; S.deltas++;
   S.snap.at_ms = t.at_ms; S.snap.offset = t.offset; S.snapLocalMs = performance.now();
-  if (d.mode === 'points') {
-    applyPoints(S.pts, d);
-    if (S.pts.ids.length > MAX_POINTS) requestSnapshot(); // too many to draw one by one
-  } else applyCells(S.cells, d.cells);
+  if (d.full) setDrivers(d); // the server switched between points and cells
+  else if (d.mode === 'points') applyPoints(S.pts, d);
+  else applyCells(S.cells, d.cells);
   for (const id of t.trips.gone) S.trips.delete(id);
   for (const trip of t.trips.upsert) {
     const old = S.trips.get(trip.trip);
@@ -120,6 +129,8 @@ function applyTick(t) {
   }
   S.snap.offers = applyOffers(S.snap.offers || [], t.offers);
   if (t.surge) S.snap.surge = t.surge;
+  // A cells stream has no trip events: the selected trip's changes come with the ticks.
+  if (S.selected && (t.trips.gone.includes(S.selected) || t.trips.upsert.some((x) => x.trip === S.selected))) refreshDetail();
   renderTrips();
   S.dirty = true;
 }

@@ -7,6 +7,8 @@
 // - The page fetches a whole snapshot on load and after a pan or zoom (debounced); between
 //   them it applies the stream's ticks, which carry only what changed in its viewport since
 //   the view it holds (live.js). A tick it cannot apply (it missed a view) means a snapshot.
+// - Zoomed out (more than MAX_POINTS drivers in view) the server sends cells, on the stream
+//   too (once a second, trips and offers with the ticks only).
 // - Counters come from the stream's tick (the same numbers GetStats reports at that publish);
 //   trip changes also arrive as events, so a new trip shows at once.
 // - Every error is caught and shown in the header instead of thrown; window.mapErrors keeps
@@ -90,15 +92,10 @@ function snapshotSoon() { clearTimeout(snapTimer); snapTimer = setTimeout(reques
 function onSnapshot(snap, box) {
   S.snap = snap; S.snapLocalMs = performance.now(); S.seq = snap.seq; S.loads++;
   if (!view.fitted && !view.touched && snap.bounds) { fit(snap.bounds); requestSnapshot(); }
-  const d = snap.drivers || {};
-  if (d.mode === 'points') {
-    S.pts = pointsFrom(d.points); S.cells = null;
-  } else if (d.mode === 'cells') {
-    S.cells = cellsFrom(d.cell_deg, d.cells); S.pts = null;
-  }
-  // The stream follows the snapshot's viewport and mode.
-  const q = [box && `bbox=${box}`, d.mode === 'cells' && `cell_deg=${d.cell_deg}`].filter(Boolean).join('&');
-  connect(`/api/map/stream${q ? '?' + q : ''}`);
+  setDrivers(snap.drivers || {});
+  // The stream follows the snapshot's viewport and point budget; the server picks the mode.
+  // Naming the view it holds, so the first tick leads from it.
+  connect(`/api/map/stream?${box ? `bbox=${box}&` : ''}max_points=${MAX_POINTS}&seq=${snap.seq}`);
   setStats(snap.stats, snap.offset);
   // The view's trips replace the list, except trips an event told us about after that view.
   const next = new Map();
