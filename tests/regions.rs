@@ -242,6 +242,42 @@ async fn events_are_followed_per_region() {
     s.stop().await;
 }
 
+/// A cluster of one region serves a client written for a single process: Subscribe and
+/// GetStats need no `dispatch-region` metadata and answer for that region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_region_needs_no_region_metadata() {
+    let config = Config {
+        regions: vec![support::regions::region("only", -74.05, -73.93)],
+        ..Config::default()
+    };
+    let s = Server::start(config).await;
+    let mut events = EventServiceClient::new(s.channel.clone());
+    let mut head = events
+        .subscribe(pb::SubscribeRequest {
+            from_offset: None,
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    s.online("d-1", 40.75, -73.98).await.unwrap();
+    let first = next(&mut head).await;
+    assert_eq!(first.driver_id, "d-1");
+    assert_eq!(first.offset, REGION_ID_SPAN, "region 1's first offset");
+    let stats = QueryServiceClient::new(s.channel.clone())
+        .get_stats(pb::GetStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.drivers_available, 1);
+    assert_eq!(
+        stats.next_event_offset,
+        REGION_ID_SPAN + 1,
+        "the region's own counters, not the multi-region sum (whose offset is 0)"
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_region_recovers_its_own_log() {
     let dir = tempfile::tempdir().unwrap();

@@ -116,7 +116,7 @@ impl QueryService for RegionRouter {
         &self,
         request: Request<pb::GetStatsRequest>,
     ) -> Result<pb::GetStatsResponse> {
-        if let Some(i) = self.by_header(request.metadata())? {
+        if let Some(i) = self.by_header_or_only(request.metadata())? {
             return route!(self, i, request, queries, QueryServiceClient, get_stats);
         }
         // The sum over the regions served here; offsets are per region, so
@@ -191,7 +191,7 @@ impl EventService for RegionRouter {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Self::SubscribeStream> {
         let by_offset = request.get_ref().from_offset.map(|o| self.map().of_id(o));
-        let i = match (by_offset, self.by_header(request.metadata())?) {
+        let i = match (by_offset, self.by_header_or_only(request.metadata())?) {
             (Some(Some(i)), Some(named)) if i != named => {
                 return Err(Status::invalid_argument(format!(
                     "from_offset {} belongs to region {:?}, not to the {REGION_HEADER} {:?}",

@@ -281,6 +281,17 @@ impl RegionRouter {
         None
     }
 
+    /// The region a call that names none in its metadata goes to: the only one, when the
+    /// cluster has exactly one (a one-region cluster serves clients written for a single
+    /// process unchanged); otherwise the region named by [`Self::by_header`].
+    pub(crate) fn by_header_or_only(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<usize>, Status> {
+        let named = self.by_header(metadata)?;
+        Ok(named.or((self.inner.map.regions().len() == 1).then_some(0)))
+    }
+
     /// The region named by the `dispatch-region` metadata, if set; INVALID_ARGUMENT for an
     /// unknown name.
     pub(crate) fn by_header(
