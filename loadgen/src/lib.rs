@@ -16,7 +16,8 @@
 //!   report: it starts its own processes).
 //! - [`report`]: the JSON report, the summary table, percentiles and the Gini coefficient.
 //! - [`plots`]: SVG charts of a report. [`progress`]: the live progress bar.
-//! - [`server`]: starting a `dispatchd` process when no target is given.
+//! - [`server`]: starting a `dispatchd` process when no target is given; [`cluster_log`]:
+//!   with `--cluster-log`, that process in cluster mode (one region, its log on NATS).
 //! - [`viewers`]: simulated live-map viewers (a snapshot, then the SSE stream's deltas), opt-in.
 //! - [`whatif`]: `dispatch-replay`, a recorded journal or a trips CSV replayed in-process under
 //!   several configs, side by side, with a driver-behaviour model (a binary of its own).
@@ -27,6 +28,7 @@
 //! offers arriving on the gateway offer streams -> a short drain -> the report.
 
 pub mod city;
+pub mod cluster_log;
 pub mod config;
 pub mod drive;
 pub mod error;

@@ -41,6 +41,11 @@ struct Cli {
     /// report, so the two compare side by side on the same seed.
     #[arg(long, value_parser = ["road", "haversine"])]
     eta: Option<String>,
+    /// Serve the run in cluster mode: one region over the whole city, its log a JetStream
+    /// stream (R3) on a 3-node NATS cluster loadgen starts (nats-server on PATH), or on
+    /// `--nats-url`; the lease TTL is `--lease-ttl`. Compare with the same run without it.
+    #[arg(long)]
+    cluster_log: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -117,6 +122,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         server_args.push(format!("--http-listen={addr}"));
         map_http = Some(addr);
     }
+    let cluster_log = match (cli.cluster_log, &cli.target) {
+        (false, _) => None,
+        (true, Some(_)) => {
+            return Err(
+                "--cluster-log configures the dispatchd loadgen starts: drop --target".into(),
+            );
+        }
+        (true, None) => {
+            let log = loadgen::cluster_log::ClusterLog::start(
+                cli.failover.nats_url.as_deref(),
+                cli.failover.lease_ttl,
+            )
+            .await?;
+            server_args.extend(log.server_args());
+            Some(log)
+        }
+    };
     let (server, target) = match cli.target {
         Some(_) if cli.policy.is_some() || cli.batch_window_ms.is_some() || cli.eta.is_some() => {
             return Err(
@@ -137,6 +159,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             config.leave_online = true;
             config.server_pid = Some(server.pid());
             let addr = server.addr.clone();
+            if cluster_log.is_some() {
+                loadgen::cluster_log::wait_owned(&addr).await?;
+            }
             eprintln!("loadgen: dispatchd listening on {addr}");
             (Some(server), addr)
         }
@@ -165,6 +190,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(server) = server {
         server.stop();
     }
+    drop(cluster_log);
     let mut report = result?;
     report.policy = cli.policy.clone();
     report.eta_model = cli.eta.clone();

@@ -36,11 +36,11 @@ pub struct FailoverArgs {
     /// Failover mode: regions, side by side (at least 6 for the run).
     #[arg(long, default_value_t = 6)]
     pub regions: usize,
-    /// Failover mode: the processes' `cluster.lease_ttl`.
+    /// Failover mode and `--cluster-log`: the processes' `cluster.lease_ttl`.
     #[arg(long, value_parser = crate::config::parse_duration, default_value = "2s")]
     pub lease_ttl: Duration,
-    /// Failover mode: an existing NATS JetStream cluster (comma-separated URLs) instead of
-    /// starting three local nodes; no NATS node is killed then.
+    /// Failover mode and `--cluster-log`: an existing NATS JetStream cluster (comma-separated
+    /// URLs) instead of starting three local nodes; no NATS node is killed then.
     #[arg(long)]
     pub nats_url: Option<String>,
 }
