@@ -25,6 +25,37 @@ async fn start_http(config: Config) -> (TestServer, SocketAddr) {
     (s, addr)
 }
 
+/// A server with d-1 online at the pickup (and, with `d2_north_m`, d-2 that far north of it),
+/// and a first view published: how every test here opens.
+async fn opened(d2_north_m: Option<f64>) -> (TestServer, SocketAddr) {
+    let (s, addr) = start_http(Config::default()).await;
+    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
+    if let Some(north_m) = d2_north_m {
+        online(&s, "d-2", north_m, 4.5, "gw-1").await;
+    }
+    publish_next(&s).await;
+    (s, addr)
+}
+
+/// The bbox 0.01 degrees around the pickup, as `bbox=` takes it.
+fn bbox_around_pickup() -> String {
+    let (lat, lng) = PICKUP;
+    format!(
+        "{},{},{},{}",
+        lng - 0.01,
+        lat - 0.01,
+        lng + 0.01,
+        lat + 0.01
+    )
+}
+
+/// `GET /api/map/snapshot?{query}`, as JSON.
+async fn snapshot(addr: SocketAddr, query: &str) -> Value {
+    get(addr, &format!("/api/map/snapshot?{query}"), &[])
+        .await
+        .json()
+}
+
 /// Moves engine time past the publish interval and waits for the next view (by its number:
 /// positions make no event, so the event offset cannot tell).
 async fn publish_next(s: &TestServer) -> u64 {
@@ -87,21 +118,11 @@ fn ids(list: &Value, at: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn the_stream_sends_what_changed_inside_its_bbox() {
-    let (s, addr) = start_http(Config::default()).await;
-    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
-    online(&s, "d-2", 20_000.0, 4.5, "gw-1").await; // ~0.18 degrees north, outside the bbox
-    publish_next(&s).await;
+    // d-2 ~0.18 degrees north, outside the bbox.
+    let (s, addr) = opened(Some(20_000.0)).await;
     let (lat, lng) = PICKUP;
-    let bbox = format!(
-        "{},{},{},{}",
-        lng - 0.01,
-        lat - 0.01,
-        lng + 0.01,
-        lat + 0.01
-    );
-    let snap = get(addr, &format!("/api/map/snapshot?bbox={bbox}"), &[])
-        .await
-        .json();
+    let bbox = bbox_around_pickup();
+    let snap = snapshot(addr, &format!("bbox={bbox}")).await;
     assert_eq!(ids(&snap["drivers"]["points"], 3), ["d-1"]);
     let at = snap["seq"].as_u64().unwrap();
     let mut points = Sse::open(addr, &format!("/api/map/stream?bbox={bbox}"), &[]).await;
@@ -181,9 +202,7 @@ async fn the_stream_sends_what_changed_inside_its_bbox() {
 
 #[tokio::test]
 async fn a_stream_too_slow_to_see_a_view_gets_one_tick_across_it() {
-    let (s, addr) = start_http(Config::default()).await;
-    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
-    publish_next(&s).await;
+    let (s, addr) = opened(None).await;
     let mut sse = Sse::open(addr, "/api/map/stream", &[]).await;
     let first = publish_next(&s).await;
     assert_eq!(tick(&mut sse).await["seq"].as_u64(), Some(first));
@@ -244,22 +263,10 @@ async fn a_stream_too_slow_to_see_a_view_gets_one_tick_across_it() {
 /// one tick carrying the whole set in the new mode (as the snapshot would send it).
 #[tokio::test]
 async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
-    let (s, addr) = start_http(Config::default()).await;
-    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
-    online(&s, "d-2", 20_000.0, 4.5, "gw-1").await; // outside the bbox
-    publish_next(&s).await;
+    let (s, addr) = opened(Some(20_000.0)).await; // d-2 outside the bbox
     let (lat, lng) = PICKUP;
-    let bbox = format!(
-        "{},{},{},{}",
-        lng - 0.01,
-        lat - 0.01,
-        lng + 0.01,
-        lat + 0.01
-    );
-    let query = format!("bbox={bbox}&max_points=1");
-    let snap = get(addr, &format!("/api/map/snapshot?{query}"), &[])
-        .await
-        .json();
+    let query = format!("bbox={}&max_points=1", bbox_around_pickup());
+    let snap = snapshot(addr, &query).await;
     assert_eq!(
         snap["drivers"]["mode"], "points",
         "one driver inside: {snap}"
@@ -284,9 +291,7 @@ async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
         .sum();
     assert_eq!(counted, 2, "{t}");
     // The snapshot of the same view and query agrees.
-    let snap = get(addr, &format!("/api/map/snapshot?{query}"), &[])
-        .await
-        .json();
+    let snap = snapshot(addr, &query).await;
     assert_eq!(snap["seq"], t["seq"]);
     assert_eq!(snap["drivers"]["cells"], d["cells"]);
 
@@ -316,10 +321,8 @@ async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
 /// when a view was published between its snapshot and the stream's start.
 #[tokio::test]
 async fn a_stream_opened_with_the_snapshots_view_leads_from_it() {
-    let (s, addr) = start_http(Config::default()).await;
-    online(&s, "d-1", 0.0, 4.9, "gw-1").await;
-    publish_next(&s).await;
-    let snap = get(addr, "/api/map/snapshot", &[]).await.json();
+    let (s, addr) = opened(None).await;
+    let snap = snapshot(addr, "").await;
     let at = snap["seq"].as_u64().unwrap();
     let between = publish_next(&s).await;
     assert!(between > at);

@@ -209,6 +209,7 @@ proptest! {
         size in (0.01..0.2f64, 0.01..0.2f64),
         whole in any::<bool>(),
         max_points in 1usize..60,
+        prebuilt in any::<bool>(),
     ) {
         use crate::http::stream::{Follow, StreamQuery};
         let mut dots: BTreeMap<u32, (f64, f64, u8)> =
@@ -216,7 +217,11 @@ proptest! {
         let bbox = (!whole).then_some([corner.0, corner.1, corner.0 + size.0, corner.1 + size.1]);
         let chain = Chain::default();
         let first = view(1, &dots);
-        let mut follow = Follow::new(StreamQuery { bbox, max_points, seq: None }, first.clone());
+        // Counted from the first view's tiles (a snapshot built them) or by a walk: the
+        // stream starts in the snapshot's mode either way.
+        let tiles = prebuilt.then(|| ViewTiles::new(first.clone(), &CELL_SIZES_DEG));
+        let q = StreamQuery { bbox, max_points, seq: None };
+        let mut follow = Follow::new(q, first.clone(), tiles.as_ref());
         let mut holds = held(&snapshot_drivers(&first, bbox, max_points));
         let mut sent = first;
         for (i, s) in steps.iter().enumerate() {

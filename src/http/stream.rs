@@ -103,11 +103,14 @@ pub(super) struct Follow {
 
 impl Follow {
     /// A stream that opened at `view` (its first tick leads from it), in the mode the
-    /// snapshot of `view` has for the same query.
-    pub(super) fn new(q: StreamQuery, view: Arc<MapView>) -> Follow {
-        let inside = match q.bbox {
-            None => view.drivers.len(),
-            Some(b) => view
+    /// snapshot of `view` has for the same query. `tiles` is `view`'s tile index if a
+    /// snapshot already built it: the drivers inside the bbox are then counted from the tiles
+    /// it touches instead of by a walk over every driver.
+    pub(super) fn new(q: StreamQuery, view: Arc<MapView>, tiles: Option<&ViewTiles>) -> Follow {
+        let inside = match (q.bbox, tiles) {
+            (None, _) => view.drivers.len(),
+            (Some(b), Some(tiles)) => tiles.count(Some(b), usize::MAX),
+            (Some(b), None) => view
                 .drivers
                 .iter()
                 .filter(|d| {
@@ -192,7 +195,9 @@ pub(super) async fn stream(
         .filter(|&seq| seq != current.seq)
         .and_then(|seq| s.deltas.view(seq).or_else(|| s.snapshots.view(seq)))
         .unwrap_or(current);
-    let mut follow = Follow::new(q, start);
+    // A viewer opens its stream just after its snapshot, whose tile index is then built.
+    let start_tiles = s.snapshots.tiles(&start);
+    let mut follow = Follow::new(q, start, start_tiles.get());
     // Read by the trip/offer feed below: only a points stream gets it.
     let points = Arc::new(AtomicBool::new(follow.points()));
     let points_now = points.clone();
