@@ -179,10 +179,10 @@ impl Grid {
 /// cells), 2 → 7.7 us, 4 → 4.9 us, 8 → 3.8 us (24 m), 16 → 3.3 us; the R-tree 42-84 us.
 /// Eight keeps the cell table at 32 bytes per segment.
 const CELLS_PER_SEGMENT: f64 = 8.0;
-/// Bounds on the cell side, metres: not so small that a snap radius spans hundreds of cells,
-/// not so large that a town centre's cell holds hundreds of segments.
+/// Smallest cell side, metres: a snap radius should not span hundreds of cells. There is no
+/// largest: on a sparse extract with a wide box (far islands) larger cells cost some speed,
+/// where a cap would let the cell table grow with the box's area rather than the roads.
 const MIN_CELL_M: f64 = 10.0;
-const MAX_CELL_M: f64 = 200.0;
 /// Allowance for rounding in cell arithmetic when deciding that no unseen segment can be
 /// nearer, metres (far below anything a snap distinguishes).
 const SLACK_M: f64 = 1e-3;
@@ -364,8 +364,8 @@ impl SnapIndex {
     }
 }
 
-/// The cell side for these segments: [`CELLS_PER_SEGMENT`] over their bounding box, within
-/// [`MIN_CELL_M`]..[`MAX_CELL_M`].
+/// The cell side for these segments: [`CELLS_PER_SEGMENT`] over their bounding box, at least
+/// [`MIN_CELL_M`], so the grid has about that many cells per segment at most.
 fn cell_side_m(lines: &[Line]) -> f64 {
     let (mut lo, mut hi) = ([f64::INFINITY; 2], [f64::NEG_INFINITY; 2]);
     for s in lines {
@@ -375,7 +375,7 @@ fn cell_side_m(lines: &[Line]) -> f64 {
     let area_m2 = (hi[0] - lo[0]).max(0.0) * (hi[1] - lo[1]).max(0.0);
     let side = (area_m2 / (lines.len().max(1) as f64 * CELLS_PER_SEGMENT)).sqrt();
     if side.is_finite() {
-        side.clamp(MIN_CELL_M, MAX_CELL_M)
+        side.max(MIN_CELL_M)
     } else {
         MIN_CELL_M
     }
