@@ -4,7 +4,7 @@
 //! Built once at start-up ([`RoadGraph::load`]): drivable ways ([`osm`]) become a directed
 //! graph of intersections with shaped edges, of which the largest strongly connected component
 //! is kept ([`build`]); `fast_paths` prepares contraction hierarchies over it, which the
-//! many-to-one bucket search reads ([`ch`]); an R-tree of road segments snaps points onto
+//! many-to-one bucket search reads ([`ch`]); a uniform grid of road segments snaps points onto
 //! edges ([`snap`]). Afterwards the graph is read-only and shared (`&self` everywhere; the
 //! per-query search state comes from a small pool), so the dispatcher and a simulator can use
 //! the same graph from several threads.
@@ -378,7 +378,7 @@ impl RoadGraph {
     /// is off the map.
     ///
     /// # Runtime
-    /// O(log s) for s road segments.
+    /// O(segments within the snap distance of `p`): about a microsecond on a city.
     pub fn snap(&self, p: LatLng) -> Option<Snap> {
         self.snap_within(p, self.options.max_snap_m)
     }
