@@ -334,7 +334,7 @@ mod tests {
         let index = crate::index::default_index;
         let mut live = Dispatcher::new(&config, index(), 0);
         let (mut log, _) = EventLog::open(&config.log, dir.path(), |_| Ok(())).expect("opens");
-        let mut commit = |d: &mut Dispatcher, log: &mut EventLog| {
+        let commit = |d: &mut Dispatcher, log: &mut EventLog| {
             log.append(&d.take_events()).expect("appends");
             log.commit().expect("commits");
         };
