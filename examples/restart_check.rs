@@ -21,8 +21,9 @@
 //! on a fresh copy of the data dir at the kill, and print the median), `--compare-bin-dir DIR`
 //! (alternate the restarts between this `dispatchd` and the one in `--bin-dir`, A B A B, on the
 //! same data: an A/B of two builds). Server settings come from the environment `dispatchd`
-//! inherits, e.g. `DISPATCH_LOG__RETENTION_BYTES=268435456` for a 256 MB log retention. Times
-//! are wall clock on whatever else the machine is doing: say so when quoting them.
+//! inherits, e.g. `DISPATCH_LOG__RETENTION_BYTES=268435456` for a 256 MB log retention, and
+//! `RUST_LOG` (default here `info,dispatch::trips=warn`: no line per trip event). Times are
+//! wall clock on whatever else the machine is doing: say so when quoting them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -79,7 +80,13 @@ fn free_port() -> Result<u16> {
 }
 
 fn start_server(bin: &Path, data: &Path, port: u16, log: &Path) -> Result<Child> {
-    Ok(Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if std::env::var_os("RUST_LOG").is_none() {
+        // Not a line per trip event: at city load that is ~0.5 GB of log in 10 minutes, and
+        // a disk slow to take it stalls the server's logging threads.
+        cmd.env("RUST_LOG", "info,dispatch::trips=warn");
+    }
+    Ok(cmd
         .args([
             "--listen",
             &format!("127.0.0.1:{port}"),

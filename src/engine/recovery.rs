@@ -316,7 +316,7 @@ mod tests {
             class: VehicleClass::Any,
         };
         let (trip, _) = d.request_trip(T0 + 5_000 + i, req).expect("requested");
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             d.cancel_trip(T0 + 5_000 + i, trip.id, &rider)
                 .expect("cancelled");
         }
@@ -355,7 +355,7 @@ mod tests {
         commit(&mut live, &mut log);
         let tail = live.next_offset() - at;
         assert!(
-            tail > 4 * TAIL_BATCH as u64 && tail % TAIL_BATCH as u64 != 0,
+            tail > 4 * TAIL_BATCH as u64 && !tail.is_multiple_of(TAIL_BATCH as u64),
             "{tail}"
         );
         drop(log);
