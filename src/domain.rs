@@ -99,9 +99,26 @@ pub const MAX_ID_LEN: usize = 64;
 
 /// A caller-chosen id (driver, rider, request, gateway): 1..=64 bytes of printable ASCII.
 /// Cheap to clone (shared), so events and records can carry it freely.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExternalId(Arc<str>);
+
+/// Read from the borrowed text where the format allows (postcard does): one allocation per
+/// id, not a `String` first and then the shared copy; recovery decodes millions of them.
+impl<'de> Deserialize<'de> for ExternalId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ExternalId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an id: 1 to 64 bytes of printable ASCII")
+            }
+            fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<ExternalId, E> {
+                ExternalId::new("id", raw).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
 
 /// Serialized as the plain string, without copying it first.
 impl Serialize for ExternalId {

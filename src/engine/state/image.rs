@@ -115,6 +115,7 @@ impl DispatchState {
         }
         check_keys(&image)?;
         let mut driver_keys = FxHashMap::default();
+        driver_keys.reserve(image.drivers.len());
         for d in &image.drivers {
             driver_keys.insert(d.id.clone(), d.key);
         }

@@ -25,7 +25,7 @@ impl DispatchState {
                     let p = self
                         .offers
                         .get(&o)
-                        .ok_or(format!("{} holds ended offer {o}", d.id))?;
+                        .ok_or_else(|| format!("{} holds ended offer {o}", d.id))?;
                     if p.driver != d.key {
                         return Err(format!("{} holds offer {o} made to another driver", d.id));
                     }
@@ -34,7 +34,7 @@ impl DispatchState {
                     by_state[3] += 1;
                     let entry = self
                         .entry(t)
-                        .ok_or(format!("{} on unknown trip {t}", d.id))?;
+                        .ok_or_else(|| format!("{} on unknown trip {t}", d.id))?;
                     let trip = &entry.trip;
                     let assigned = matches!(
                         trip.status,
@@ -74,7 +74,7 @@ impl DispatchState {
         for (id, p) in &self.offers {
             let trip = self
                 .trip(p.details.trip)
-                .ok_or(format!("offer {id} for unknown trip"))?;
+                .ok_or_else(|| format!("offer {id} for unknown trip"))?;
             if trip.status != TripStatus::Offered || trip.offer != Some(*id) {
                 return Err(format!(
                     "offer {id} pending but trip {} is {:?} with offer {:?}",
