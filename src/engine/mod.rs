@@ -417,23 +417,6 @@ impl Engine {
         Ok(self.inner.reads.nearby(center, radius_m, limit, class))
     }
 
-    /// [`Engine::nearby`] with each answer built by `answer` (from the index neighbour, its ETA
-    /// and the driver's record) straight onto `out`: how the gRPC layer writes its messages
-    /// without an intermediate copy of the answers.
-    pub(crate) fn nearby_into<T>(
-        &self,
-        center: LatLng,
-        radius_m: f64,
-        limit: usize,
-        class: VehicleClass,
-        out: &mut Vec<T>,
-        answer: impl FnMut(&crate::index::Neighbor, &crate::matching::Eta, &Driver) -> T,
-    ) {
-        self.inner
-            .reads
-            .nearby_into(center, radius_m, limit, class, out, answer);
-    }
-
     /// See [`Dispatcher::surge`]. Answered from the read view on the caller's thread, as of
     /// the last committed command group.
     pub async fn surge(&self, point: LatLng, class: VehicleClass) -> Result<SurgeReading, Error> {

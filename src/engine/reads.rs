@@ -18,7 +18,6 @@
 //! O(drivers touched), not O(drivers); a driver that only moved copies its position, not its
 //! record.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -32,22 +31,9 @@ use crate::config::Config;
 use crate::domain::{DriverKey, ExternalId, LatLng, VehicleClass};
 use crate::error::Error;
 use crate::events::{Event, EventKind};
-use crate::index::{GridIndex, Neighbor, SpatialIndex};
-use crate::matching::{Eta, EtaModel};
+use crate::index::{GridIndex, SpatialIndex};
+use crate::matching::EtaModel;
 use crate::surge::{SurgeReading, SurgeTracker};
-
-thread_local! {
-    /// Reused vectors of NearbyDrivers queries on this thread (see [`ReadView::nearby_into`]).
-    static NEARBY_SCRATCH: RefCell<NearbyScratch> = RefCell::new(NearbyScratch::default());
-}
-
-/// The vectors one NearbyDrivers query fills on its way to the answer.
-#[derive(Debug, Default)]
-struct NearbyScratch {
-    neighbors: Vec<Neighbor>,
-    from: Vec<(LatLng, f64)>,
-    etas: Vec<Eta>,
-}
 
 /// How often the copies drop surge cells with no request in the window, ms of engine time.
 const SURGE_SWEEP_MS: u64 = 60_000;
@@ -237,76 +223,32 @@ impl ReadView {
         limit: usize,
         class: VehicleClass,
     ) -> Vec<NearbyDriver> {
-        let mut out = Vec::new();
-        self.nearby_into(center, radius_m, limit, class, &mut out, |n, eta, d| {
-            NearbyDriver::found(n, eta, &d.id, d.rating, d.class)
-        });
-        out
-    }
-
-    /// [`ReadView::nearby`], each answer built by `answer` from the index neighbour, its ETA
-    /// and the driver's record (borrowed from the view) and pushed onto `out`: the gRPC layer
-    /// writes its protobuf messages here with no intermediate copy. The search's vectors are
-    /// reused per thread, so a warm query allocates only what `answer` does.
-    pub(crate) fn nearby_into<T>(
-        &self,
-        center: LatLng,
-        radius_m: f64,
-        limit: usize,
-        class: VehicleClass,
-        out: &mut Vec<T>,
-        answer: impl FnMut(&Neighbor, &Eta, &Driver) -> T,
-    ) {
-        NEARBY_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut scratch) => {
-                self.nearby_with(&mut scratch, center, radius_m, limit, class, out, answer)
-            }
-            // Only if `answer` itself queried the view on this thread.
-            Err(_) => self.nearby_with(
-                &mut NearbyScratch::default(),
-                center,
-                radius_m,
-                limit,
-                class,
-                out,
-                answer,
-            ),
-        });
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn nearby_with<T>(
-        &self,
-        scratch: &mut NearbyScratch,
-        center: LatLng,
-        radius_m: f64,
-        limit: usize,
-        class: VehicleClass,
-        out: &mut Vec<T>,
-        mut answer: impl FnMut(&Neighbor, &Eta, &Driver) -> T,
-    ) {
         let now_ms = self.shared.clock.now_ms();
         let copy = self.read();
-        let NearbyScratch {
-            neighbors,
-            from,
-            etas,
-        } = scratch;
+        let mut neighbors = Vec::with_capacity(limit.min(64));
         copy.index.nearest(
             center,
             radius_m,
             limit,
             &mut |k| copy.serves(k, class),
-            neighbors,
+            &mut neighbors,
         );
-        from.clear();
-        from.extend(neighbors.iter().map(|n| (n.position, n.distance_m)));
-        self.shared.eta.many_to_one(from, center, now_ms, etas);
-        out.reserve(neighbors.len());
-        out.extend(neighbors.iter().zip(etas.iter()).filter_map(|(n, eta)| {
-            let d = copy.drivers.get(n.key.0 as usize)?.as_ref()?;
-            Some(answer(n, eta, d))
-        }));
+        let from: Vec<(LatLng, f64)> = neighbors
+            .iter()
+            .map(|n| (n.position, n.distance_m))
+            .collect();
+        let mut etas = Vec::with_capacity(from.len());
+        self.shared
+            .eta
+            .many_to_one(&from, center, now_ms, &mut etas);
+        neighbors
+            .iter()
+            .zip(&etas)
+            .filter_map(|(n, eta)| {
+                let d = copy.drivers.get(n.key.0 as usize)?.as_ref()?;
+                Some(NearbyDriver::found(n, eta, &d.id, d.rating, d.class))
+            })
+            .collect()
     }
 
     /// The surge for `class` at `point`: what [`Dispatcher::surge`] answers at the last commit.

@@ -5,12 +5,11 @@ use tonic::Status;
 
 use super::status;
 use crate::domain::{ExternalId, LatLng, MAX_ID_LEN, OfferId, Rating, TripId, VehicleClass};
-use crate::engine::{Driver, DriverStatus, Stats, Trip};
+use crate::engine::{Driver, DriverStatus, NearbyDriver, Stats, Trip};
 use crate::events::{
     CancelledBy, Event, EventKind, MatchPolicy, OfferCancelReason, OfferDetails, TripStatus,
 };
-use crate::index::Neighbor;
-use crate::matching::{Eta, EtaSource};
+use crate::matching::EtaSource;
 use crate::pb;
 
 // ------------------------------------------------------------------------------------------
@@ -233,16 +232,15 @@ pub(crate) fn pb_eta_source(s: EtaSource) -> pb::EtaSource {
     }
 }
 
-/// One NearbyDrivers answer from the read view's neighbour, its ETA and the driver's record.
-pub(crate) fn pb_nearby(n: &Neighbor, eta: &Eta, d: &Driver) -> pb::NearbyDriver {
+pub(crate) fn pb_nearby(n: &NearbyDriver) -> pb::NearbyDriver {
     pb::NearbyDriver {
-        driver_id: d.id.as_str().to_owned(),
+        driver_id: n.id.to_string(),
         location: Some(pb_latlng(n.position)),
         distance_m: n.distance_m,
-        eta_s: eta.eta_s,
-        rating: d.rating.get(),
-        vehicle_class: pb_class(d.class).into(),
-        eta_source: pb_eta_source(eta.source).into(),
+        eta_s: n.eta_s,
+        rating: n.rating.get(),
+        vehicle_class: pb_class(n.class).into(),
+        eta_source: pb_eta_source(n.eta_source).into(),
     }
 }
 

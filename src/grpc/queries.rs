@@ -59,17 +59,14 @@ impl QueryService for QueryApi {
             }
         };
         let class = convert::vehicle_class(req.vehicle_class)?;
-        // Written straight into the response from the read view: no intermediate answers.
-        let mut drivers = Vec::new();
-        self.engine.nearby_into(
-            center,
-            radius_m,
-            limit as usize,
-            class,
-            &mut drivers,
-            pb_nearby,
-        );
-        Ok(Response::new(pb::NearbyDriversResponse { drivers }))
+        let drivers = self
+            .engine
+            .nearby(center, radius_m, limit as usize, class)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::NearbyDriversResponse {
+            drivers: drivers.iter().map(pb_nearby).collect(),
+        }))
     }
 
     async fn get_surge(
