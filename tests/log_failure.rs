@@ -146,6 +146,54 @@ async fn with_stay_the_server_keeps_running_not_serving_and_refusing() {
     assert_eq!(result, Ok(()), "with stay, a requested stop is a clean one");
 }
 
+/// Calls queued when the log fails are all answered (UNAVAILABLE, or shed), none waits
+/// forever: the dispatcher stops taking work at the failure and leaves what is queued unread,
+/// and a bounded channel keeps unread messages (with their reply senders) after its receiver
+/// drops, so callers must notice the dispatcher's end, not only a dropped reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_when_the_log_fails_are_all_answered() {
+    use dispatch::domain::{ExternalId, LatLng, Rating, VehicleClass};
+    use dispatch::engine::{Engine, GoOnline};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = durable(dir.path(), OnLogFailure::Stay);
+    c.log.fail_after_commits = Some(1);
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let engine = Engine::start(&c, dispatch::index::default_index(), clock).unwrap();
+    let go = |i: usize| GoOnline {
+        driver: ExternalId::new("driver", &format!("d-{i}")).unwrap(),
+        position: LatLng::new(PICKUP.0, PICKUP.1).unwrap(),
+        rating: Rating::new(4.8).unwrap(),
+        class: VehicleClass::Economy,
+        gateway: Some(ExternalId::new("gateway", "gw").unwrap()),
+    };
+    engine.go_online(go(0)).await.unwrap();
+    // Many at once: the failing group, and more queued behind it.
+    let calls: Vec<_> = (1..3_000)
+        .map(|i| {
+            let engine = engine.clone();
+            let go = go(i);
+            tokio::spawn(async move { engine.go_online(go).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for call in calls {
+        let answer = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("every queued call is answered")
+            .unwrap();
+        if let Err(e) = answer {
+            refused += 1;
+            let message = e.to_string();
+            assert!(
+                message.contains("event log") || message.contains("queue is full"),
+                "{message}"
+            );
+        }
+    }
+    assert!(refused > 0, "the log failed, so some calls were refused");
+    engine.shutdown();
+}
+
 /// Unmounts the tmpfs when the test ends, however it ends.
 struct Mount(std::path::PathBuf);
 

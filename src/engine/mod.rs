@@ -84,6 +84,10 @@ struct Inner {
     recovered_from: Option<u64>,
     /// Why the event log cannot be written, once it cannot.
     log_failure: tokio::sync::watch::Receiver<Option<String>>,
+    /// Closed when the dispatcher thread's runner is gone (its sender drops with it). A bounded
+    /// crossbeam channel keeps the messages queued when its receiver drops, so a command sent
+    /// just before the runner ended would wait forever for its reply: callers watch this too.
+    runner_alive: tokio::sync::watch::Receiver<()>,
 }
 
 /// A handle to the running engine. Cheap to clone; every clone talks to the same dispatcher.
@@ -180,7 +184,9 @@ impl Engine {
         let (reads, read_publisher) = reads::ReadView::new(config, &dispatcher, clock.clone());
         let started_at_ms = clock.now_ms();
         let recorder = recording::Recorder::start(config, dispatcher.next_offset(), started_at_ms)?;
+        let (alive, runner_alive) = tokio::sync::watch::channel(());
         let runner = Runner {
+            _alive: alive,
             recorder,
             view,
             reads: read_publisher,
@@ -215,6 +221,7 @@ impl Engine {
                 started_at_ms,
                 recovered_from,
                 log_failure,
+                runner_alive,
             }),
         })
     }
@@ -309,7 +316,21 @@ impl Engine {
             }
             Err(TrySendError::Disconnected(_)) => return Err(self.stopped()),
         }
-        rx.await.map_err(|_| self.stopped())?
+        self.answer(rx).await?
+    }
+
+    /// The dispatcher's answer to work it was handed, or the reason it can no longer come:
+    /// the reply dropped, or the runner ended with the work still queued, unread.
+    async fn answer<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, Error> {
+        let mut alive = self.inner.runner_alive.clone();
+        tokio::select! {
+            // Every reply is sent before the runner ends (the writer is joined first), so a
+            // ready reply wins over the runner's end.
+            biased;
+            reply = rx => reply.map_err(|_| self.stopped()),
+            // Nothing is ever sent on it: `changed` returns only once the runner is gone.
+            _ = alive.changed() => Err(self.stopped()),
+        }
     }
 
     /// See [`Dispatcher::go_online`].
@@ -339,7 +360,7 @@ impl Engine {
             .location_tx
             .try_send(LocationBatch { updates, reply })
         {
-            Ok(()) => rx.await.map(Some).map_err(|_| self.stopped()),
+            Ok(()) => self.answer(rx).await.map(Some),
             Err(TrySendError::Full(_)) => {
                 self.inner
                     .counters

@@ -67,6 +67,8 @@ pub(super) struct Runner {
     pub(super) location_replies: Vec<(oneshot::Sender<LocationOutcome>, LocationOutcome)>,
     /// The input journal, when `record.enabled`.
     pub(super) recorder: Option<super::recording::Recorder>,
+    /// Dropped with the runner: tells callers still waiting that no reply will come.
+    pub(super) _alive: tokio::sync::watch::Sender<()>,
 }
 
 impl Runner {
