@@ -30,7 +30,7 @@ use crate::events::EventBus;
 /// Longest the runner sleeps without a command or a deadline, so a stop request is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 /// How often the log's retention limits are checked, ms.
-const RETENTION_CHECK_MS: u64 = 60_000;
+const RETENTION_CHECK_MS: u64 = 1_000;
 
 /// Where a command group's events and replies go.
 pub(super) enum Sink {
@@ -200,7 +200,8 @@ impl Runner {
             .snapshots
             .as_ref()
             .map_or(needed, |s| s.retention_floor(needed));
-        writer.retain_from(floor);
+        let beside = self.snapshots.as_ref().map_or(0, |s| s.disk_bytes());
+        writer.retain_from(floor, beside);
     }
 
     /// At a group boundary (every invariant holds, the group's events handed over): copies

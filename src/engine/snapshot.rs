@@ -214,7 +214,8 @@ impl SnapshotStore {
 }
 
 /// The snapshot writer thread: encodes and writes the images the log writer passes on, keeps
-/// the newest `keep`, and publishes the oldest kept offset (the retention floor).
+/// the newest `keep` that fit in half the retention budget (always the newest one), and
+/// publishes the oldest kept offset (the retention floor) and the bytes the snapshots take.
 pub(super) struct Snapshotter {
     tx: Sender<Box<StateImage>>,
     /// The same channel's receiving end, so a newer image can replace the waiting one.
@@ -227,7 +228,7 @@ impl Snapshotter {
     /// recovery used), oldest first; `floor` gets the oldest kept offset.
     pub(super) fn start(
         store: SnapshotStore,
-        keep: usize,
+        keep: Keep,
         known: Vec<u64>,
         floor: Arc<AtomicU64>,
     ) -> Snapshotter {
@@ -240,7 +241,7 @@ impl Snapshotter {
         }
         let thread = std::thread::Builder::new()
             .name("snapshot".into())
-            .spawn(move || run(store, keep.max(1), known, floor, rx))
+            .spawn(move || run(store, keep, known, floor, rx))
             .expect("spawning the snapshot thread needs only memory");
         Snapshotter {
             tx,
@@ -275,29 +276,89 @@ impl Snapshotter {
     }
 }
 
+/// How many snapshots the thread keeps: at most `count` (at least 1), and beyond the newest
+/// only while they fit in half of `budget` bytes (`log.retention_bytes`) together with the
+/// next one (sized as the newest): the rest of the budget is the log's. `bytes` is published
+/// for log retention: the kept snapshots plus the one being written.
+#[derive(Clone, Debug)]
+pub(super) struct Keep {
+    /// `log.snapshot_keep`.
+    pub(super) count: usize,
+    /// `log.retention_bytes`.
+    pub(super) budget: u64,
+    /// What the snapshots take of the budget now, bytes.
+    pub(super) bytes: Arc<AtomicU64>,
+}
+
+impl Keep {
+    /// How many of the oldest `sizes` (kept snapshots' bytes, oldest first) to delete so the
+    /// rest, plus a next snapshot of `next` bytes, keep within the count and half the budget;
+    /// never the newest.
+    pub(super) fn excess(&self, sizes: &[u64], next: u64) -> usize {
+        let by_count = sizes.len().saturating_sub(self.count.max(1));
+        let mut total: u64 = sizes[by_count..].iter().sum::<u64>() + next;
+        let mut drop = by_count;
+        while drop + 1 < sizes.len() && total > self.budget / 2 {
+            total -= sizes[drop];
+            drop += 1;
+        }
+        drop
+    }
+}
+
 fn run(
     store: SnapshotStore,
-    keep: usize,
-    mut known: Vec<u64>,
+    keep: Keep,
+    known: Vec<u64>,
     floor: Arc<AtomicU64>,
     rx: Receiver<Box<StateImage>>,
 ) {
+    // Kept snapshots, oldest first, with their sizes.
+    let mut kept: Vec<(u64, u64)> = known
+        .into_iter()
+        .map(|o| (o, fs::metadata(store.path(o)).map_or(0, |m| m.len())))
+        .collect();
+    // Deletes the oldest kept snapshots beyond what `keep` allows with a next one of `next`
+    // bytes coming, then publishes the floor and the bytes taken.
+    let fit = |kept: &mut Vec<(u64, u64)>, next: u64| {
+        let sizes: Vec<u64> = kept.iter().map(|k| k.1).collect();
+        let excess = keep.excess(&sizes, next);
+        if excess > 0 {
+            kept.drain(..excess);
+            let offsets: Vec<u64> = kept.iter().map(|k| k.0).collect();
+            if let Err(e) = store.prune(&offsets) {
+                tracing::warn!(error = %e, "deleting old snapshots failed");
+            }
+        }
+        if let Some(oldest) = kept.first() {
+            floor.store(oldest.0, Ordering::Relaxed);
+        }
+        let taken = kept.iter().map(|k| k.1).sum::<u64>() + next;
+        keep.bytes.store(taken, Ordering::Relaxed);
+    };
+    let newest = kept.last().map_or(0, |k| k.1);
+    fit(&mut kept, newest);
     while let Ok(image) = rx.recv() {
         let started = Instant::now();
         let offset = image.next_offset();
+        // Room for the file about to be written, sized as the newest.
+        let newest = kept.last().map_or(0, |k| k.1);
+        fit(&mut kept, newest);
         match store.write(&image) {
             Ok(bytes) => {
-                known.retain(|o| *o != offset);
-                known.push(offset);
-                let excess = known.len().saturating_sub(keep);
-                known.drain(..excess);
-                if let Err(e) = store.prune(&known) {
+                kept.retain(|k| k.0 != offset);
+                kept.push((offset, bytes));
+                // Also deletes any stray temp file.
+                let offsets: Vec<u64> = kept.iter().map(|k| k.0).collect();
+                if let Err(e) = store.prune(&offsets) {
                     tracing::warn!(error = %e, "deleting old snapshots failed");
                 }
-                floor.store(known[0], Ordering::Relaxed);
+                // Room for the next one.
+                fit(&mut kept, bytes);
                 tracing::info!(
                     offset,
                     bytes,
+                    kept = kept.len(),
                     drivers = image.driver_count(),
                     write_ms = started.elapsed().as_millis() as u64,
                     "snapshot written"
@@ -324,9 +385,14 @@ pub(super) fn start(
         return (None, None);
     }
     let schedule = Schedule::new(&config.log, offset, now_ms);
+    let keep = Keep {
+        count: config.log.snapshot_keep,
+        budget: config.log.retention_bytes,
+        bytes: schedule.disk.clone(),
+    };
     let snapshotter = Snapshotter::start(
         SnapshotStore::new(dir),
-        config.log.snapshot_keep,
+        keep,
         recovered.into_iter().collect(),
         schedule.floor.clone(),
     );
@@ -343,6 +409,8 @@ pub(super) struct Schedule {
     next_at_ms: u64,
     /// The oldest kept snapshot's offset, [`NO_FLOOR`] before the first one.
     pub(super) floor: Arc<AtomicU64>,
+    /// Bytes the snapshots take of the retention budget (kept ones and the next).
+    pub(super) disk: Arc<AtomicU64>,
 }
 
 impl Schedule {
@@ -355,6 +423,7 @@ impl Schedule {
             last_offset: offset,
             next_at_ms: now_ms.saturating_add(interval_ms),
             floor: Arc::new(AtomicU64::new(NO_FLOOR)),
+            disk: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -371,6 +440,12 @@ impl Schedule {
         by_count || by_time
     }
 
+    /// Bytes of the retention budget the snapshots take: log retention keeps the log within
+    /// the rest.
+    pub(super) fn disk_bytes(&self) -> u64 {
+        self.disk.load(Ordering::Relaxed)
+    }
+
     /// Where log retention may delete up to: the oldest kept snapshot, or `needed` (what the
     /// state itself needs) before there is one.
     pub(super) fn retention_floor(&self, needed: u64) -> u64 {
@@ -378,5 +453,35 @@ impl Schedule {
             NO_FLOOR => needed,
             floor => floor,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep(count: usize, budget: u64) -> Keep {
+        Keep {
+            count,
+            budget,
+            bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    #[test]
+    fn snapshots_beyond_the_newest_are_kept_only_while_they_fit_half_the_budget() {
+        // Plenty of room: the count decides.
+        assert_eq!(keep(2, 1 << 30).excess(&[70, 70, 70], 70), 1);
+        assert_eq!(keep(2, 1 << 30).excess(&[70, 70], 70), 0);
+        // 256 bytes of budget, 128 for snapshots: two of 70 plus the next do not fit, one does
+        // not either, but the newest is never deleted.
+        assert_eq!(keep(2, 256).excess(&[70, 70], 70), 1);
+        assert_eq!(keep(3, 256).excess(&[70, 70, 70], 0), 2);
+        assert_eq!(keep(2, 256).excess(&[70], 70), 0);
+        assert_eq!(keep(2, 0).excess(&[1, 1], 1), 1);
+        // Small old ones fit beside a large newest.
+        assert_eq!(keep(3, 300).excess(&[10, 10, 60], 60), 0);
+        assert_eq!(keep(3, 300).excess(&[30, 10, 60], 60), 1);
+        assert_eq!(keep(0, 256).excess(&[], 0), 0);
     }
 }

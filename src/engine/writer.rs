@@ -28,8 +28,9 @@ pub trait CommitLog: Send + 'static {
     /// Appends `events` and makes them durable. An error stops the engine: the log failed,
     /// or (a stream) another owner appended, so this process has lost the region.
     fn commit_events(&mut self, events: &[Event]) -> Result<(), String>;
-    /// History before `keep_from` is no longer needed to rebuild the state (default: kept).
-    fn retain_from(&mut self, _keep_from: u64) {}
+    /// History before `keep_from` is no longer needed to rebuild the state (default: kept);
+    /// `beside` bytes of the retention budget are taken by the snapshots.
+    fn retain_from(&mut self, _keep_from: u64, _beside: u64) {}
 }
 
 impl CommitLog for EventLog {
@@ -39,8 +40,8 @@ impl CommitLog for EventLog {
             .map_err(|e| e.to_string())
     }
 
-    fn retain_from(&mut self, keep_from: u64) {
-        match self.enforce_retention(keep_from) {
+    fn retain_from(&mut self, keep_from: u64, beside: u64) {
+        match self.enforce_retention_beside(keep_from, beside) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 segments = n,
@@ -59,8 +60,9 @@ const MERGE_MAX: usize = 256;
 
 enum Job {
     Commit(Vec<Event>, Vec<Deferred>),
-    /// Delete old segments no longer needed from this offset on.
-    Retain(u64),
+    /// Delete old segments no longer needed from this offset on, the snapshots taking this
+    /// many bytes of the budget.
+    Retain(u64, u64),
     /// The state at the end of the groups before it, for the snapshot thread.
     Snapshot(Box<StateImage>),
 }
@@ -97,9 +99,10 @@ impl Writer {
         self.tx.send(Job::Commit(events, replies)).is_ok()
     }
 
-    /// Asks for old segments before `keep_from` to be deleted within the retention limits.
-    pub(super) fn retain_from(&self, keep_from: u64) {
-        let _ = self.tx.try_send(Job::Retain(keep_from));
+    /// Asks for old segments before `keep_from` to be deleted within the retention limits,
+    /// `beside` bytes of which the snapshots take.
+    pub(super) fn retain_from(&self, keep_from: u64, beside: u64) {
+        let _ = self.tx.try_send(Job::Retain(keep_from, beside));
     }
 
     /// Queues a snapshot of the state after the groups already submitted; skipped if the
@@ -140,7 +143,7 @@ fn run(
                     events.extend(e);
                     replies.extend(r);
                 }
-                Job::Retain(from) => retain = Some(from),
+                Job::Retain(from, beside) => retain = Some((from, beside)),
                 Job::Snapshot(i) => image = Some(i),
             }
             merged += 1;
@@ -169,8 +172,8 @@ fn run(
         if let (Some(image), Some(snaps)) = (image, snaps) {
             snaps.offer(image);
         }
-        if let Some(keep_from) = retain {
-            log.retain_from(keep_from);
+        if let Some((keep_from, beside)) = retain {
+            log.retain_from(keep_from, beside);
         }
     }
     bus.close();

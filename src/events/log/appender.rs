@@ -131,6 +131,18 @@ impl EventLog {
     /// any segment holding an event at or after `keep_from` (events still needed to rebuild the
     /// state). Returns how many segments were deleted.
     pub fn enforce_retention(&mut self, keep_from: u64) -> Result<usize, LogError> {
+        self.enforce_retention_beside(keep_from, 0)
+    }
+
+    /// [`enforce_retention`](Self::enforce_retention) when `beside` bytes of the same data
+    /// dir's budget are taken by something else (the snapshots): the log may then use only
+    /// `retention_bytes - beside`.
+    pub fn enforce_retention_beside(
+        &mut self,
+        keep_from: u64,
+        beside: u64,
+    ) -> Result<usize, LogError> {
+        let limit = self.config.retention_bytes.saturating_sub(beside);
         let now = SystemTime::now();
         let mut total: u64 = self.segments.iter().map(|s| s.len).sum();
         let mut deleted = 0;
@@ -140,7 +152,7 @@ impl EventLog {
             if next_first > keep_from {
                 break;
             }
-            let too_big = total > self.config.retention_bytes;
+            let too_big = total > limit;
             let too_old = fs::metadata(&oldest.path)
                 .and_then(|m| m.modified())
                 .ok()

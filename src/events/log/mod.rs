@@ -83,9 +83,11 @@ pub struct LogConfig {
     pub data_dir: Option<PathBuf>,
     /// When appended events reach the disk.
     pub fsync: FsyncPolicy,
-    /// A segment is closed and a new one started past this size, bytes.
+    /// A segment is closed and a new one started past this size, bytes (at most a sixteenth
+    /// of `retention_bytes`, see [`LogConfig::effective_segment_bytes`]).
     pub segment_bytes: u64,
-    /// Old segments are deleted while the log is larger than this, bytes...
+    /// Old segments (and, beyond the newest, old snapshots) are deleted while the data dir,
+    /// log and snapshots together, is larger than this, bytes...
     pub retention_bytes: u64,
     /// ...or older than this; but never a segment still needed to rebuild the state.
     #[serde(with = "humantime_serde")]
@@ -107,6 +109,19 @@ pub struct LogConfig {
     #[doc(hidden)]
     #[serde(skip)]
     pub fail_after_commits: Option<u64>,
+}
+
+impl LogConfig {
+    /// The smallest segment cap retention ever imposes, bytes.
+    const MIN_CAPPED_SEGMENT: u64 = 64 << 10;
+
+    /// The size a segment rolls at: `segment_bytes`, but at most a sixteenth of
+    /// `retention_bytes` (never below 64 KiB), because retention deletes whole segments: with
+    /// segments as large as the budget, the data dir could not stay within it.
+    pub fn effective_segment_bytes(&self) -> u64 {
+        let cap = (self.retention_bytes / 16).max(Self::MIN_CAPPED_SEGMENT);
+        self.segment_bytes.min(cap)
+    }
 }
 
 impl Default for LogConfig {
@@ -218,4 +233,29 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<Segment>, LogError> {
     }
     segments.sort_by_key(|s| s.first_offset);
     Ok(segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogConfig;
+
+    #[test]
+    fn segments_are_capped_at_a_sixteenth_of_retention_but_not_below_64_kib() {
+        let mut c = LogConfig::default();
+        assert_eq!(
+            c.effective_segment_bytes(),
+            64 << 20,
+            "4 GiB retention: as set"
+        );
+        c.retention_bytes = 256 << 20;
+        assert_eq!(c.effective_segment_bytes(), 16 << 20);
+        c.retention_bytes = 0;
+        assert_eq!(c.effective_segment_bytes(), 64 << 10);
+        c.segment_bytes = 1024;
+        assert_eq!(
+            c.effective_segment_bytes(),
+            1024,
+            "smaller than the cap: as set"
+        );
+    }
 }
