@@ -99,7 +99,8 @@ pub struct LogConfig {
     /// ...or after this much time with new events (0: not by time).
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
-    /// Snapshots kept; the log is kept from the oldest of them. 0 turns snapshots off
+    /// Snapshots kept (beyond the newest, only while they fit in half of `retention_bytes`);
+    /// the log is kept from the oldest of them. 0 turns snapshots off
     /// (recovery replays the whole log, retention keeps what the state needs).
     pub snapshot_keep: usize,
     /// What the process does once the log cannot be written.
