@@ -102,8 +102,17 @@ pub async fn run(
         // One task routes trip updates and offer notices to their watchers (see events::router).
         routers.push(Router::spawn(bus, log_dir));
     }
-    let region_router = (!regions.is_empty())
-        .then(|| RegionRouter::new(regions.clone(), config.clone(), metrics.clone()));
+    let region_router = if regions.is_empty() {
+        None
+    } else {
+        let peer_tls = crate::cluster::forward::PeerTls::from_config(&config)?;
+        Some(RegionRouter::new(
+            regions.clone(),
+            config.clone(),
+            metrics.clone(),
+            peer_tls,
+        ))
+    };
     if let Some(router) = &region_router {
         for (i, engine) in engines.iter().enumerate() {
             router.install(i, engine.clone());

@@ -24,6 +24,14 @@ pub struct ClusterConfig {
     /// and GetRoutes hands to gateways; empty: the address the server is bound to (set it when
     /// binding `0.0.0.0` or behind NAT).
     pub advertise_addr: String,
+    /// With `tls.*` set, calls forwarded to other processes go over TLS and their certificates
+    /// are checked against this CA certificate (PEM); unset: against this process's own
+    /// `tls.cert_path` (one certificate for the whole cluster, or a chain ending in the CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_ca_path: Option<std::path::PathBuf>,
+    /// The name a peer's certificate must carry when forwarding over TLS; empty: the host of
+    /// the peer's address (an IP address then needs an IP subject alternative name).
+    pub peer_tls_domain: String,
 }
 
 impl Default for ClusterConfig {
@@ -34,6 +42,8 @@ impl Default for ClusterConfig {
             lease_ttl: std::time::Duration::from_secs(3),
             owner: String::new(),
             advertise_addr: String::new(),
+            peer_ca_path: None,
+            peer_tls_domain: String::new(),
         }
     }
 }

@@ -7,13 +7,15 @@
 //! connected channel per peer address is kept. A forwarded call carries the
 //! `dispatch-forwarded` metadata and is never forwarded again, so a stale owner table cannot
 //! make a loop; the owner refuses it with UNAVAILABLE instead, which the caller retries.
+//! With `tls.*` set, peers are called over TLS, checked against `cluster.peer_ca_path` (or
+//! this process's own certificate), as every process of a cluster serves TLS alike.
 
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 use super::router::REGION_HEADER;
@@ -32,21 +34,75 @@ const KEPT_HEADERS: [&str; 2] = ["authorization", REGION_HEADER];
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
     channels: Mutex<FxHashMap<String, Channel>>,
+    /// How peers are called over TLS (`None`: plaintext HTTP/2).
+    tls: Option<PeerTls>,
+}
+
+/// TLS to the peers: the CA certificate their certificates are checked against, and the name
+/// they must carry (`None`: the host of each peer's address).
+#[derive(Clone, Debug)]
+pub(crate) struct PeerTls {
+    ca_pem: Vec<u8>,
+    domain: Option<String>,
+}
+
+impl PeerTls {
+    /// From the config: `None` without `tls.cert_path`; an error naming the key whose file
+    /// cannot be read.
+    pub(crate) fn from_config(config: &crate::config::Config) -> Result<Option<PeerTls>, String> {
+        let Some(own) = &config.tls.cert_path else {
+            return Ok(None);
+        };
+        let (key, path) = match &config.cluster.peer_ca_path {
+            Some(ca) => ("cluster.peer_ca_path", ca),
+            None => ("tls.cert_path", own),
+        };
+        let ca_pem = std::fs::read(path).map_err(|e| {
+            format!(
+                "{key} {} (the CA forwarded calls check peers against): {e}",
+                path.display()
+            )
+        })?;
+        let domain = Some(config.cluster.peer_tls_domain.clone()).filter(|d| !d.is_empty());
+        Ok(Some(PeerTls { ca_pem, domain }))
+    }
+
+    fn client_config(&self) -> ClientTlsConfig {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.domain {
+            Some(domain) => tls.domain_name(domain.clone()),
+            None => tls,
+        }
+    }
 }
 
 impl Peers {
+    /// Peers called over `tls`, or plaintext with `None`.
+    pub(crate) fn new(tls: Option<PeerTls>) -> Peers {
+        Peers {
+            channels: Mutex::default(),
+            tls,
+        }
+    }
+
     /// The peer at `addr`, owner of `region` (connected lazily, on the first call).
     pub(crate) fn get(&self, region: &str, addr: &str) -> Result<Peer, Status> {
         let mut channels = self.channels.lock();
         let channel = match channels.get(addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| {
-                        Status::unavailable(format!(
-                            "region {region}: its owner's address {addr:?} is unusable: {e}"
-                        ))
-                    })?
+                let unusable = |e: tonic::transport::Error| {
+                    Status::unavailable(format!(
+                        "region {region}: its owner's address {addr:?} is unusable: {e}"
+                    ))
+                };
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let mut endpoint =
+                    Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(unusable)?;
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.client_config()).map_err(unusable)?;
+                }
+                let channel = endpoint
                     .tcp_nodelay(true)
                     .connect_timeout(Duration::from_secs(2))
                     .connect_lazy();

@@ -25,7 +25,7 @@
 
 pub mod audit;
 pub mod config;
-mod forward;
+pub(crate) mod forward;
 mod lease;
 mod members;
 pub(crate) mod owner;

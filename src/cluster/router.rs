@@ -72,7 +72,12 @@ pub(crate) struct RegionRouter {
 
 impl RegionRouter {
     /// A router over `map` serving no region yet; see [`RegionRouter::install`].
-    pub(crate) fn new(map: RegionMap, config: Arc<Config>, metrics: Arc<Metrics>) -> RegionRouter {
+    pub(crate) fn new(
+        map: RegionMap,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        peer_tls: Option<super::forward::PeerTls>,
+    ) -> RegionRouter {
         let n = map.regions().len();
         RegionRouter {
             inner: Arc::new(Inner {
@@ -80,7 +85,7 @@ impl RegionRouter {
                 shards: (0..n).map(|_| RwLock::new(None)).collect(),
                 owners: RwLock::new(vec![None; n]),
                 version: AtomicU64::new(1),
-                peers: Peers::default(),
+                peers: Peers::new(peer_tls),
                 homes: Mutex::new(FxHashMap::default()),
                 config,
                 metrics,

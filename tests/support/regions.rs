@@ -83,6 +83,15 @@ pub struct RegionServer {
 impl RegionServer {
     /// Starts a server on `config` and connects once it accepts connections.
     pub async fn start(config: Config) -> RegionServer {
+        Self::start_with(config, None).await
+    }
+
+    /// [`start`](Self::start) for a server on TLS (`tls.*` set in `config`): connects over
+    /// TLS with `tls`.
+    pub async fn start_with(
+        config: Config,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> RegionServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -94,7 +103,11 @@ impl RegionServer {
             .unwrap();
         });
         let channel = loop {
-            let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}")).unwrap();
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone()).unwrap();
+            }
             match endpoint.connect().await {
                 Ok(channel) => break channel,
                 Err(_) if !task.is_finished() => {
