@@ -196,6 +196,21 @@ async fn the_stream_sends_what_changed_inside_its_bbox() {
     };
     assert!(holds(lat + 0.195, 1), "{c}");
     assert!(holds(PICKUP.0 + 20_000.0 / 111_195.0, 0), "{c}");
+    // Zoomed out, the trip and its offer come counted in the pickup's cell, not one by one:
+    // [lng, lat, open, searching, offered, accepted, arrived, in_progress, offers].
+    assert!(c.get("trips").is_none() && c.get("offers").is_none(), "{c}");
+    assert_eq!(c["trip_cells"]["cell_deg"], c["drivers"]["cell_deg"], "{c}");
+    let trip_cells = c["trip_cells"]["cells"].as_array().unwrap();
+    assert_eq!(trip_cells.len(), 1, "{c}");
+    let counts: Vec<u64> = trip_cells[0].as_array().unwrap()[2..]
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 0, 1, 0, 0, 0, 1], "{c}");
+    assert!(
+        (trip_cells[0][1].as_f64().unwrap() - cell_of(lat)).abs() < 1e-6,
+        "{c}"
+    );
 
     s.stop().await;
 }
