@@ -28,7 +28,10 @@ const OPEN_WAITING = new Set(['TRIP_STATUS_SEARCHING', 'TRIP_STATUS_OFFERED',
 const TERMINAL = new Set(['TRIP_STATUS_COMPLETED', 'TRIP_STATUS_CANCELLED', 'TRIP_STATUS_NO_DRIVERS']);
 const MAX_LIST = 200;           // trip list rows kept in the DOM (newest first)
 const SNAPSHOT_DEBOUNCE_MS = 150; // after the last pan or zoom step; one request in flight
-const MAX_POINTS = 20000;       // beyond this many drivers in view the server sends cells
+// Beyond this many drivers in view the server sends cells (`?max_points=N` in the page's
+// address sets another budget, e.g. a small one to see the aggregates on a small city).
+const MAX_POINTS = Math.max(1, Math.min(200000,
+  Number(new URLSearchParams(location.search).get('max_points')) || 20000));
 
 const $ = (id) => document.getElementById(id);
 const canvas = $('map');
