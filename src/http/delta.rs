@@ -34,6 +34,12 @@ use crate::engine::map_view::DriverDot;
 /// from older views (streams that were too slow to see a view).
 const RECENT: usize = 8;
 
+/// Distinct viewports whose ticks a delta keeps for the streams that share them.
+const SHARED_TICKS: usize = 32;
+
+/// A tick's viewport (its bounds' bits) and how it sends the drivers.
+type TickKey = (Option<[u64; 4]>, Option<usize>);
+
 /// The recent deltas every stream shares, keyed by the views they lead from and to.
 #[derive(Debug, Default)]
 pub(super) struct Chain {
@@ -166,6 +172,9 @@ pub(super) struct Delta {
     pub(super) next: Arc<MapView>,
     drivers: OnceLock<Changes>,
     lists: OnceLock<Lists>,
+    /// Ticks written from this delta, by viewport and mode: viewers of the same viewport
+    /// share the bytes (at most [`SHARED_TICKS`]).
+    written: Mutex<Vec<(TickKey, Arc<[u8]>)>>,
     /// Per entry of `CELL_SIZES_DEG`, built when a viewer of that size asks: the drivers'
     /// changed cells, and the trips'.
     cells: Vec<OnceLock<Changed<(u32, u32)>>>,
@@ -194,6 +203,7 @@ impl Delta {
             next,
             drivers: OnceLock::new(),
             lists: OnceLock::new(),
+            written: Mutex::default(),
             cells: (0..sizes).map(|_| OnceLock::new()).collect(),
             trip_cells: (0..sizes).map(|_| OnceLock::new()).collect(),
             prev_counts,
@@ -215,6 +225,23 @@ impl Delta {
             .iter()
             .map(|i| isize::from(inside(&i.now)) - isize::from(inside(&i.was)))
             .sum()
+    }
+
+    /// The tick of [`Delta::write`] with the drivers' changes as `level` says (points
+    /// `None`), written once per viewport and shared by the streams that have it.
+    pub(super) fn tick(&self, bbox: Option<Bounds>, level: Option<usize>) -> Arc<[u8]> {
+        let key = (bbox.map(|b| b.map(f64::to_bits)), level);
+        if let Some((_, t)) = self.written.lock().iter().find(|(k, _)| *k == key) {
+            return t.clone();
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        self.write(&mut out, bbox, TickDrivers::Changes(level));
+        let tick: Arc<[u8]> = out.into();
+        let mut written = self.written.lock();
+        if written.len() < SHARED_TICKS {
+            written.push((key, tick.clone()));
+        }
+        tick
     }
 
     /// Writes this delta's tick for one viewer: the head, and with a base the changes inside
