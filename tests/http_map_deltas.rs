@@ -305,6 +305,9 @@ async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
         .map(|c| c[2].as_u64().unwrap())
         .sum();
     assert_eq!(counted, 2, "{t}");
+    // Trips go as the drivers do: now counted per cell, whole (none open yet).
+    assert_eq!(t["trip_cells"]["full"], true, "{t}");
+    assert!(t.get("trips").is_none(), "{t}");
     // The snapshot of the same view and query agrees.
     let snap = snapshot(addr, &query).await;
     assert_eq!(snap["seq"], t["seq"]);
@@ -329,6 +332,11 @@ async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
         "{t}"
     );
     assert_eq!(ids(&d["points"], 3), ["d-1"], "{t}");
+    assert_eq!(t["trips"]["full"], true, "trips one by one again, whole: {t}");
+    // A points stream again: it gets the trip feed (a cells stream holds none).
+    let trip = request(&s, "r-1", "req-1").await;
+    let e = sse.next_named("trip").await;
+    assert_eq!(e["trip"], trip.trip_id.as_str(), "{e}");
     s.stop().await;
 }
 
