@@ -332,7 +332,10 @@ async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
         "{t}"
     );
     assert_eq!(ids(&d["points"], 3), ["d-1"], "{t}");
-    assert_eq!(t["trips"]["full"], true, "trips one by one again, whole: {t}");
+    assert_eq!(
+        t["trips"]["full"], true,
+        "trips one by one again, whole: {t}"
+    );
     // A points stream again: it gets the trip feed (a cells stream holds none).
     let trip = request(&s, "r-1", "req-1").await;
     let e = sse.next_named("trip").await;
