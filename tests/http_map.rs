@@ -110,6 +110,12 @@ async fn snapshot_and_trip_detail_follow_a_trip_requested_over_grpc() {
         .map(|c| c[2].as_u64().unwrap())
         .sum();
     assert_eq!(counted, 3);
+    // With cells, the open trips and offers are counted into the same cells.
+    assert!(cells.get("trips").is_none(), "{cells}");
+    let trip_cells = cells["trip_cells"]["cells"].as_array().unwrap();
+    let open: u64 = trip_cells.iter().map(|c| c[2].as_u64().unwrap()).sum();
+    let offers: u64 = trip_cells.iter().map(|c| c[8].as_u64().unwrap()).sum();
+    assert_eq!((open, offers), (g.open_trips, g.pending_offers), "{cells}");
 
     accept(&s, &offer.offer_id, &offer.driver_id).await;
     let path = format!("/api/trips/{}", trip.trip_id);

@@ -196,6 +196,21 @@ async fn the_stream_sends_what_changed_inside_its_bbox() {
     };
     assert!(holds(lat + 0.195, 1), "{c}");
     assert!(holds(PICKUP.0 + 20_000.0 / 111_195.0, 0), "{c}");
+    // Zoomed out, the trip and its offer come counted in the pickup's cell, not one by one:
+    // [lng, lat, open, searching, offered, accepted, arrived, in_progress, offers].
+    assert!(c.get("trips").is_none() && c.get("offers").is_none(), "{c}");
+    assert_eq!(c["trip_cells"]["cell_deg"], c["drivers"]["cell_deg"], "{c}");
+    let trip_cells = c["trip_cells"]["cells"].as_array().unwrap();
+    assert_eq!(trip_cells.len(), 1, "{c}");
+    let counts: Vec<u64> = trip_cells[0].as_array().unwrap()[2..]
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 0, 1, 0, 0, 0, 1], "{c}");
+    assert!(
+        (trip_cells[0][1].as_f64().unwrap() - cell_of(lat)).abs() < 1e-6,
+        "{c}"
+    );
 
     s.stop().await;
 }
@@ -290,6 +305,9 @@ async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
         .map(|c| c[2].as_u64().unwrap())
         .sum();
     assert_eq!(counted, 2, "{t}");
+    // Trips go as the drivers do: now counted per cell, whole (none open yet).
+    assert_eq!(t["trip_cells"]["full"], true, "{t}");
+    assert!(t.get("trips").is_none(), "{t}");
     // The snapshot of the same view and query agrees.
     let snap = snapshot(addr, &query).await;
     assert_eq!(snap["seq"], t["seq"]);
@@ -314,6 +332,14 @@ async fn a_stream_crossing_its_point_budget_switches_mode_with_a_whole_set() {
         "{t}"
     );
     assert_eq!(ids(&d["points"], 3), ["d-1"], "{t}");
+    assert_eq!(
+        t["trips"]["full"], true,
+        "trips one by one again, whole: {t}"
+    );
+    // A points stream again: it gets the trip feed (a cells stream holds none).
+    let trip = request(&s, "r-1", "req-1").await;
+    let e = sse.next_named("trip").await;
+    assert_eq!(e["trip"], trip.trip_id.as_str(), "{e}");
     s.stop().await;
 }
 

@@ -39,7 +39,10 @@ async fn live_map_shows_the_engine_in_a_real_browser() {
     city.trips(TRIPS, ACCEPTED).await;
     city.rush(RUSH, (0.012, 0.01)).await;
     let browser = Browser::start(&tools, 1400, 850).await;
-    let outcome = check_page(&browser, &server, &mut city).await;
+    let mut outcome = check_page(&browser, &server, &mut city).await;
+    if outcome.is_ok() {
+        outcome = check_zoomed_out(&browser, &server, &mut city).await;
+    }
     let errors = browser.console_errors().await;
     browser.stop().await;
     outcome.unwrap();
@@ -194,6 +197,75 @@ async fn check_page(b: &Browser, server: &Dispatchd, city: &mut City) -> Result<
         std::fs::write(docs, &shot).map_err(|e| format!("write {docs}: {e}"))?;
     }
     Ok(())
+}
+
+/// Beyond the point budget (a budget of 50 for the 300 drivers) the page draws cells, for the
+/// trips too: `#trips-open` still equals GetStats, the trip list says how many open trips its
+/// cells count, a new trip is counted by the stream's cells ticks, and zooming in brings the
+/// trips back one by one.
+async fn check_zoomed_out(b: &Browser, server: &Dispatchd, city: &mut City) -> Result<(), String> {
+    b.client
+        .goto(&server.http_url("/?max_points=50"))
+        .await
+        .map_err(|e| format!("open the map: {e}"))?;
+    let counted = "const c = window.mapState.tripCells; \
+                   return c ? c.list.reduce((n, x) => n + x[2], 0) : null";
+    let want = city.stats().await.open_trips.to_string();
+    poll(
+        "trips counted per cell, #trips-open from the counters",
+        20,
+        || async {
+            let (info, open) = (b.text("view-info").await, b.text("trips-open").await);
+            let n = b.js(counted).await;
+            let listed = b.text("trip-count").await;
+            (info.contains("cells of")
+                && info.contains("trips in")
+                && open == want
+                && n.as_u64()
+                    .is_some_and(|n| n > 0 && listed == format!("({n})")))
+            .then_some(())
+            .ok_or(format!(
+                "{info}; #trips-open {open} (GetStats {want}); counted {n}, list {listed}"
+            ))
+        },
+    )
+    .await?;
+    let before = b.js(counted).await.as_u64().unwrap_or_default();
+    city.request_trip_at("zoomed-out", browser::CENTRE, browser::CENTRE)
+        .await;
+    let want = city.stats().await.open_trips.to_string();
+    poll(
+        "the new trip is counted by the stream's cells ticks",
+        10,
+        || async {
+            let (n, open) = (b.js(counted).await, b.text("trips-open").await);
+            (n.as_u64() == Some(before + 1) && open == want)
+                .then_some(())
+                .ok_or(format!(
+                    "counted {n} (was {before}), #trips-open {open} (GetStats {want})"
+                ))
+        },
+    )
+    .await?;
+    for _ in 0..4 {
+        b.js("document.getElementById('zoom-in').click()").await;
+    }
+    poll(
+        "zoomed in, the trips are listed one by one again",
+        20,
+        || async {
+            let info = b.text("view-info").await;
+            let rows = b
+                .client
+                .find_all(Locator::Css("#trip-list li[data-trip]"))
+                .await
+                .map_err(|e| e.to_string())?;
+            (info.contains("drivers drawn") && !rows.is_empty())
+                .then_some(())
+                .ok_or(format!("{info}; {} trip rows", rows.len()))
+        },
+    )
+    .await
 }
 
 /// Figures for the README, not assertions: the first drawn frame after load, the frame time

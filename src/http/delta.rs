@@ -22,8 +22,9 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
-use super::snapshot::{OfferJson, SurgeJson, TripJson};
-use super::tiles::{Bounds, cell_counts, cell_key, close_array, r};
+use super::cells::{self, Changed, Key, TripCount};
+use super::snapshot::{CELL_SIZES_DEG, OfferJson, SurgeJson, TripJson};
+use super::tiles::{self, Bounds, close_array, r};
 use crate::domain::LatLng;
 use crate::engine::MapView;
 use crate::engine::map_view::DriverDot;
@@ -32,6 +33,12 @@ use crate::engine::map_view::DriverDot;
 /// time wants it), the one across the last second (cells streams, see `stream.rs`) and a few
 /// from older views (streams that were too slow to see a view).
 const RECENT: usize = 8;
+
+/// Distinct viewports whose ticks a delta keeps for the streams that share them.
+const SHARED_TICKS: usize = 32;
+
+/// A tick's viewport (its bounds' bits) and how it sends the drivers.
+type TickKey = (Option<[u64; 4]>, Option<usize>);
 
 /// The recent deltas every stream shares, keyed by the views they lead from and to.
 #[derive(Debug, Default)]
@@ -139,22 +146,11 @@ impl Changes {
     }
 }
 
-/// `(count, available)` per cell `(row, col)`.
-type Counts = Arc<FxHashMap<(i64, i64), (u32, u32)>>;
+/// Counts per cell `(row, col)`: drivers `(count, available)`, or trips.
+type Counts<V> = Arc<FxHashMap<Key, V>>;
 
 /// Trips and offers that changed, and the surge list (with centres) when it changed.
 type Lists = (Changes, Changes, Option<Vec<(LatLng, SurgeJson)>>);
-
-/// The changed cells of one size: `[lng, lat, count, available]` with their `(row, col)`.
-#[derive(Debug)]
-struct CellChanges {
-    size: f64,
-    keys: Vec<(i64, i64)>,
-    ends: Vec<usize>,
-    text: Vec<u8>,
-    /// The counts of the newer view, for the next delta at this size.
-    counts: Counts,
-}
 
 /// How a tick sends the drivers.
 pub(super) enum TickDrivers<'a> {
@@ -176,19 +172,28 @@ pub(super) struct Delta {
     pub(super) next: Arc<MapView>,
     drivers: OnceLock<Changes>,
     lists: OnceLock<Lists>,
-    /// Per entry of `CELL_SIZES_DEG`, built when a viewer of that size asks.
-    cells: Vec<OnceLock<CellChanges>>,
+    /// Ticks written from this delta, by viewport and mode: viewers of the same viewport
+    /// share the bytes (at most [`SHARED_TICKS`]).
+    written: Mutex<Vec<(TickKey, Arc<[u8]>)>>,
+    /// Per entry of `CELL_SIZES_DEG`, built when a viewer of that size asks: the drivers'
+    /// changed cells, and the trips'.
+    cells: Vec<OnceLock<Changed<(u32, u32)>>>,
+    trip_cells: Vec<OnceLock<Changed<TripCount>>>,
     /// The previous delta's cell counts of the view this one starts from, per size.
-    prev_counts: Vec<Option<Counts>>,
+    prev_counts: Vec<Option<Counts<(u32, u32)>>>,
+    prev_trip_counts: Vec<Option<Counts<TripCount>>>,
 }
 
 impl Delta {
     /// From `prev` to `next`; `before` is a delta that led to `prev` (its cell counts of
     /// `prev` are reused).
     fn new(prev: Arc<MapView>, next: Arc<MapView>, before: Option<&Delta>) -> Delta {
-        let sizes = super::snapshot::CELL_SIZES_DEG.len();
+        let sizes = CELL_SIZES_DEG.len();
         let prev_counts = (0..sizes)
             .map(|l| before.and_then(|b| b.cells[l].get().map(|c| c.counts.clone())))
+            .collect();
+        let prev_trip_counts = (0..sizes)
+            .map(|l| before.and_then(|b| b.trip_cells[l].get().map(|c| c.counts.clone())))
             .collect();
         // The empty view before the first publish is no view a viewer holds.
         let base = (prev.seq > 0).then_some(prev.seq);
@@ -198,8 +203,11 @@ impl Delta {
             next,
             drivers: OnceLock::new(),
             lists: OnceLock::new(),
+            written: Mutex::default(),
             cells: (0..sizes).map(|_| OnceLock::new()).collect(),
+            trip_cells: (0..sizes).map(|_| OnceLock::new()).collect(),
             prev_counts,
+            prev_trip_counts,
         }
     }
 
@@ -217,6 +225,23 @@ impl Delta {
             .iter()
             .map(|i| isize::from(inside(&i.now)) - isize::from(inside(&i.was)))
             .sum()
+    }
+
+    /// The tick of [`Delta::write`] with the drivers' changes as `level` says (points
+    /// `None`), written once per viewport and shared by the streams that have it.
+    pub(super) fn tick(&self, bbox: Option<Bounds>, level: Option<usize>) -> Arc<[u8]> {
+        let key = (bbox.map(|b| b.map(f64::to_bits)), level);
+        if let Some((_, t)) = self.written.lock().iter().find(|(k, _)| *k == key) {
+            return t.clone();
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        self.write(&mut out, bbox, TickDrivers::Changes(level));
+        let tick: Arc<[u8]> = out.into();
+        let mut written = self.written.lock();
+        if written.len() < SHARED_TICKS {
+            written.push((key, tick.clone()));
+        }
+        tick
     }
 
     /// Writes this delta's tick for one viewer: the head, and with a base the changes inside
@@ -237,53 +262,50 @@ impl Delta {
                 (b[0]..=b[2]).contains(&p.lng_deg()) && (b[1]..=b[3]).contains(&p.lat_deg())
             })
         };
-        let level = match drivers {
+        // Trips and offers go as the drivers do: one by one with points, counted into the
+        // same cells with cells (so a zoomed-out tick is bounded by its cells).
+        match drivers {
             TickDrivers::Whole(tiles, mode) => {
                 out.extend_from_slice(br#","drivers":"#);
                 super::snapshot::write_drivers(out, tiles, bbox, mode, true);
-                None
+                match mode {
+                    None => self.write_whole_lists(out, &inside),
+                    Some(level) => {
+                        write_trip_cells_head(out, level, true);
+                        tiles.write_trip_cells(out, bbox, level);
+                        out.push(b'}');
+                    }
+                }
             }
-            TickDrivers::Changes(level) => Some(level),
-        };
-        match level {
-            None => {}
-            Some(None) => {
+            TickDrivers::Changes(None) => {
                 out.extend_from_slice(br#","drivers":{"mode":"points","#);
                 self.drivers
                     .get_or_init(|| self.diff_drivers())
                     .write(out, &|p| inside(p[0]));
+                let (trips, offers, _) = self.lists.get_or_init(|| self.diff_lists());
+                out.extend_from_slice(br#","trips":{"#);
+                trips.write(out, &|p| inside(p[0]));
+                out.extend_from_slice(br#","offers":{"#);
+                offers.write(out, &|p| inside(p[0]) || inside(p[1]));
             }
-            Some(Some(level)) => {
-                let cells = self.cells[level].get_or_init(|| self.diff_cells(level));
+            TickDrivers::Changes(Some(level)) => {
+                let cells = self.cells[level].get_or_init(|| {
+                    self.diff_cells(level, &self.prev_counts[level], tiles::cell_counts)
+                });
                 out.extend_from_slice(br#","drivers":{"mode":"cells","cell_deg":"#);
                 let _ = serde_json::to_writer(&mut *out, &cells.size);
-                out.extend_from_slice(br#","cells":["#);
-                let start = out.len();
-                let cover = bbox.map(|b| {
-                    (
-                        cell_key(cells.size, b[0], b[1]),
-                        cell_key(cells.size, b[2], b[3]),
-                    )
+                out.extend_from_slice(br#","cells":"#);
+                cells.write(out, bbox);
+                out.push(b'}');
+                let trips = self.trip_cells[level].get_or_init(|| {
+                    self.diff_cells(level, &self.prev_trip_counts[level], cells::trip_counts)
                 });
-                let mut from = 0;
-                for (i, &(row, col)) in cells.keys.iter().enumerate() {
-                    let shown = cover.is_none_or(|(lo, hi)| {
-                        (lo.0..=hi.0).contains(&row) && (lo.1..=hi.1).contains(&col)
-                    });
-                    if shown {
-                        out.extend_from_slice(&cells.text[from..cells.ends[i]]);
-                    }
-                    from = cells.ends[i];
-                }
-                close_array(out, start);
+                write_trip_cells_head(out, level, false);
+                trips.write(out, bbox);
                 out.push(b'}');
             }
         }
-        let (trips, offers, surge) = self.lists.get_or_init(|| self.diff_lists());
-        out.extend_from_slice(br#","trips":{"#);
-        trips.write(out, &|p| inside(p[0]));
-        out.extend_from_slice(br#","offers":{"#);
-        offers.write(out, &|p| inside(p[0]) || inside(p[1]));
+        let (_, _, surge) = self.lists.get_or_init(|| self.diff_lists());
         if let Some(surge) = surge {
             let shown: Vec<_> = surge
                 .iter()
@@ -294,6 +316,29 @@ impl Delta {
             let _ = serde_json::to_writer(&mut *out, &shown);
         }
         out.push(b'}');
+    }
+
+    /// `,"trips":{"full":true,"upsert":[...],"gone":[]}` and the same for offers: every trip
+    /// and offer of the newer view `inside` shows (a stream that switched to points).
+    fn write_whole_lists(&self, out: &mut Vec<u8>, inside: &dyn Fn(LatLng) -> bool) {
+        let v = &self.next;
+        let trips: Vec<_> = v
+            .trips
+            .iter()
+            .filter(|t| inside(t.pickup))
+            .map(TripJson::from)
+            .collect();
+        out.extend_from_slice(br#","trips":{"full":true,"upsert":"#);
+        let _ = serde_json::to_writer(&mut *out, &trips);
+        out.extend_from_slice(br#","gone":[]},"offers":{"full":true,"upsert":"#);
+        let offers: Vec<_> = v
+            .offers
+            .iter()
+            .filter(|o| inside(o.from) || inside(o.to))
+            .map(OfferJson::from)
+            .collect();
+        let _ = serde_json::to_writer(&mut *out, &offers);
+        out.extend_from_slice(br#","gone":[]}"#);
     }
 
     /// Drivers whose position or state changed, came online or went offline: one merge over
@@ -333,41 +378,19 @@ impl Delta {
         out
     }
 
-    /// Cells of size index `level` whose count or available count changed (0 when emptied),
-    /// sorted by `(row, col)`.
-    fn diff_cells(&self, level: usize) -> CellChanges {
-        let size = super::snapshot::CELL_SIZES_DEG[level];
-        let before = self.prev_counts[level]
+    /// Cells of size index `level` whose counts (by `count`) changed, all zero when emptied;
+    /// `before` holds the older view's counts when the previous delta made them.
+    fn diff_cells<V: cells::Counts>(
+        &self,
+        level: usize,
+        before: &Option<Counts<V>>,
+        count: fn(&MapView, f64) -> FxHashMap<Key, V>,
+    ) -> Changed<V> {
+        let size = CELL_SIZES_DEG[level];
+        let before = before
             .clone()
-            .unwrap_or_else(|| Arc::new(cell_counts(&self.prev, size)));
-        let after = Arc::new(cell_counts(&self.next, size));
-        let mut changed: Vec<((i64, i64), (u32, u32))> = after
-            .iter()
-            .filter(|(k, c)| before.get(k) != Some(c))
-            .map(|(&k, &c)| (k, c))
-            .collect();
-        changed.extend(
-            before
-                .keys()
-                .filter(|k| !after.contains_key(k))
-                .map(|&k| (k, (0, 0))),
-        );
-        changed.sort_unstable_by_key(|&(k, _)| k);
-        let centre = |i: i64| r((i as f64 + 0.5) * size);
-        let mut cells = CellChanges {
-            size,
-            keys: Vec::with_capacity(changed.len()),
-            ends: Vec::with_capacity(changed.len()),
-            text: Vec::with_capacity(changed.len() * 32),
-            counts: after,
-        };
-        for ((row, col), (n, a)) in changed {
-            let _ = serde_json::to_writer(&mut cells.text, &(centre(col), centre(row), n, a));
-            cells.text.push(b',');
-            cells.keys.push((row, col));
-            cells.ends.push(cells.text.len());
-        }
-        cells
+            .unwrap_or_else(|| Arc::new(count(&self.prev, size)));
+        Changed::new(size, &before, Arc::new(count(&self.next, size)))
     }
 
     /// Trips and offers that are new, changed or ended (merges on their sorted ids), and
@@ -399,6 +422,17 @@ impl Delta {
         let surge = (key(a) != key(b)).then(|| super::snapshot::surge_items(b));
         (trips, offers, surge)
     }
+}
+
+/// Writes `,"trip_cells":{"cell_deg":..,"cells":` (with `"full":true` first when `full`).
+fn write_trip_cells_head(out: &mut Vec<u8>, level: usize, full: bool) {
+    out.extend_from_slice(if full {
+        br#","trip_cells":{"full":true,"cell_deg":"#
+    } else {
+        br#","trip_cells":{"cell_deg":"#
+    });
+    let _ = serde_json::to_writer(&mut *out, &CELL_SIZES_DEG[level]);
+    out.extend_from_slice(br#","cells":"#);
 }
 
 /// A driver as a point: `[lng, lat, state, id]`.

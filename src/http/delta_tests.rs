@@ -255,3 +255,32 @@ proptest! {
         prop_assert_eq!(holds, held(&snapshot_drivers(&sent, bbox, max_points)));
     }
 }
+
+#[test]
+fn streams_of_one_viewport_share_a_tick_and_others_get_their_own() {
+    use crate::http::stream::{Follow, StreamQuery};
+    let dots = BTreeMap::from([(1, (-74.0, 40.7, 0)), (2, (-73.99, 40.71, 1))]);
+    let first = view(1, &dots);
+    let mut moved = dots.clone();
+    moved.insert(1, (-74.001, 40.7, 2));
+    let next = view(2, &moved);
+    let chain = Chain::default();
+    let q = |bbox| StreamQuery {
+        bbox,
+        max_points: 100,
+        seq: None,
+    };
+    let city = Some([-74.1, 40.6, -73.9, 40.8]);
+    let ticks: Vec<Arc<[u8]>> = [city, city, Some([-74.05, 40.65, -73.95, 40.75])]
+        .into_iter()
+        .map(|bbox| {
+            let mut f = Follow::new(q(bbox), first.clone(), None);
+            f.tick(&chain, next.clone(), |_| Arc::default())
+        })
+        .collect();
+    assert!(Arc::ptr_eq(&ticks[0], &ticks[1]), "one viewport, one tick");
+    assert!(!Arc::ptr_eq(&ticks[0], &ticks[2]));
+    let t: Value = serde_json::from_slice(&ticks[0]).unwrap();
+    let moved: Vec<_> = points(&t["drivers"]["upsert"]).into_keys().collect();
+    assert_eq!(moved, ["d-1"], "{t}");
+}

@@ -9,11 +9,13 @@
 //! - `auth`: tokens with role `admin` or `viewer`, as a bearer header or the login cookie.
 //! - `snapshot`: `GET /api/map/snapshot` (bbox filter, points or cells) and `/api/map/roads`.
 //! - `stream`: `GET /api/map/stream`, Server-Sent Events (ticks with what changed in the
-//!   viewer's bbox, trip and offer changes); `delta`: those changes, computed once per view.
+//!   viewer's bbox, trip and offer changes); `delta`: those changes, computed once per view;
+//!   `cells`: drivers, trips and offers counted per cell for zoomed-out viewers.
 //! - `trips`: the bounded per-trip timelines and `GET /api/trips/{id}`; `describe`: how each
 //!   event reads there.
 
 mod auth;
+mod cells;
 mod delta;
 mod describe;
 mod snapshot;

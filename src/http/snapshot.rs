@@ -3,7 +3,9 @@
 //!
 //! Drivers inside the bbox are sent one by one up to `max_points`, and beyond that as counts
 //! per grid cell (the page draws aggregates when zoomed out, so 100k drivers stay cheap to
-//! send and draw). A built answer is kept for the view it was cut from, so viewers looking at
+//! send and draw); trips and offers go the same way as the drivers, one by one or counted into
+//! the same cells (`trip_cells`), so a whole-city snapshot is bounded by its cells, not by the
+//! city's open trips. A built answer is kept for the view it was cut from, so viewers looking at
 //! the same viewport between two publishes share one build.
 
 use std::collections::HashMap;
@@ -91,9 +93,9 @@ fn unreadable(_: QueryRejection) -> ApiError {
 
 /// The query of a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct SnapshotQuery {
-    bbox: Option<Bbox>,
-    max_points: usize,
+pub(super) struct SnapshotQuery {
+    pub(super) bbox: Option<Bbox>,
+    pub(super) max_points: usize,
 }
 
 fn parse_query(params: &HashMap<String, String>) -> Result<SnapshotQuery, ApiError> {
@@ -371,9 +373,9 @@ struct Head {
 }
 
 /// The JSON answer for one query of one view: the head, the drivers spliced from the view's
-/// tiles (points, or cells when more than `max_points` are in view), then trips, offers and
-/// surge inside the bbox.
-fn build(view: &MapView, tiles: &ViewTiles, q: &SnapshotQuery) -> Vec<u8> {
+/// tiles (points, or cells when more than `max_points` are in view), then the trips and offers
+/// inside the bbox (with cells, their counts per cell instead) and the surge.
+pub(super) fn build(view: &MapView, tiles: &ViewTiles, q: &SnapshotQuery) -> Vec<u8> {
     let inside = |p: LatLng| q.bbox.is_none_or(|b| b.contains(p));
     let bbox = q.bbox.map(|b| b.0);
     let head = Head {
@@ -395,22 +397,34 @@ fn build(view: &MapView, tiles: &ViewTiles, q: &SnapshotQuery) -> Vec<u8> {
         q.max_points,
     );
     write_drivers(&mut out, tiles, bbox, mode, false);
-    let trips: Vec<_> = view
-        .trips
-        .iter()
-        .filter(|t| inside(t.pickup))
-        .map(TripJson::from)
-        .collect();
-    out.extend_from_slice(br#","trips":"#);
-    let _ = serde_json::to_writer(&mut out, &trips);
-    let offers: Vec<_> = view
-        .offers
-        .iter()
-        .filter(|o| inside(o.from) || inside(o.to))
-        .map(OfferJson::from)
-        .collect();
-    out.extend_from_slice(br#","offers":"#);
-    let _ = serde_json::to_writer(&mut out, &offers);
+    match mode {
+        None => {
+            let trips: Vec<_> = view
+                .trips
+                .iter()
+                .filter(|t| inside(t.pickup))
+                .map(TripJson::from)
+                .collect();
+            out.extend_from_slice(br#","trips":"#);
+            let _ = serde_json::to_writer(&mut out, &trips);
+            let offers: Vec<_> = view
+                .offers
+                .iter()
+                .filter(|o| inside(o.from) || inside(o.to))
+                .map(OfferJson::from)
+                .collect();
+            out.extend_from_slice(br#","offers":"#);
+            let _ = serde_json::to_writer(&mut out, &offers);
+        }
+        // Beyond the point budget trips and offers are counted into the drivers' cells.
+        Some(level) => {
+            out.extend_from_slice(br#","trip_cells":{"cell_deg":"#);
+            let _ = serde_json::to_writer(&mut out, &CELL_SIZES_DEG[level]);
+            out.extend_from_slice(br#","cells":"#);
+            tiles.write_trip_cells(&mut out, bbox, level);
+            out.push(b'}');
+        }
+    }
     let surge: Vec<_> = surge_items(view)
         .into_iter()
         .filter(|(centre, _)| inside(*centre))

@@ -8,7 +8,9 @@
 //! Why cut this way: 50 viewers of a 1,000 requests/s city each got every trip and offer
 //! change of the whole city (thousands of SSE events a second per viewer) and points ticks of
 //! thousands of moved drivers; a zoomed-out viewer now gets density (cells), once a second
-//! ([`CELLS_EVERY`] views), and its trips and offers with the ticks only.
+//! ([`CELLS_EVERY`] views), its trips and offers counted into the same cells (`trip_cells`),
+//! and holds no receiver of the trip feed, so the city's trip rate costs it nothing. Streams
+//! of the same viewport share one written tick per view.
 //!
 //! Each tick carries `seq` (the view it leads to) and `base` (the view it applies to): a viewer
 //! applies it when its own view is `base`, and names its view when it opens the stream
@@ -23,7 +25,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -31,7 +32,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{Stream, StreamExt};
-use tokio_stream::wrappers::{BroadcastStream, WatchStream};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::wrappers::WatchStream;
 
 use super::delta::{Chain, TickDrivers};
 use super::snapshot::{CELL_SIZES_DEG, drivers_mode, parse_bbox, parse_max_points};
@@ -149,21 +151,23 @@ impl Follow {
         chain: &Chain,
         next: Arc<MapView>,
         tiles: impl FnOnce(&Arc<MapView>) -> Arc<OnceLock<ViewTiles>>,
-    ) -> Vec<u8> {
+    ) -> Arc<[u8]> {
         let delta = chain.delta(&self.last, &next);
         let inside = match self.q.bbox {
             None => next.drivers.len(),
             Some(b) => self.inside.saturating_add_signed(delta.count_change(b)),
         };
         let mode = drivers_mode(inside, self.q.bbox, next.bounds, self.q.max_points);
-        let mut out = Vec::with_capacity(16 * 1024);
-        if mode == self.mode {
-            delta.write(&mut out, self.q.bbox, TickDrivers::Changes(mode));
+        let out = if mode == self.mode {
+            // Streams of the same viewport share one tick.
+            delta.tick(self.q.bbox, mode)
         } else {
             let tiles = tiles(&next);
             let tiles = tiles.get_or_init(|| ViewTiles::new(next.clone(), &CELL_SIZES_DEG));
+            let mut out = Vec::with_capacity(16 * 1024);
             delta.write(&mut out, self.q.bbox, TickDrivers::Whole(tiles, mode));
-        }
+            out.into()
+        };
         (self.last, self.inside, self.mode) = (next, inside, mode);
         out
     }
@@ -198,17 +202,20 @@ pub(super) async fn stream(
     // A viewer opens its stream just after its snapshot, whose tile index is then built.
     let start_tiles = s.snapshots.tiles(&start);
     let mut follow = Follow::new(q, start, start_tiles.get());
-    // Read by the trip/offer feed below: only a points stream gets it.
-    let points = Arc::new(AtomicBool::new(follow.points()));
-    let points_now = points.clone();
+    // Only a points stream gets the trip/offer feed: a cells stream holds no receiver, so the
+    // city's trip changes cost it nothing (it subscribes when it switches to points; the
+    // switching tick carries every trip in view, and the next tick what changed after it).
+    let (points_tx, points) = watch::channel(follow.points());
+    // Subscribed now, as the stream opens, so a points stream misses no change after it.
+    let feed = follow.points().then(|| s.trips.subscribe());
     let ticks = WatchStream::from_changes(views).filter_map(move |view| {
         let event = follow.due(&view).then(|| {
             let out = follow.tick(&shared.deltas, view, |v| shared.snapshots.tiles(v));
-            points_now.store(follow.points(), Ordering::Relaxed);
+            points_tx.send_if_modified(|p| std::mem::replace(p, follow.points()) != *p);
             // serde_json writes UTF-8 and the copied items are whole serde_json items.
             Event::default()
                 .event("tick")
-                .data(String::from_utf8(out).unwrap_or_default())
+                .data(std::str::from_utf8(&out).unwrap_or_default())
         });
         std::future::ready(event)
     });
@@ -218,23 +225,38 @@ pub(super) async fn stream(
         };
         (b[0]..=b[2]).contains(&p.lng_deg()) && (b[1]..=b[3]).contains(&p.lat_deg())
     };
-    let changes = BroadcastStream::new(s.trips.subscribe()).filter_map(move |item| {
-        let wanted = points.load(Ordering::Relaxed);
-        std::future::ready(match item {
-            Ok(item) if wanted && inside(item.pickup) => {
-                Some(Event::default().event(item.event).data(item.data.as_str()))
-            }
-            Ok(_) => None,
-            // Lagged: the missed changes' end state comes with the next tick (its trips and
-            // offers), so the viewer needs no snapshot; it is told how many it missed.
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => wanted
-                .then(|| {
-                    Event::default()
-                        .event("lagged")
-                        .data(format!(r#"{{"missed":{missed}}}"#))
-                }),
-        })
-    });
+    let changes = futures_util::stream::unfold(
+        (s.clone(), points, feed),
+        move |(s, mut points, mut feed)| async move {
+            let event = loop {
+                if !*points.borrow_and_update() {
+                    feed = None;
+                    // The ticks ended (the sender is gone): so does the feed.
+                    points.wait_for(|&p| p).await.ok()?;
+                }
+                let rx = feed.get_or_insert_with(|| s.trips.subscribe());
+                tokio::select! {
+                    item = rx.recv() => match item {
+                        Ok(item) if inside(item.pickup) => {
+                            break Event::default().event(item.event).data(item.data.as_str());
+                        }
+                        Ok(_) => {}
+                        // Lagged: the missed changes' end state comes with the next tick (its
+                        // trips and offers), so the viewer needs no snapshot; it is told how
+                        // many it missed.
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            break Event::default()
+                                .event("lagged")
+                                .data(format!(r#"{{"missed":{missed}}}"#));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    changed = points.changed() => changed.ok()?,
+                }
+            };
+            Some((event, (s, points, feed)))
+        },
+    );
     let mut draining = s.draining.clone();
     let stop = async move {
         let _ = draining.wait_for(|&d| d).await;

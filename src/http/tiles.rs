@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use rustc_hash::FxHashMap;
 
+use super::cells::{self, Counts};
 use crate::engine::MapView;
 
 /// Tile side for points, degrees (about 220 m of latitude): small enough that an edge row's
@@ -49,6 +50,25 @@ struct Rows {
 impl Rows {
     fn tile(size: f64, lng: f64, lat: f64) -> (i64, i64) {
         ((lat / size).floor() as i64, (lng / size).floor() as i64)
+    }
+
+    /// The cells of `counts`, sorted and encoded.
+    fn from_counts<V: Counts>(size: f64, counts: FxHashMap<(i64, i64), V>) -> Rows {
+        let mut sorted: Vec<_> = counts.into_iter().collect();
+        sorted.sort_unstable_by_key(|&(key, _)| key);
+        let mut rows = Rows {
+            size,
+            keys: Vec::with_capacity(sorted.len()),
+            offsets: Vec::with_capacity(sorted.len() + 1),
+            text: Vec::with_capacity(sorted.len() * 32),
+        };
+        rows.offsets.push(0);
+        for (key, v) in sorted {
+            cells::write_item(&mut rows.text, size, key, &v);
+            rows.keys.push(key);
+            rows.offsets.push(rows.text.len());
+        }
+        rows
     }
 
     /// Items `lo..hi` of row `row` with a column in `cols`.
@@ -133,6 +153,8 @@ pub(super) struct ViewTiles {
     encoded: Vec<OnceLock<Encoded>>,
     /// Cells per size of `cell_sizes`, each built when first asked for.
     cells: Vec<OnceLock<Rows>>,
+    /// Trip cells per size, likewise.
+    trip_cells: Vec<OnceLock<Rows>>,
     cell_sizes: &'static [f64],
 }
 
@@ -176,6 +198,7 @@ impl ViewTiles {
             row_starts,
             encoded: (0..rows).map(|_| OnceLock::new()).collect(),
             cells: cell_sizes.iter().map(|_| OnceLock::new()).collect(),
+            trip_cells: cell_sizes.iter().map(|_| OnceLock::new()).collect(),
             cell_sizes,
             view,
         }
@@ -301,25 +324,31 @@ impl ViewTiles {
         close_array(out, start + 1);
     }
 
+    /// Writes `[[lng, lat, open, searching, offered, accepted, arrived, in_progress, offers],
+    /// ...]` for the trip cells of size index `level` that `b` touches (every one with
+    /// `None`): open trips by the cell of their pickup, pending offers by the pickup's cell.
+    pub(super) fn write_trip_cells(&self, out: &mut Vec<u8>, b: Option<Bounds>, level: usize) {
+        let size = self.cell_sizes[level];
+        let cells = self.trip_cells[level]
+            .get_or_init(|| Rows::from_counts(size, cells::trip_counts(&self.view, size)));
+        let start = out.len();
+        out.push(b'[');
+        match b {
+            Some(b) => {
+                let ((r0, c0), (r1, c1)) = cells::covered(size, b);
+                for row in r0..=r1 {
+                    let (lo, hi) = cells.span(row, (c0, c1));
+                    cells.copy(out, lo, hi);
+                }
+            }
+            None => cells.copy(out, 0, cells.keys.len()),
+        }
+        close_array(out, start + 1);
+    }
+
     fn build_cells(&self, level: usize) -> Rows {
         let size = self.cell_sizes[level];
-        let mut sorted: Vec<_> = cell_counts(&self.view, size).into_iter().collect();
-        sorted.sort_unstable_by_key(|&(key, _)| key);
-        let mut rows = Rows {
-            size,
-            keys: Vec::with_capacity(sorted.len()),
-            offsets: Vec::with_capacity(sorted.len() + 1),
-            text: Vec::with_capacity(sorted.len() * 32),
-        };
-        rows.offsets.push(0);
-        let centre = |i: i64| r((i as f64 + 0.5) * size);
-        for ((row, col), (n, a)) in sorted {
-            let _ = serde_json::to_writer(&mut rows.text, &(centre(col), centre(row), n, a));
-            rows.text.push(b',');
-            rows.keys.push((row, col));
-            rows.offsets.push(rows.text.len());
-        }
-        rows
+        Rows::from_counts(size, cell_counts(&self.view, size))
     }
 }
 

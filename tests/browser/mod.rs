@@ -274,7 +274,8 @@ impl City {
         self.request_trip_at(rider, pickup, dropoff).await
     }
 
-    async fn request_trip_at(
+    /// Requests a trip from `pickup` to `dropoff`, `(lat, lng)`.
+    pub async fn request_trip_at(
         &mut self,
         rider: &str,
         pickup: (f64, f64),

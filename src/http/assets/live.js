@@ -5,7 +5,9 @@
 // those no longer shown ("gone"), or the changed cells (count 0 = empty now); trips and offers
 // the same way by id; the surge list only when it changed. Gone first, then upserts. When
 // the drivers in view cross the point budget the server switches mode and that tick carries
-// the whole set ("full"), as a snapshot would.
+// the whole set ("full"), as a snapshot would. Beyond the point budget trips and offers come
+// as the drivers do: counted into the same cells ("trip_cells": [lng, lat, open, searching,
+// offered, accepted, arrived, in_progress, offers]) instead of one by one.
 'use strict';
 
 // Points held as growable arrays plus id -> index, so a delta is O(changes): a gone driver's
@@ -48,12 +50,20 @@ function setDrivers(d) {
     S.cells = cellsFrom(d.cell_deg, d.cells); S.pts = null;
   }
 }
+// A cell whose counts are all zero is empty now.
 function applyCells(cells, changed) {
   for (const c of changed) {
     const k = `${c[0]},${c[1]}`;
-    if (c[2] === 0) cells.byKey.delete(k); else cells.byKey.set(k, c);
+    if (c.every((v, i) => i < 2 || v === 0)) cells.byKey.delete(k); else cells.byKey.set(k, c);
   }
   if (changed.length) cells.list = [...cells.byKey.values()];
+}
+
+// Trips and offers counted per cell (zoomed out), or null when they come one by one; with
+// cells the page holds no trip and no offer of its own.
+function setTripCells(tc) {
+  S.tripCells = tc ? cellsFrom(tc.cell_deg, tc.cells) : null;
+  if (tc) { S.trips = new Map(); if (S.snap) S.snap.offers = []; }
 }
 
 // Offers (a list on the snapshot) by their id.
@@ -86,6 +96,7 @@ function connect(url) {
   // 'lagged': some trip/offer events were skipped; the next tick brings their end state.
   es.addEventListener('trip', (m) => {
     const e = JSON.parse(m.data);
+    if (S.tripCells) return; // zoomed out: trips are counted per cell, not listed
     if (TERMINAL.has(e.status)) S.trips.delete(e.trip);
     else {
       const old = S.trips.get(e.trip) || { trip: e.trip, order: Date.now() };
@@ -113,24 +124,31 @@ function applyTick(t) {
   $('lag').textContent = `view ${Math.max(0, Date.now() - t.at_ms)} ms behind the engine clock`;
   if (!S.snap || t.seq <= S.seq) return; // no snapshot yet, or it already shows this view
   const d = t.drivers;
-  const fits = d && (d.full || (d.mode === 'points' ? S.pts : S.cells && S.cells.deg === d.cell_deg));
+  const fits = d && (d.full || (d.mode === 'points' ? S.pts && !S.tripCells
+    : S.cells && S.cells.deg === d.cell_deg && S.tripCells && S.tripCells.deg === d.cell_deg));
   if (t.base !== S.seq || !fits) { requestSnapshot(); return; }
   S.seq = t.seq; S.deltas++;
   S.snap.at_ms = t.at_ms; S.snap.offset = t.offset; S.snapLocalMs = performance.now();
   if (d.full) setDrivers(d); // the server switched between points and cells
   else if (d.mode === 'points') applyPoints(S.pts, d);
   else applyCells(S.cells, d.cells);
-  for (const id of t.trips.gone) S.trips.delete(id);
-  for (const trip of t.trips.upsert) {
-    const old = S.trips.get(trip.trip);
-    // An event newer than this view keeps its status.
-    const newer = old && old.offset >= t.offset ? { status: old.status, driver: old.driver, offset: old.offset } : {};
-    S.trips.set(trip.trip, { ...trip, offset: t.offset, order: trip.requested_at_ms || 0, ...newer });
+  const tc = t.trip_cells;
+  if (tc && tc.full) setTripCells(tc);
+  else if (tc) applyCells(S.tripCells, tc.cells);
+  if (t.trips && t.trips.full) { S.tripCells = null; S.trips = new Map(); S.snap.offers = []; }
+  if (t.trips) {
+    for (const id of t.trips.gone) S.trips.delete(id);
+    for (const trip of t.trips.upsert) {
+      const old = S.trips.get(trip.trip);
+      // An event newer than this view keeps its status.
+      const newer = old && old.offset >= t.offset ? { status: old.status, driver: old.driver, offset: old.offset } : {};
+      S.trips.set(trip.trip, { ...trip, offset: t.offset, order: trip.requested_at_ms || 0, ...newer });
+    }
   }
-  S.snap.offers = applyOffers(S.snap.offers || [], t.offers);
+  if (t.offers) S.snap.offers = applyOffers(S.snap.offers || [], t.offers);
   if (t.surge) S.snap.surge = t.surge;
   // A cells stream has no trip events: the selected trip's changes come with the ticks.
-  if (S.selected && (t.trips.gone.includes(S.selected) || t.trips.upsert.some((x) => x.trip === S.selected))) refreshDetail();
+  if (S.selected && t.trips && (t.trips.gone.includes(S.selected) || t.trips.upsert.some((x) => x.trip === S.selected))) refreshDetail();
   renderTrips();
   S.dirty = true;
 }

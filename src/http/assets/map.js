@@ -8,7 +8,8 @@
 //   them it applies the stream's ticks, which carry only what changed in its viewport since
 //   the view it holds (live.js). A tick it cannot apply (it missed a view) means a snapshot.
 // - Zoomed out (more than MAX_POINTS drivers in view) the server sends cells, on the stream
-//   too (once a second, trips and offers with the ticks only).
+//   too (once a second, trips and offers with the ticks only), and trips and offers come
+//   counted into the same cells: rings sized by the riders waiting there, no trip list.
 // - Counters come from the stream's tick (the same numbers GetStats reports at that publish);
 //   trip changes also arrive as events, so a new trip shows at once.
 // - Every error is caught and shown in the header instead of thrown; window.mapErrors keeps
@@ -27,7 +28,10 @@ const OPEN_WAITING = new Set(['TRIP_STATUS_SEARCHING', 'TRIP_STATUS_OFFERED',
 const TERMINAL = new Set(['TRIP_STATUS_COMPLETED', 'TRIP_STATUS_CANCELLED', 'TRIP_STATUS_NO_DRIVERS']);
 const MAX_LIST = 200;           // trip list rows kept in the DOM (newest first)
 const SNAPSHOT_DEBOUNCE_MS = 150; // after the last pan or zoom step; one request in flight
-const MAX_POINTS = 20000;       // beyond this many drivers in view the server sends cells
+// Beyond this many drivers in view the server sends cells (`?max_points=N` in the page's
+// address sets another budget, e.g. a small one to see the aggregates on a small city).
+const MAX_POINTS = Math.max(1, Math.min(200000,
+  Number(new URLSearchParams(location.search).get('max_points')) || 20000));
 
 const $ = (id) => document.getElementById(id);
 const canvas = $('map');
@@ -52,6 +56,7 @@ const S = {
   snap: null, snapLocalMs: 0,   // last snapshot and performance.now() when it arrived
   pts: null, cells: null,        // projected drivers (typed arrays) or aggregated cells
   trips: new Map(),              // trip id -> {trip, status, driver, pickup, offset}
+  tripCells: null,               // zoomed out: trips and offers counted per cell, else null
   stats: null, statsOffset: -1,
   roads: null, noRoads: false, roadsKey: '',
   selected: null, detailTimer: 0,
@@ -103,9 +108,10 @@ function onSnapshot(snap, box) {
     next.set(t.trip, { ...t, offset: snap.offset, order: t.requested_at_ms || 0 });
   }
   for (const [id, t] of S.trips) {
-    if (t.offset >= snap.offset && !TERMINAL.has(t.status)) next.set(id, { ...next.get(id), ...t });
+    if (!snap.trip_cells && t.offset >= snap.offset && !TERMINAL.has(t.status)) next.set(id, { ...next.get(id), ...t });
   }
   S.trips = next;
+  setTripCells(snap.trip_cells);
   renderTrips();
   S.dirty = true;
   maybeRoads();
@@ -152,8 +158,14 @@ function renderTrips() {
   const trips = [...S.trips.values()].sort((a, b) => (b.order || 0) - (a.order || 0));
   const shown = trips.slice(0, MAX_LIST);
   const key = shown.map((t) => t.trip + t.status + (t.trip === S.selected)).join('|') + trips.length;
-  if (key === listKey) return; // nothing visible changed: leave the DOM alone
-  listKey = key;
+  const counted = S.tripCells ? S.tripCells.list.reduce((n, c) => n + c[2], 0) : -1;
+  if (key + counted === listKey) return; // nothing visible changed: leave the DOM alone
+  listKey = key + counted;
+  if (counted >= 0) { // zoomed out: trips are counted per cell
+    $('trip-count').textContent = `(${counted})`;
+    $('trip-list').replaceChildren(el('li', { class: 'more' }, `${counted} open trips in view, counted per cell: zoom in to list them`));
+    return;
+  }
   $('trip-count').textContent = `(${trips.length})`;
   const rows = shown.map((t) => el('li', { 'data-trip': t.trip, class: t.trip === S.selected ? 'selected' : '' },
     el('span', {}, t.trip, t.driver ? ` → ${t.driver}` : ''), el('span', { class: 'status' }, shortStatus(t.status))));
@@ -304,7 +316,23 @@ function drawOffers() {
   ctx.setLineDash([]);
 }
 
+// Zoomed out: a ring per cell sized by the riders waiting there (searching, offered,
+// accepted, arrived), their number written when the cell is wide enough.
+function drawTripCells() {
+  const half = S.tripCells.deg / 2, wide = (sx(half) - sx(-half)) > 28;
+  ctx.lineWidth = 1.5; ctx.strokeStyle = RIDER; ctx.fillStyle = RIDER; ctx.font = '10px system-ui, sans-serif';
+  for (const c of S.tripCells.list) {
+    const waiting = c[3] + c[4] + c[5] + c[6];
+    if (!waiting) continue;
+    const x = sx(c[0]), y = sy(c[1]);
+    if (x < -20 || y < -20 || x > view.w + 20 || y > view.h + 20) continue;
+    ctx.beginPath(); ctx.arc(x, y, 2.5 + 1.5 * Math.log2(1 + waiting), 0, 2 * Math.PI); ctx.stroke();
+    if (wide) ctx.fillText(String(waiting), x + 6, y - 4);
+  }
+}
+
 function drawRiders() {
+  if (S.tripCells) { drawTripCells(); return; }
   for (const t of S.trips.values()) {
     if (!t.pickup || !OPEN_WAITING.has(t.status)) continue;
     const x = sx(t.pickup[0]), y = sy(t.pickup[1]);
@@ -335,6 +363,7 @@ function draw() {
   const [a, b, c, d] = viewBbox();
   $('view-info').textContent = `${((b + d) / 2).toFixed(4)}, ${((a + c) / 2).toFixed(4)} · ` +
     (S.pts ? `${S.pts.st.length} drivers drawn` : S.cells ? `${S.cells.list.length} cells of ${S.cells.deg}°` : 'no drivers') +
+    (S.tripCells ? ` · trips in ${S.tripCells.list.length} cells` : '') +
     ` · ${((S.snap && S.snap.surge) || []).length} surge cells`;
   $('frame-time').textContent = `draw ${median(perf.drawMs).toFixed(1)} ms`;
 }
