@@ -394,3 +394,54 @@ impl Learn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatch::domain::{Rating, VehicleClass};
+    use dispatch::engine::GoOnline;
+
+    fn at(north_m: f64) -> LatLng {
+        LatLng::new(40.75 + north_m / 111_195.0, -73.99).unwrap()
+    }
+
+    #[test]
+    fn a_report_by_interned_key_does_what_a_report_by_name_does() {
+        let mut d = Dispatcher::new(&Config::default(), dispatch::index::default_index(), 0);
+        for name in ["d0", "d1"] {
+            d.go_online(
+                1_000,
+                GoOnline {
+                    driver: ExternalId::new("driver", name).unwrap(),
+                    position: at(0.0),
+                    rating: Rating::new(4.8).unwrap(),
+                    class: VehicleClass::Economy,
+                    gateway: None,
+                },
+            )
+            .unwrap();
+        }
+        d.go_offline(2_000, &ExternalId::new("driver", "d0").unwrap())
+            .unwrap();
+        let mut drivers = Drivers::default();
+        let (d1, d0, ghost) = (
+            drivers.intern("d1"),
+            drivers.intern("d0"),
+            drivers.intern("ghost"),
+        );
+        assert_eq!(drivers.intern("d1"), d1, "interned once");
+        assert_eq!(drivers.get("ghost"), Some(ghost));
+        let mut keys = Keys::default();
+        // Twice: the second goes by the cached key.
+        for north in [500.0, 900.0] {
+            for i in [d1, d0, ghost, u32::MAX] {
+                keys.apply(&mut d, drivers.names(), i, at(north));
+            }
+            assert_eq!(d.driver("d1").unwrap().position, at(north));
+        }
+        // An offline driver's report is refused by key as by name: d0 stays where it was.
+        assert_eq!(d.driver("d0").unwrap().position, at(0.0));
+        assert!(d.apply_location("d0", at(900.0)).is_err());
+        assert!(d.driver("ghost").is_err());
+    }
+}
