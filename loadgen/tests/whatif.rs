@@ -42,6 +42,11 @@ async fn record(dir: &std::path::Path) {
             .await
             .unwrap();
     }
+    // More entries than the decoder hands over in one batch (512), so replay reads a
+    // journal across batches; d0 reports where it already is.
+    for _ in 0..600 {
+        engine.update_location(id("d0"), at(100.0)).await.unwrap();
+    }
     for i in 0..10 {
         let (trip, _) = engine
             .request_trip(TripRequest {

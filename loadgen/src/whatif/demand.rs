@@ -153,6 +153,8 @@ pub fn from_csv(path: &Path, fleet: Fleet) -> Result<Source, String> {
         facts,
         problems,
         requests: trips.len() as u32,
+        drivers: Default::default(),
+        load_cpu: Default::default(),
     })
 }
 

@@ -73,15 +73,28 @@ pub struct VariantRuns {
     pub name: String,
     /// One per seed, in seed order.
     pub runs: Vec<RunStats>,
-    /// Wall time its runs took together (summed over threads).
+    /// CPU time its runs took together (their threads' time on a core; the wall time where
+    /// the system does not say).
     pub cpu: Duration,
+    /// Wall time its runs took together (summed over threads: on a shared machine it
+    /// includes waiting for a core).
+    pub wall: Duration,
+}
+
+/// The calling thread's time on a core so far, from Linux's `/proc/thread-self/schedstat`
+/// (nanoseconds); `None` elsewhere. On a machine shared with other work a run's wall time
+/// includes waiting for a core, its CPU time does not.
+pub fn thread_cpu() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 /// Runs every variant under seeds `0..seeds` on up to `threads` threads.
 pub fn run_all(src: &Source, variants: &[Variant], seeds: u32, threads: usize) -> Vec<VariantRuns> {
     let seeds = seeds.max(1) as usize;
     let jobs = variants.len() * seeds;
-    let results: Vec<Mutex<Option<(RunStats, Duration)>>> =
+    let results: Vec<Mutex<Option<(RunStats, Duration, Duration)>>> =
         (0..jobs).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
@@ -94,11 +107,16 @@ pub fn run_all(src: &Source, variants: &[Variant], seeds: u32, threads: usize) -
                     }
                     let (v, seed) = (job / seeds, job % seeds);
                     let started = Instant::now();
+                    let cpu_before = thread_cpu();
                     let run = sim::simulate(src, &variants[v].config, seed as u64);
                     let took = started.elapsed();
+                    let cpu = match (cpu_before, thread_cpu()) {
+                        (Some(a), Some(b)) => b.saturating_sub(a),
+                        _ => took,
+                    };
                     // A poisoned slot would mean a panicking run, which already aborted the scope.
                     if let Ok(mut slot) = results[job].lock() {
-                        *slot = Some((run, took));
+                        *slot = Some((run, cpu, took));
                     }
                 }
             });
@@ -110,13 +128,15 @@ pub fn run_all(src: &Source, variants: &[Variant], seeds: u32, threads: usize) -
             name: v.name.clone(),
             runs: Vec::with_capacity(seeds),
             cpu: Duration::ZERO,
+            wall: Duration::ZERO,
         })
         .collect();
     for (job, slot) in results.into_iter().enumerate() {
         let v = job / seeds;
-        if let Some((run, took)) = slot.into_inner().ok().flatten() {
+        if let Some((run, cpu, took)) = slot.into_inner().ok().flatten() {
             out[v].runs.push(run);
-            out[v].cpu += took;
+            out[v].cpu += cpu;
+            out[v].wall += took;
         }
     }
     out

@@ -55,6 +55,7 @@ pub fn json(results: &[VariantRuns], meta: Map<String, Value>) -> Value {
         m.insert("name".into(), json!(v.name));
         m.insert("seeds".into(), json!(v.runs.len()));
         m.insert("cpu_s".into(), json!(v.cpu.as_secs_f64()));
+        m.insert("wall_s".into(), json!(v.wall.as_secs_f64()));
         let mut ci = Map::new();
         for (name, read) in METRICS {
             let i = over_seeds(v, *read, None);

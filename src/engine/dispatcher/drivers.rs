@@ -130,6 +130,23 @@ impl Dispatcher {
         self.state.report_location(driver, position)
     }
 
+    /// The dense key of a known driver. It stays the driver's for the dispatcher's life
+    /// (drivers are only ever added), so a caller applying many reports (the what-if replay)
+    /// can resolve each name once and use [`apply_location_key`](Self::apply_location_key).
+    pub fn driver_key(&self, driver: &str) -> Option<DriverKey> {
+        self.state.driver_key(driver)
+    }
+
+    /// [`apply_location`](Self::apply_location) by the key [`driver_key`](Self::driver_key)
+    /// gave: the same effect, without hashing the name.
+    pub fn apply_location_key(
+        &mut self,
+        key: DriverKey,
+        position: LatLng,
+    ) -> Result<DriverKey, LocationRejection> {
+        self.state.report_location_key(key, position)
+    }
+
     /// [`apply_location`](Self::apply_location) with errors a person can read.
     pub fn update_location(&mut self, driver: &ExternalId, position: LatLng) -> Result<(), Error> {
         self.apply_location(driver.as_str(), position)

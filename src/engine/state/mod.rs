@@ -431,6 +431,19 @@ impl DispatchState {
         let Some(key) = self.driver_key(driver) else {
             return Err(LocationRejection::UnknownDriver);
         };
+        self.report_location_key(key, position)
+    }
+
+    /// [`report_location`](Self::report_location) for a driver already resolved to its key
+    /// (a key never changes while the state lives: drivers are only ever added).
+    pub(crate) fn report_location_key(
+        &mut self,
+        key: DriverKey,
+        position: LatLng,
+    ) -> Result<DriverKey, LocationRejection> {
+        if key.0 as usize >= self.drivers.len() {
+            return Err(LocationRejection::UnknownDriver);
+        }
         match self.drivers[key.0 as usize].status {
             DriverStatus::Offline => return Err(LocationRejection::DriverOffline),
             DriverStatus::Available => self.index.upsert(key, position),
