@@ -24,6 +24,7 @@
 //! forwards the region's calls there.
 
 pub mod audit;
+mod border;
 pub mod config;
 mod forward;
 mod lease;

@@ -25,12 +25,13 @@ impl RegionRouter {
     }
 
     /// The region a location report of `driver` at `position` goes to: the driver's region if
-    /// it is known here (remembered, or held by a region served here), else the region of the
-    /// position (no lookup at other owners on the hot path; a driver not there is counted
-    /// as an unknown driver by that region's owner).
+    /// it is known here (remembered, or held by a region served here; an available driver
+    /// that crossed the border by more than the margin is moved first, `border`), else the
+    /// region of the position (no lookup at other owners on the hot path; a driver not there
+    /// is counted as an unknown driver by that region's owner).
     async fn location_home(&self, driver: &str, position: crate::LatLng) -> usize {
         if let Some(i) = self.home_here(driver).await {
-            return i;
+            return self.crossing(i, driver, position).await;
         }
         self.map().locate("location", position).unwrap_or(0)
     }
@@ -128,15 +129,23 @@ impl DriverService for RegionRouter {
         let req = request.get_ref();
         let i = self.by_point("location", req.location.as_ref())?;
         let driver = req.driver_id.clone();
+        let position = crate::grpc::convert::latlng("location", req.location)?;
         if let Some(home) = self.home(&driver, request.metadata()).await
             && home != i
             && !self.is_offline_in(home, &driver, request.metadata()).await
         {
-            return Err(Status::failed_precondition(format!(
-                "driver {driver:?} is known to region {:?}; moving between regions is not \
-                 supported yet: go offline there first",
-                self.map().regions()[home].name
-            )));
+            // An available driver moves (leave there, join here; `border`); a busy one, or
+            // one whose region is served by another process, stays where it is.
+            let id = crate::grpc::convert::id("driver_id", &driver)?;
+            if let Err(why) = self.move_driver(home, i, &id, Some(position)).await {
+                return Err(Status::failed_precondition(format!(
+                    "driver {driver:?} belongs to region {:?} and cannot move to {:?} now ({}); \
+                     finish its offer or trip there, or go offline there first",
+                    self.map().regions()[home].name,
+                    self.map().regions()[i].name,
+                    why.message()
+                )));
+            }
         }
         let answer = route!(self, i, request, go_online)?;
         self.remember(&driver, i);

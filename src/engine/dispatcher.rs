@@ -18,6 +18,7 @@
 
 mod batch;
 mod drivers;
+mod moves;
 mod offers;
 mod search;
 mod timers;

@@ -457,6 +457,16 @@ impl Engine {
         self.call(|r| Command::PendingOffers(gateway, r)).await
     }
 
+    /// See [`Dispatcher::leave_region`].
+    pub async fn leave_region(&self, driver: ExternalId, to: String) -> Result<Driver, Error> {
+        self.call(|r| Command::LeaveRegion(driver, to, r)).await
+    }
+
+    /// See [`Dispatcher::join_region`].
+    pub async fn join_region(&self, join: crate::events::RegionJoin) -> Result<Driver, Error> {
+        self.call(|r| Command::JoinRegion(Box::new(join), r)).await
+    }
+
     /// Makes the dispatcher fire due deadlines now; returns once their events are published.
     /// Used after moving a manual clock.
     pub async fn tick(&self) -> Result<(), Error> {

@@ -295,6 +295,45 @@ pub enum EventKind {
         /// Offers made before giving up.
         offers_made: u32,
     },
+    /// An available driver left this region for the neighbouring region `to` (it crossed the
+    /// border, or a pickup across it drew it there). Here it is offline from now on; the
+    /// matching [`EventKind::DriverJoinedRegion`] is in `to`'s stream. Appended after every
+    /// older kind, so logs and snapshots written before it still decode.
+    DriverLeftRegion {
+        /// The driver.
+        driver: ExternalId,
+        /// The region it moves to.
+        to: String,
+    },
+    /// A driver that left region `from` joined this one, available, with the profile and the
+    /// counters scoring reads (acceptance, fairness), so a move does not reset them.
+    DriverJoinedRegion(Arc<RegionJoin>),
+}
+
+/// A driver arriving from a neighbouring region: everything its old region knew of it that
+/// matters for dispatch here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionJoin {
+    /// The driver.
+    pub driver: ExternalId,
+    /// The region it left.
+    pub from: String,
+    /// Where it is.
+    pub position: LatLng,
+    /// Rating.
+    pub rating: Rating,
+    /// Vehicle class.
+    pub class: VehicleClass,
+    /// Gateway routing its offers.
+    pub gateway: Option<ExternalId>,
+    /// Rolling acceptance rate, 0..1.
+    pub acceptance_rate: f64,
+    /// Trips completed on the UTC day `trips_day`.
+    pub trips_today: u32,
+    /// The UTC day (days since the epoch) `trips_today` counts.
+    pub trips_day: u64,
+    /// Free (available) since this instant, ms since the epoch (fairness: idle time).
+    pub free_since_ms: u64,
 }
 
 impl EventKind {
@@ -304,6 +343,8 @@ impl EventKind {
             EventKind::DriverOnline { .. }
             | EventKind::DriverOffline { .. }
             | EventKind::DriverProfileUpdated { .. }
+            | EventKind::DriverLeftRegion { .. }
+            | EventKind::DriverJoinedRegion(_)
             | EventKind::BatchFlushed { .. } => None,
             EventKind::TripRequested { trip, .. }
             | EventKind::SearchRetryScheduled { trip, .. }
