@@ -372,3 +372,46 @@ impl EventKind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ExternalId {
+        ExternalId::new("driver_id", s).unwrap()
+    }
+
+    /// Log records and snapshots are postcard, which writes an enum variant as its index: the
+    /// region-move kinds are appended after every older kind, so a record written before they
+    /// existed decodes unchanged, and the older kinds keep their bytes.
+    #[test]
+    fn records_written_before_the_region_moves_still_decode() {
+        // `Event { offset: 5, at_ms: 7, kind: DriverOffline { driver: "d" } }` as every
+        // earlier version wrote it: offset, at_ms, variant 2, a one-byte string.
+        let old = [5u8, 7, 2, 1, b'd'];
+        let event: Event = postcard::from_bytes(&old).unwrap();
+        assert_eq!(event.kind, EventKind::DriverOffline { driver: id("d") });
+        assert_eq!(postcard::to_allocvec(&event).unwrap(), old);
+        // The new kinds come after NoDrivers, the 17th (index 16).
+        let left = EventKind::DriverLeftRegion {
+            driver: id("d"),
+            to: "east".into(),
+        };
+        assert_eq!(postcard::to_allocvec(&left).unwrap()[0], 17);
+        let joined = EventKind::DriverJoinedRegion(Arc::new(RegionJoin {
+            driver: id("d"),
+            from: "west".into(),
+            position: LatLng::new(40.75, -74.0).unwrap(),
+            rating: Rating::new(4.5).unwrap(),
+            class: VehicleClass::default(),
+            gateway: Some(id("gw")),
+            acceptance_rate: 0.7,
+            trips_today: 3,
+            trips_day: 20_000,
+            free_since_ms: 123,
+        }));
+        let bytes = postcard::to_allocvec(&joined).unwrap();
+        assert_eq!(bytes[0], 18);
+        assert_eq!(postcard::from_bytes::<EventKind>(&bytes).unwrap(), joined);
+    }
+}
