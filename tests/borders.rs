@@ -250,6 +250,20 @@ async fn a_pickup_near_the_border_gets_the_driver_across_it() {
     assert_eq!(region_of(&trip.trip_id), 2, "{}", trip.trip_id);
     assert_eq!(online_in(&s, "west").await, (0, 0, 0));
     assert_eq!(online_in(&s, "east").await, (0, 1, 0));
+    // A neighbour's driver moves only if it is nearer than the pickup region's own nearest:
+    // d-east (1.6 km off) is not, d-west2 (84 m) is.
+    online(&s, "d-east", -73.97).await.unwrap();
+    online(&s, "d-west2", ON_LINE_WEST).await.unwrap();
+    online(&s, "d-west3", -74.02).await.unwrap();
+    let second = request(&s, "r2", ON_LINE_EAST).await.unwrap();
+    assert_eq!(second.driver_id, "d-west2");
+    assert_eq!(online_in(&s, "west").await, (1, 0, 0), "d-west3 stays");
+    let third = request(&s, "r3", ON_LINE_EAST).await.unwrap();
+    assert_eq!(
+        third.driver_id, "d-east",
+        "its own driver is nearer than d-west3"
+    );
+    assert_eq!(online_in(&s, "west").await, (1, 0, 0));
     // Without the pull, the same pickup finds nobody in its own region.
     let s2 = Server::start(config(5_000.0, 0)).await;
     online(&s2, "d-west", WEST).await.unwrap();

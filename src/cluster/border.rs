@@ -15,12 +15,15 @@
 //! - **Candidates across a border.** Before a trip request goes to its pickup's region B, each
 //!   other region A whose polygon is within `dispatch.search_radius_m` of the pickup is asked
 //!   (its read view, the NearbyDrivers path) for its nearest available drivers of the class;
-//!   up to `cluster.border_pull` of them, nearest first over all such regions, move to B.
+//!   those nearer to the pickup than B's own nearest available driver, up to
+//!   `cluster.border_pull`, nearest first over all such regions, move to B. A pickup whose
+//!   region has the nearest driver moves nobody.
 //!   Because the margin is at least the search radius, their next report leaves them in B.
 //!
-//! Both need A and B served by this process. In cluster mode a move between regions owned by
-//! different processes is not made yet: the driver stays in A (its reports still reach it),
-//! and a pickup near a border owned elsewhere sees only its own region's drivers.
+//! In cluster mode a crossing between regions owned by different processes is decided by A's
+//! owner, which logs the leave and calls JoinRegion at B's owner (`route_border`). Drawing
+//! drivers across a border for a pickup is done only between regions served by the same
+//! process: a pickup near a border owned elsewhere sees only its own region's drivers.
 
 use tonic::Status;
 
@@ -34,7 +37,13 @@ impl RegionRouter {
     /// The region a location report of `driver` (held by region `home`) at `position` goes
     /// to: `home`, or the region it moved to because the report crossed the border by more
     /// than the margin.
-    pub(crate) async fn crossing(&self, home: usize, driver: &str, position: LatLng) -> usize {
+    pub(crate) async fn crossing(
+        &self,
+        home: usize,
+        driver: &str,
+        position: LatLng,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> usize {
         let regions = self.map().regions();
         if regions[home].distance_m(position) <= self.config().cluster.border_margin_m {
             return home;
@@ -42,7 +51,7 @@ impl RegionRouter {
         let Ok(to) = self.map().locate("location", position) else {
             return home;
         };
-        let (Some(from_shard), Some(_)) = (self.local(home), self.local(to)) else {
+        let Some(from_shard) = self.local(home) else {
             return home;
         };
         let Ok(id) = ExternalId::new("driver_id", driver) else {
@@ -52,8 +61,15 @@ impl RegionRouter {
             Ok(d) if d.status == DriverStatus::Available => {}
             _ => return home,
         }
-        match self.move_driver(home, to, &id, Some(position)).await {
-            Ok(_) => to,
+        let moved = match self.local(to) {
+            Some(_) => self
+                .move_driver(home, to, &id, Some(position))
+                .await
+                .map(drop),
+            None => self.move_remote(home, to, &id, position, metadata).await,
+        };
+        match moved {
+            Ok(()) => to,
             // Not available after all (an offer came first): it stays. A failed join left it
             // offline in `home`, where the report is counted as such.
             Err(_) => home,
@@ -107,9 +123,11 @@ impl RegionRouter {
         }
     }
 
-    /// Before a request with its pickup in region `to`: moves up to `cluster.border_pull` of
-    /// the nearest available drivers of `class` within the search radius of `pickup` from the
-    /// neighbouring regions served here into `to`. Returns how many moved.
+    /// Before a request with its pickup in region `to`: moves into `to` up to
+    /// `cluster.border_pull` available drivers of `class` of the neighbouring regions served
+    /// here, nearest first, that are within the search radius of `pickup` and nearer to it
+    /// (straight line) than every available driver `to` has. So a pickup whose own region has
+    /// the nearest driver moves nobody. Returns how many moved.
     pub(crate) async fn pull_across(
         &self,
         to: usize,
@@ -118,7 +136,10 @@ impl RegionRouter {
     ) -> usize {
         let pull = self.config().cluster.border_pull;
         let radius_m = self.config().dispatch.search_radius_m;
-        if pull == 0 || self.local(to).is_none() {
+        let Some(own) = self.local(to) else {
+            return 0;
+        };
+        if pull == 0 {
             return 0;
         }
         let mut near: Vec<(f64, usize, ExternalId, LatLng)> = Vec::new();
@@ -135,6 +156,14 @@ impl RegionRouter {
                 );
             }
         }
+        if near.is_empty() {
+            return 0;
+        }
+        let own_nearest_m = match own.engine.nearby(pickup, radius_m, 1, class).await {
+            Ok(found) => found.first().map_or(f64::INFINITY, |d| d.distance_m),
+            Err(_) => return 0,
+        };
+        near.retain(|d| d.0 < own_nearest_m);
         near.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut moved = 0;
         for (_, from, id, position) in near.into_iter().take(pull) {

@@ -31,6 +31,7 @@ mod lease;
 mod members;
 pub(crate) mod owner;
 pub mod regions;
+mod route_border;
 mod route_drivers;
 mod route_queries;
 pub(crate) mod router;

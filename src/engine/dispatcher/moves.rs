@@ -53,7 +53,10 @@ impl Decide<'_> {
             }
             None => {}
         }
-        self.emit(EventKind::DriverJoinedRegion(Arc::new(join.clone())));
+        // Idle time counts from the old region's instant, but never from the future.
+        let mut join = join.clone();
+        join.free_since_ms = join.free_since_ms.min(self.now_ms);
+        self.emit(EventKind::DriverJoinedRegion(Arc::new(join)));
         Ok(())
     }
 }
