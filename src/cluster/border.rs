@@ -92,6 +92,13 @@ impl RegionRouter {
                 regions[from].name, regions[to].name
             )));
         };
+        // A region known to have stopped could not take the driver: it stays where it is.
+        if !b.engine.is_serving() {
+            return Err(Status::unavailable(format!(
+                "region {} has stopped; driver {driver} stays in {}",
+                regions[to].name, regions[from].name
+            )));
+        }
         let before = a
             .engine
             .leave_region(driver.clone(), regions[to].name.clone())
@@ -139,7 +146,7 @@ impl RegionRouter {
         let Some(own) = self.local(to) else {
             return 0;
         };
-        if pull == 0 {
+        if pull == 0 || !own.engine.is_serving() {
             return 0;
         }
         let mut near: Vec<(f64, usize, ExternalId, LatLng)> = Vec::new();

@@ -249,6 +249,11 @@ impl Engine {
         self.inner.log_failure.clone()
     }
 
+    /// Whether the dispatcher still takes calls: its log has not failed and it has not ended.
+    pub fn is_serving(&self) -> bool {
+        self.inner.log_failure.borrow().is_none() && self.inner.runner_alive.has_changed().is_ok()
+    }
+
     /// The error for a call the dispatcher can no longer take: shutting down, or the log
     /// failed (named).
     fn stopped(&self) -> Error {
