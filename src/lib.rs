@@ -45,6 +45,8 @@
 //!   each call to its region's services here or forwarding it to the region's owner, and
 //!   cluster mode: region logs on NATS JetStream with fenced appends, region leases and member
 //!   presence in a JetStream KV bucket, each region taken, handed over or lost on its own;
+//!   `cluster::border` moves an available driver that crossed a border to its new region (an
+//!   event in each) and draws drivers across a border for a pickup near it;
 //!   `cluster::audit` reads the region streams back and checks them against what clients were
 //!   told (the failover tests and `loadgen --mode failover` share it).
 //! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,

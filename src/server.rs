@@ -234,7 +234,11 @@ pub async fn run(
         )
         .add_service(RiderServiceServer::new(router.clone()).max_decoding_message_size(max_bytes))
         .add_service(QueryServiceServer::new(router.clone()).max_decoding_message_size(max_bytes))
-        .add_service(EventServiceServer::new(router.clone()).max_decoding_message_size(max_bytes)),
+        .add_service(EventServiceServer::new(router.clone()).max_decoding_message_size(max_bytes))
+        .add_service(
+            pb::region_service_server::RegionServiceServer::new(router.clone())
+                .max_decoding_message_size(max_bytes),
+        ),
     };
     let services = services
         .add_service(health_service)

@@ -499,13 +499,15 @@ fn check_stream(
                     trip_of_driver.remove(&driver);
                 }
             }
-            EventKind::DriverOffline { driver } => {
+            EventKind::DriverOffline { driver } | EventKind::DriverLeftRegion { driver, .. } => {
                 prop_assert!(
                     !offer_of_driver.contains_key(driver) && !trip_of_driver.contains_key(driver),
                     "driver {} went offline while busy",
                     driver
                 );
             }
+            // A single dispatcher never moves drivers between regions.
+            EventKind::DriverJoinedRegion(_) => {}
             EventKind::SearchRetryScheduled { trip, retry_at_ms } => {
                 prop_assert!(
                     trips_open.contains(trip),

@@ -11,7 +11,7 @@ use dispatch::domain::{ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass
 use dispatch::events::log::{LogError, encode_record, events_dir};
 use dispatch::events::{
     CancelledBy, Event, EventKind, EventLog, LogConfig, LogCursor, MatchPolicy, OfferCancelReason,
-    OfferDetails, OfferRef, TripStatus,
+    OfferDetails, OfferRef, RegionJoin, TripStatus,
 };
 use dispatch::matching::ScoreBreakdown;
 use proptest::prelude::*;
@@ -59,6 +59,26 @@ fn kind() -> impl Strategy<Value = EventKind> {
                 gateway,
             }),
         ext_id().prop_map(|driver| EventKind::DriverOffline { driver }),
+        ext_id().prop_map(|driver| EventKind::DriverLeftRegion {
+            driver,
+            to: "east".into(),
+        }),
+        (ext_id(), latlng(), 0.0f64..=1.0, any::<u32>(), any::<u64>()).prop_map(
+            |(driver, position, acceptance_rate, trips_today, free_since_ms)| {
+                EventKind::DriverJoinedRegion(Arc::new(RegionJoin {
+                    driver,
+                    from: "west".into(),
+                    position,
+                    rating: Rating::new(4.5).unwrap(),
+                    class: VehicleClass::Xl,
+                    gateway: None,
+                    acceptance_rate,
+                    trips_today,
+                    trips_day: free_since_ms / 86_400_000,
+                    free_since_ms,
+                }))
+            }
+        ),
         (
             any::<u64>(),
             ext_id(),

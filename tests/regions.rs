@@ -66,6 +66,9 @@ fn config(data_dir: Option<&std::path::Path>) -> Config {
         ..Config::default()
     };
     config.log.data_dir = data_dir.map(|d| d.to_path_buf());
+    // These tests pin what each region does alone; drawing drivers across the border for a
+    // pickup near it is tests/borders.rs's.
+    config.cluster.border_pull = 0;
     config
 }
 

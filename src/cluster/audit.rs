@@ -168,6 +168,15 @@ pub fn check(config: &Config, histories: &[RegionHistory], acked: &[AckedTrip]) 
                 EventKind::TripCompleted { driver, .. } => {
                     live.remove(driver.as_str());
                 }
+                // A driver on a trip stays with the trip's region until it ends.
+                EventKind::DriverLeftRegion { driver, to } => {
+                    if let Some(trip) = live.get(driver.as_str()) {
+                        audit.double_assignments.push(format!(
+                            "{driver} left {} for {to} while on {trip} (offset {})",
+                            h.region, e.offset
+                        ));
+                    }
+                }
                 EventKind::TripCancelled {
                     driver: Some(driver),
                     ..

@@ -32,6 +32,16 @@ pub struct ClusterConfig {
     /// The name a peer's certificate must carry when forwarding over TLS; empty: the host of
     /// the peer's address (an IP address then needs an IP subject alternative name).
     pub peer_tls_domain: String,
+    /// Border hysteresis, metres: an available driver held by one region moves to the region
+    /// its reports place it in only once it is more than this far outside its own region's
+    /// polygon, so a driver driving along the border does not move back and forth. Keep it at
+    /// least `dispatch.search_radius_m`: a driver drawn across the border for a pickup
+    /// (`border_pull`) is then never moved straight back by its next report.
+    pub border_margin_m: f64,
+    /// A trip request whose pickup is within `dispatch.search_radius_m` of another region
+    /// first moves up to this many of that region's nearest available drivers (of the class)
+    /// into the pickup's region, so a pickup near a border sees candidates across it. 0: off.
+    pub border_pull: usize,
 }
 
 impl Default for ClusterConfig {
@@ -44,6 +54,8 @@ impl Default for ClusterConfig {
             advertise_addr: String::new(),
             peer_ca_path: None,
             peer_tls_domain: String::new(),
+            border_margin_m: 5_000.0,
+            border_pull: 3,
         }
     }
 }
@@ -68,6 +80,18 @@ impl ClusterConfig {
             return Err(format!(
                 "`cluster.lease_ttl` must be at least 600ms (renewed every third of it), got {:?}",
                 self.lease_ttl
+            ));
+        }
+        if !(self.border_margin_m.is_finite() && self.border_margin_m >= 0.0) {
+            return Err(format!(
+                "`cluster.border_margin_m` must be a finite number of metres >= 0, got {}",
+                self.border_margin_m
+            ));
+        }
+        if self.border_pull > 20 {
+            return Err(format!(
+                "`cluster.border_pull` must be at most 20 drivers per request, got {}",
+                self.border_pull
             ));
         }
         Ok(())

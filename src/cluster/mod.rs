@@ -8,6 +8,10 @@
 //!   a driver, point, trip or offer belongs to. `route_drivers` and `route_queries` implement
 //!   the services by handing each call to that region's ordinary service (`grpc`), or
 //!   `forward`ing it to the process that owns the region.
+//! - `border`: an available driver crossing into another region moves there (a leave in one
+//!   region's log, a join in the other's, with hysteresis), and a pickup near a border first
+//!   draws the nearest drivers across it; `route_border`: the same move between regions owned
+//!   by different processes (the internal RegionService.JoinRegion).
 //! - `stream_log`: cluster mode's log, a JetStream stream per region with fenced appends;
 //!   `lease`: who may write a region, a renewed key per region in a JetStream KV bucket;
 //!   `members`: who is alive and which member should own which region; `owner`: the task
@@ -24,12 +28,14 @@
 //! forwards the region's calls there.
 
 pub mod audit;
+mod border;
 pub mod config;
 pub(crate) mod forward;
 mod lease;
 mod members;
 pub(crate) mod owner;
 pub mod regions;
+mod route_border;
 mod route_drivers;
 mod route_queries;
 pub(crate) mod router;

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use geo::{Contains, Intersects, MultiPolygon, Point};
+use geo::{Closest, ClosestPoint, Contains, Intersects, MultiPolygon, Point};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::LatLng;
@@ -56,6 +56,24 @@ impl Region {
     pub fn covers(&self, point: LatLng) -> bool {
         let p = Point::new(point.lng_deg(), point.lat_deg());
         self.area.contains(&p) || self.area.intersects(&p)
+    }
+
+    /// Great-circle metres from `point` to this region: 0 inside or on its border, else to
+    /// the nearest boundary point (nearest in degrees, which is within a few per cent of the
+    /// nearest in metres at city scale: good enough for a hysteresis margin and a search
+    /// radius).
+    pub fn distance_m(&self, point: LatLng) -> f64 {
+        if self.covers(point) {
+            return 0.0;
+        }
+        let p = Point::new(point.lng_deg(), point.lat_deg());
+        match self.area.closest_point(&p) {
+            Closest::Intersection(_) => 0.0,
+            Closest::SinglePoint(q) => LatLng::new(q.y(), q.x())
+                .map(|q| point.distance_m(q))
+                .unwrap_or(f64::INFINITY),
+            Closest::Indeterminate => f64::INFINITY,
+        }
     }
 }
 
@@ -233,6 +251,17 @@ mod tests {
             err.contains("pickup (lat 41.5, lng -73.95)") && err.contains("west, east"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn distance_to_a_region_is_zero_inside_and_metres_to_its_edge_outside() {
+        let map = west_east();
+        let west = &map.regions()[0];
+        assert_eq!(west.distance_m(LatLng::new(40.75, -74.05).unwrap()), 0.0);
+        assert_eq!(west.distance_m(LatLng::new(40.75, -74.0).unwrap()), 0.0);
+        // 0.01 degrees of longitude east of the border at 40.75 N: about 843 m.
+        let d = west.distance_m(LatLng::new(40.75, -73.99).unwrap());
+        assert!((d - 843.0).abs() < 10.0, "{d}");
     }
 
     #[test]

@@ -25,12 +25,18 @@ impl RegionRouter {
     }
 
     /// The region a location report of `driver` at `position` goes to: the driver's region if
-    /// it is known here (remembered, or held by a region served here), else the region of the
-    /// position (no lookup at other owners on the hot path; a driver not there is counted
-    /// as an unknown driver by that region's owner).
-    async fn location_home(&self, driver: &str, position: crate::LatLng) -> usize {
+    /// it is known here (remembered, or held by a region served here; an available driver
+    /// that crossed the border by more than the margin is moved first, `border`), else the
+    /// region of the position (no lookup at other owners on the hot path; a driver not there
+    /// is counted as an unknown driver by that region's owner).
+    async fn location_home(
+        &self,
+        driver: &str,
+        position: crate::LatLng,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> usize {
         if let Some(i) = self.home_here(driver).await {
-            return i;
+            return self.crossing(i, driver, position, metadata).await;
         }
         self.map().locate("location", position).unwrap_or(0)
     }
@@ -128,15 +134,34 @@ impl DriverService for RegionRouter {
         let req = request.get_ref();
         let i = self.by_point("location", req.location.as_ref())?;
         let driver = req.driver_id.clone();
+        let position = crate::grpc::convert::latlng("location", req.location)?;
         if let Some(home) = self.home(&driver, request.metadata()).await
             && home != i
             && !self.is_offline_in(home, &driver, request.metadata()).await
         {
-            return Err(Status::failed_precondition(format!(
-                "driver {driver:?} is known to region {:?}; moving between regions is not \
-                 supported yet: go offline there first",
-                self.map().regions()[home].name
-            )));
+            // An available driver moves (leave there, join here: `border`, or `route_border`
+            // when region `i` is owned elsewhere); a busy one stays, and so does one whose
+            // current region is served by another process (that owner decides its moves).
+            let id = crate::grpc::convert::id("driver_id", &driver)?;
+            let moved = match self.local(i) {
+                Some(_) => self
+                    .move_driver(home, i, &id, Some(position))
+                    .await
+                    .map(drop),
+                None => {
+                    self.move_remote(home, i, &id, position, request.metadata())
+                        .await
+                }
+            };
+            if let Err(why) = moved {
+                return Err(Status::failed_precondition(format!(
+                    "driver {driver:?} belongs to region {:?} and cannot move to {:?} now ({}); \
+                     finish its offer or trip there, or go offline there first",
+                    self.map().regions()[home].name,
+                    self.map().regions()[i].name,
+                    why.message()
+                )));
+            }
         }
         let answer = route!(self, i, request, go_online)?;
         self.remember(&driver, i);
@@ -159,7 +184,9 @@ impl DriverService for RegionRouter {
     ) -> Result<pb::UpdateLocationResponse> {
         let req = request.get_ref();
         let position = crate::grpc::convert::latlng("location", req.location)?;
-        let i = self.location_home(&req.driver_id, position).await;
+        let i = self
+            .location_home(&req.driver_id, position, request.metadata())
+            .await;
         route!(self, i, request, update_location)
     }
 
@@ -175,7 +202,7 @@ impl DriverService for RegionRouter {
             let valid = summary.validate(batch, max);
             let mut per_region: Vec<Vec<_>> = vec![Vec::new(); regions];
             for (driver, position) in valid {
-                let i = self.location_home(&driver, position).await;
+                let i = self.location_home(&driver, position, &metadata).await;
                 per_region[i].push((driver, position));
             }
             for (i, updates) in per_region.into_iter().enumerate() {

@@ -59,7 +59,16 @@ impl RiderService for RegionRouter {
         &self,
         request: Request<pb::RequestTripRequest>,
     ) -> Result<pb::RequestTripResponse> {
-        let i = self.by_point("pickup", request.get_ref().pickup.as_ref())?;
+        let req = request.get_ref();
+        let i = self.by_point("pickup", req.pickup.as_ref())?;
+        // A pickup near a border sees the drivers across it: the nearest few move here first
+        // (`border`; only between regions served by this process).
+        if let (Ok(pickup), Ok(class)) = (
+            crate::grpc::convert::latlng("pickup", req.pickup),
+            crate::grpc::convert::vehicle_class(req.vehicle_class),
+        ) {
+            self.pull_across(i, pickup, class).await;
+        }
         route!(self, i, request, riders, RiderServiceClient, request_trip)
     }
 

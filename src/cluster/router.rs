@@ -271,19 +271,30 @@ impl RegionRouter {
     }
 
     /// The region a driver belongs to if this process knows: remembered, or held by a region
-    /// served here (the answer is remembered).
+    /// served here (the answer is remembered). A driver that moved region is known to both,
+    /// offline in the one it left: the region holding it online wins.
     pub(crate) async fn home_here(&self, driver: &str) -> Option<usize> {
         if let Some(&i) = self.inner.homes.lock().get(driver) {
             return Some(i);
         }
         let id = ExternalId::new("driver_id", driver).ok()?;
+        let mut offline_in = None;
         for (i, shard) in self.local_shards() {
-            if shard.engine.driver(id.clone()).await.is_ok() {
-                self.remember(driver, i);
-                return Some(i);
+            match shard.engine.driver(id.clone()).await {
+                Ok(d) if d.status != crate::engine::DriverStatus::Offline => {
+                    self.remember(driver, i);
+                    return Some(i);
+                }
+                Ok(_) => {
+                    offline_in.get_or_insert(i);
+                }
+                Err(_) => {}
             }
         }
-        None
+        if let Some(i) = offline_in {
+            self.remember(driver, i);
+        }
+        offline_in
     }
 
     /// The region a call that names none in its metadata goes to: the only one, when the

@@ -10,7 +10,7 @@ use super::dispatcher::{GoOnline, TripAction, TripRequest};
 use super::records::{Driver, Stats, Trip};
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
 use crate::error::Error;
-use crate::events::OfferDetails;
+use crate::events::{OfferDetails, RegionJoin};
 
 /// Where a command's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -46,6 +46,10 @@ pub(crate) enum Command {
     PendingOffers(Option<ExternalId>, Reply<(Vec<Arc<OfferDetails>>, u64)>),
     /// Fire due deadlines now (after a manual clock moved).
     Tick(Reply<()>),
+    /// An available driver leaves for the named region (the driver as it was comes back).
+    LeaveRegion(ExternalId, String, Reply<Driver>),
+    /// A driver arrives from another region.
+    JoinRegion(Box<RegionJoin>, Reply<Driver>),
 }
 
 /// Many drivers' positions, already validated at the edge.

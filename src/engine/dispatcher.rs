@@ -6,7 +6,7 @@
 //! with a manual clock, and the same inputs always produce the same state and the same events.
 //!
 //! State and decisions are separate types. A decision (the child modules: `drivers`, `trips`,
-//! `offers`, `search`, `batch`, `timers`) runs on a [`Decide`], which holds the state by shared
+//! `offers`, `search`, `batch`, `timers`, `moves`) runs on a [`Decide`], which holds the state by shared
 //! reference only, and pushes the events it decides; the compiler, not a convention, keeps it
 //! from changing state. [`Dispatcher::decide`] then applies each decided event through
 //! [`DispatchState::apply`] (the state's only mutator) before the next decision runs, so a
@@ -18,6 +18,7 @@
 
 mod batch;
 mod drivers;
+mod moves;
 mod offers;
 mod search;
 mod timers;

@@ -249,6 +249,11 @@ impl Engine {
         self.inner.log_failure.clone()
     }
 
+    /// Whether the dispatcher still takes calls: its log has not failed and it has not ended.
+    pub fn is_serving(&self) -> bool {
+        self.inner.log_failure.borrow().is_none() && self.inner.runner_alive.has_changed().is_ok()
+    }
+
     /// The error for a call the dispatcher can no longer take: shutting down, or the log
     /// failed (named).
     fn stopped(&self) -> Error {
@@ -455,6 +460,16 @@ impl Engine {
         gateway: Option<ExternalId>,
     ) -> Result<(Vec<Arc<OfferDetails>>, u64), Error> {
         self.call(|r| Command::PendingOffers(gateway, r)).await
+    }
+
+    /// See [`Dispatcher::leave_region`].
+    pub async fn leave_region(&self, driver: ExternalId, to: String) -> Result<Driver, Error> {
+        self.call(|r| Command::LeaveRegion(driver, to, r)).await
+    }
+
+    /// See [`Dispatcher::join_region`].
+    pub async fn join_region(&self, join: crate::events::RegionJoin) -> Result<Driver, Error> {
+        self.call(|r| Command::JoinRegion(Box::new(join), r)).await
     }
 
     /// Makes the dispatcher fire due deadlines now; returns once their events are published.

@@ -354,12 +354,14 @@ fn event_driver(kind: &EventKind) -> Option<&ExternalId> {
         EventKind::DriverOnline { driver, .. }
         | EventKind::DriverProfileUpdated { driver, .. }
         | EventKind::DriverOffline { driver }
+        | EventKind::DriverLeftRegion { driver, .. }
         | EventKind::TripAssigned { driver, .. }
         | EventKind::DriverArrived { driver, .. }
         | EventKind::TripStarted { driver, .. }
         | EventKind::TripCompleted { driver, .. } => Some(driver),
         EventKind::TripCancelled { driver, .. } => driver.as_ref(),
         EventKind::OfferSent(o) => Some(&o.driver),
+        EventKind::DriverJoinedRegion(j) => Some(&j.driver),
         EventKind::OfferAccepted(o)
         | EventKind::OfferDeclined(o)
         | EventKind::OfferExpired(o)

@@ -116,6 +116,11 @@ impl Recorder {
             },
             // Fires due deadlines at `now`, as every command does first.
             Command::Tick(_) => Input::Fire,
+            Command::LeaveRegion(driver, to, _) => Input::LeaveRegion {
+                driver: driver.clone(),
+                to: to.clone(),
+            },
+            Command::JoinRegion(join, _) => Input::JoinRegion(join.as_ref().clone()),
             Command::GetTrip(..) | Command::Stats(_) | Command::PendingOffers(..) => return,
         };
         self.writer.record(now_ms, input);

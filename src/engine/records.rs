@@ -256,6 +256,8 @@ impl Trip {
             EventKind::DriverOnline { .. }
             | EventKind::DriverOffline { .. }
             | EventKind::DriverProfileUpdated { .. }
+            | EventKind::DriverLeftRegion { .. }
+            | EventKind::DriverJoinedRegion(_)
             | EventKind::BatchFlushed { .. } => return false,
         }
         self.last_event_offset = event.offset;

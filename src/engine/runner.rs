@@ -275,7 +275,16 @@ impl Runner {
         match cmd {
             Command::GoOnline(req, r) => answer!(r, d.go_online(now, req)),
             Command::GoOffline(id, r) => answer!(r, d.go_offline(now, &id)),
-            Command::UpdateLocation(id, pos, r) => answer!(r, d.update_location(&id, pos)),
+            Command::UpdateLocation(id, pos, r) => {
+                let result = d.update_location(&id, pos);
+                // As for a batch: the read view (GetDriver) shows the new position.
+                if result.is_ok()
+                    && let Some(key) = d.state().driver_key(id.as_str())
+                {
+                    self.reads.touch(key);
+                }
+                answer!(r, result)
+            }
             Command::RequestTrip(req, r) => answer!(r, d.request_trip(now, req)),
             Command::Respond {
                 offer,
@@ -304,6 +313,8 @@ impl Runner {
                 answer!(r, Ok((d.pending_offers(gateway.as_ref()), d.next_offset())))
             }
             Command::Tick(r) => answer!(r, Ok(())),
+            Command::LeaveRegion(id, to, r) => answer!(r, d.leave_region(now, &id, &to)),
+            Command::JoinRegion(join, r) => answer!(r, d.join_region(now, *join)),
         }
     }
 }

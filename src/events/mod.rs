@@ -295,6 +295,45 @@ pub enum EventKind {
         /// Offers made before giving up.
         offers_made: u32,
     },
+    /// An available driver left this region for the neighbouring region `to` (it crossed the
+    /// border, or a pickup across it drew it there). Here it is offline from now on; the
+    /// matching [`EventKind::DriverJoinedRegion`] is in `to`'s stream. Appended after every
+    /// older kind, so logs and snapshots written before it still decode.
+    DriverLeftRegion {
+        /// The driver.
+        driver: ExternalId,
+        /// The region it moves to.
+        to: String,
+    },
+    /// A driver that left region `from` joined this one, available, with the profile and the
+    /// counters scoring reads (acceptance, fairness), so a move does not reset them.
+    DriverJoinedRegion(Arc<RegionJoin>),
+}
+
+/// A driver arriving from a neighbouring region: everything its old region knew of it that
+/// matters for dispatch here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionJoin {
+    /// The driver.
+    pub driver: ExternalId,
+    /// The region it left.
+    pub from: String,
+    /// Where it is.
+    pub position: LatLng,
+    /// Rating.
+    pub rating: Rating,
+    /// Vehicle class.
+    pub class: VehicleClass,
+    /// Gateway routing its offers.
+    pub gateway: Option<ExternalId>,
+    /// Rolling acceptance rate, 0..1.
+    pub acceptance_rate: f64,
+    /// Trips completed on the UTC day `trips_day`.
+    pub trips_today: u32,
+    /// The UTC day (days since the epoch) `trips_today` counts.
+    pub trips_day: u64,
+    /// Free (available) since this instant, ms since the epoch (fairness: idle time).
+    pub free_since_ms: u64,
 }
 
 impl EventKind {
@@ -304,6 +343,8 @@ impl EventKind {
             EventKind::DriverOnline { .. }
             | EventKind::DriverOffline { .. }
             | EventKind::DriverProfileUpdated { .. }
+            | EventKind::DriverLeftRegion { .. }
+            | EventKind::DriverJoinedRegion(_)
             | EventKind::BatchFlushed { .. } => None,
             EventKind::TripRequested { trip, .. }
             | EventKind::SearchRetryScheduled { trip, .. }
@@ -329,5 +370,48 @@ impl EventKind {
             EventKind::TripCancelled { gateway, .. } => gateway.as_ref(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ExternalId {
+        ExternalId::new("driver_id", s).unwrap()
+    }
+
+    /// Log records and snapshots are postcard, which writes an enum variant as its index: the
+    /// region-move kinds are appended after every older kind, so a record written before they
+    /// existed decodes unchanged, and the older kinds keep their bytes.
+    #[test]
+    fn records_written_before_the_region_moves_still_decode() {
+        // `Event { offset: 5, at_ms: 7, kind: DriverOffline { driver: "d" } }` as every
+        // earlier version wrote it: offset, at_ms, variant 2, a one-byte string.
+        let old = [5u8, 7, 2, 1, b'd'];
+        let event: Event = postcard::from_bytes(&old).unwrap();
+        assert_eq!(event.kind, EventKind::DriverOffline { driver: id("d") });
+        assert_eq!(postcard::to_allocvec(&event).unwrap(), old);
+        // The new kinds come after NoDrivers, the 17th (index 16).
+        let left = EventKind::DriverLeftRegion {
+            driver: id("d"),
+            to: "east".into(),
+        };
+        assert_eq!(postcard::to_allocvec(&left).unwrap()[0], 17);
+        let joined = EventKind::DriverJoinedRegion(Arc::new(RegionJoin {
+            driver: id("d"),
+            from: "west".into(),
+            position: LatLng::new(40.75, -74.0).unwrap(),
+            rating: Rating::new(4.5).unwrap(),
+            class: VehicleClass::default(),
+            gateway: Some(id("gw")),
+            acceptance_rate: 0.7,
+            trips_today: 3,
+            trips_day: 20_000,
+            free_since_ms: 123,
+        }));
+        let bytes = postcard::to_allocvec(&joined).unwrap();
+        assert_eq!(bytes[0], 18);
+        assert_eq!(postcard::from_bytes::<EventKind>(&bytes).unwrap(), joined);
     }
 }

@@ -35,6 +35,8 @@ pub(crate) fn required(path: &str) -> Access {
         | "grpc.reflection.v1.ServerReflection"
         | "grpc.reflection.v1alpha.ServerReflection" => Access::Open,
         "dispatch.v1.DriverService" => Access::Role(Role::DriverGateway),
+        // A region move's join, forwarded with the gateway's token (`cluster::border`).
+        "dispatch.v1.RegionService" => Access::Role(Role::DriverGateway),
         "dispatch.v1.RiderService" => Access::Role(Role::RiderGateway),
         "dispatch.v1.EventService" => Access::Role(Role::Subscriber),
         _ => Access::Role(Role::Admin),

@@ -285,6 +285,8 @@ pub(crate) fn pb_event_kind(kind: &EventKind) -> pb::EventKind {
         EventKind::TripCompleted { .. } => K::TripCompleted,
         EventKind::TripCancelled { .. } => K::TripCancelled,
         EventKind::NoDrivers { .. } => K::NoDrivers,
+        EventKind::DriverLeftRegion { .. } => K::DriverLeftRegion,
+        EventKind::DriverJoinedRegion(_) => K::DriverJoinedRegion,
     }
 }
 
@@ -314,6 +316,25 @@ pub(crate) fn pb_event(e: &Event) -> pb::DispatchEvent {
             }));
         }
         EventKind::DriverOffline { driver } => out.driver_id = driver.to_string(),
+        EventKind::DriverLeftRegion { driver, to } => {
+            out.driver_id = driver.to_string();
+            out.detail = Some(Detail::DriverLeftRegion(pb::DriverLeftRegionDetail {
+                to_region: to.clone(),
+            }));
+        }
+        EventKind::DriverJoinedRegion(j) => {
+            out.driver_id = j.driver.to_string();
+            out.detail = Some(Detail::DriverJoinedRegion(pb::DriverJoinedRegionDetail {
+                from_region: j.from.clone(),
+                location: Some(pb_latlng(j.position)),
+                rating: j.rating.get(),
+                vehicle_class: pb_class(j.class).into(),
+                gateway_id: id_string(j.gateway.as_ref()),
+                acceptance_rate: j.acceptance_rate,
+                trips_today: j.trips_today,
+                free_since_ms: j.free_since_ms,
+            }));
+        }
         EventKind::DriverProfileUpdated {
             driver,
             rating,

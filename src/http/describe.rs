@@ -89,6 +89,10 @@ pub(super) fn describe(kind: &EventKind) -> (&'static str, String) {
         EventKind::DriverOnline { .. } => ("DRIVER_ONLINE", String::new()),
         EventKind::DriverOffline { .. } => ("DRIVER_OFFLINE", String::new()),
         EventKind::DriverProfileUpdated { .. } => ("DRIVER_PROFILE_UPDATED", String::new()),
+        EventKind::DriverLeftRegion { to, .. } => ("DRIVER_LEFT_REGION", format!("to region {to}")),
+        EventKind::DriverJoinedRegion(j) => {
+            ("DRIVER_JOINED_REGION", format!("from region {}", j.from))
+        }
         EventKind::SearchRetryScheduled { retry_at_ms, .. } => (
             "SEARCH_RETRY_SCHEDULED",
             format!("no driver yet; searches again at {retry_at_ms} ms"),
@@ -160,6 +164,8 @@ pub(super) fn untracked(event: &Event, trip: TripId) -> Vec<FeedItem> {
         | EventKind::DriverOnline { .. }
         | EventKind::DriverOffline { .. }
         | EventKind::DriverProfileUpdated { .. }
+        | EventKind::DriverLeftRegion { .. }
+        | EventKind::DriverJoinedRegion(_)
         | EventKind::SearchRetryScheduled { .. }
         | EventKind::BatchFlushed { .. } => Vec::new(),
     }

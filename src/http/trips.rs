@@ -288,6 +288,8 @@ impl Timelines {
             EventKind::DriverOnline { .. }
             | EventKind::DriverOffline { .. }
             | EventKind::DriverProfileUpdated { .. }
+            | EventKind::DriverLeftRegion { .. }
+            | EventKind::DriverJoinedRegion(_)
             | EventKind::SearchRetryScheduled { .. }
             | EventKind::BatchFlushed { .. } => {}
         }

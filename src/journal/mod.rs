@@ -171,6 +171,15 @@ pub enum Input {
         /// How many entries were dropped.
         lost: u64,
     },
+    /// An available driver leaves for a neighbouring region (`cluster::border`).
+    LeaveRegion {
+        /// The driver.
+        driver: ExternalId,
+        /// The region it moves to.
+        to: String,
+    },
+    /// A driver arrives from a neighbouring region.
+    JoinRegion(crate::events::RegionJoin),
 }
 
 /// The journal directory for a config, if recording is on.

@@ -101,6 +101,8 @@ pub fn apply(d: &mut Dispatcher, entry: &Entry) -> Result<(), Error> {
             .trip_action(now, *trip, driver, trip_action(*step))
             .map(drop),
         Input::CancelTrip { trip, rider } => d.cancel_trip(now, *trip, rider).map(drop),
+        Input::LeaveRegion { driver, to } => d.leave_region(now, driver, to).map(drop),
+        Input::JoinRegion(join) => d.join_region(now, join.clone()).map(drop),
         Input::Start { .. } | Input::Gap { .. } | Input::Fire | Input::Locations { .. } => Ok(()),
     }
 }

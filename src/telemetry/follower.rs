@@ -73,6 +73,8 @@ impl Observer {
             EventKind::DriverOnline { .. }
             | EventKind::DriverOffline { .. }
             | EventKind::DriverProfileUpdated { .. }
+            | EventKind::DriverLeftRegion { .. }
+            | EventKind::DriverJoinedRegion(_)
             | EventKind::SearchRetryScheduled { .. }
             | EventKind::BatchFlushed { .. } => {}
             EventKind::TripRequested {

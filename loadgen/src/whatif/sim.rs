@@ -250,7 +250,11 @@ impl Sim<'_> {
                 self.online_since
                     .insert(driver.as_str().to_string(), e.at_ms);
             }
-            EventKind::DriverOffline { driver } => {
+            EventKind::DriverJoinedRegion(j) => {
+                self.online_since
+                    .insert(j.driver.as_str().to_string(), e.at_ms);
+            }
+            EventKind::DriverOffline { driver } | EventKind::DriverLeftRegion { driver, .. } => {
                 if let Some(since) = self.online_since.remove(driver.as_str()) {
                     self.online(driver.as_str(), since, e.at_ms);
                 }

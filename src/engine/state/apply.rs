@@ -17,7 +17,7 @@ use crate::domain::{DriverKey, OfferId, TripId};
 use crate::engine::records::{
     DriverRecord, DriverStatus, OfferOutcome, PendingOffer, Trip, day_of,
 };
-use crate::events::{Event, EventKind, MatchPolicy, TripStatus};
+use crate::events::{Event, EventKind, MatchPolicy, RegionJoin, TripStatus};
 
 /// A new driver's acceptance rate before it has answered anything.
 const ACCEPTANCE_PRIOR: f64 = 0.8;
@@ -107,11 +107,12 @@ impl DispatchState {
                     p.details = Arc::new(details);
                 }
             }
-            EventKind::DriverOffline { driver } => {
+            EventKind::DriverOffline { driver } | EventKind::DriverLeftRegion { driver, .. } => {
                 if let Some(key) = self.driver_key(driver.as_str()) {
                     self.set_status(key, DriverStatus::Offline);
                 }
             }
+            EventKind::DriverJoinedRegion(j) => self.driver_joined(j, event.offset),
             EventKind::TripRequested { .. } => {}
             EventKind::OfferSent(details) => {
                 let Some(key) = self.driver_key(details.driver.as_str()) else {
@@ -201,6 +202,47 @@ impl DispatchState {
                 }
             }
         }
+    }
+
+    /// A driver from another region arrives available, with the counters it had there (a
+    /// driver this region knows as online already is left as it is: a move never doubles one).
+    fn driver_joined(&mut self, j: &RegionJoin, offset: u64) {
+        let key = match self.driver_key(j.driver.as_str()) {
+            Some(key) => key,
+            None => {
+                let key = DriverKey(self.drivers.len() as u32);
+                self.drivers.push(DriverRecord {
+                    id: j.driver.clone(),
+                    key,
+                    status: DriverStatus::Offline,
+                    rating: j.rating,
+                    class: j.class,
+                    gateway: None,
+                    acceptance_rate: j.acceptance_rate,
+                    trips_today: j.trips_today,
+                    trips_day: j.trips_day,
+                    free_since_ms: j.free_since_ms,
+                    online_offset: offset,
+                });
+                self.driver_keys.insert(j.driver.clone(), key);
+                self.stats.drivers_offline += 1;
+                key
+            }
+        };
+        if self.drivers[key.0 as usize].status != DriverStatus::Offline {
+            return;
+        }
+        self.live.set_position(key, j.position);
+        let d = &mut self.drivers[key.0 as usize];
+        d.rating = j.rating;
+        d.class = j.class;
+        d.gateway = j.gateway.clone();
+        d.acceptance_rate = j.acceptance_rate;
+        d.trips_today = j.trips_today;
+        d.trips_day = j.trips_day;
+        d.free_since_ms = j.free_since_ms;
+        d.online_offset = offset;
+        self.set_status(key, DriverStatus::Available);
     }
 
     fn trip_requested(&mut self, event: &Event) {

@@ -1,0 +1,150 @@
+//! A border crossing between regions owned by different `dispatchd` processes (cluster mode
+//! over a real 3-node NATS JetStream cluster): an available driver whose reports cross from
+//! r0 (owned by one process) into r1 (owned by the other) moves there, the leave logged by
+//! r0's owner and the join by r1's (RegionService.JoinRegion); a JoinRegion for a driver its
+//! old region still holds online is refused. Waits on observable state only.
+//!
+//! `CLUSTER_TEST_LOGS=1` shows the processes' logs (stderr).
+
+mod nats;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use dispatch::cluster::testkit;
+use dispatch::pb::{
+    self, driver_service_client::DriverServiceClient, query_service_client::QueryServiceClient,
+    region_service_client::RegionServiceClient,
+};
+use support::ll;
+use support::process::Dispatchd;
+use support::regions::{all_served, stats_of};
+
+async fn spawn(config: &std::path::Path) -> Dispatchd {
+    let args = [
+        "--http-listen".as_ref(),
+        "off".as_ref(),
+        "--ephemeral".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ];
+    let logs = std::env::var_os("CLUSTER_TEST_LOGS").is_some();
+    Dispatchd::spawn(args, "info", logs).await
+}
+
+/// Polls `check` (up to 90 s) until it holds; `what` says what was awaited.
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within 90 s: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn driver_via(p: &Dispatchd, id: &str) -> Option<pb::Driver> {
+    QueryServiceClient::new(p.channel.clone())
+        .get_driver(pb::GetDriverRequest {
+            driver_id: id.into(),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().driver)
+}
+
+/// (available, offered, on trip) of `region`, asked through `p`.
+async fn online_in(p: &Dispatchd, region: &str) -> Option<(u64, u64, u64)> {
+    let s = stats_of(&p.channel, region).await.ok()?;
+    Some((s.drivers_available, s.drivers_offered, s.drivers_on_trip))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_driver_crossing_into_the_other_owners_region_moves_there() {
+    let Some(cluster) = nats::start(3).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    let text = testkit::column_regions_toml(&cluster.urls(), Duration::from_secs(2), 2).replacen(
+        "[cluster]\n",
+        "[cluster]\nborder_margin_m = 300.0\nborder_pull = 0\n",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let a = spawn(&path).await;
+    let b = spawn(&path).await;
+    // Each process owns one of the two regions, and both regions answer through each.
+    let regions = ["r0", "r1"];
+    wait_until("r0 and r1 owned by different processes", || async {
+        let routes = testkit::owner_addresses(&a.channel).await;
+        routes.len() == 2
+            && routes[0] != routes[1]
+            && routes.iter().all(|r| *r == a.addr || *r == b.addr)
+            && all_served(&a.channel, &regions).await
+            && all_served(&b.channel, &regions).await
+            && testkit::owner_addresses(&b.channel).await == routes
+    })
+    .await;
+    let routes = testkit::owner_addresses(&a.channel).await;
+    let (owner0, owner1) = if routes[0] == a.addr {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+
+    let inside_r0 = testkit::column_west(0) + 0.015;
+    // 0.01 deg (843 m) into r1: more than the 300 m margin outside r0.
+    let into_r1 = testkit::column_west(1) + 0.01;
+    DriverServiceClient::new(owner0.channel.clone())
+        .go_online(pb::GoOnlineRequest {
+            driver_id: "d1".into(),
+            location: ll(40.75, inside_r0),
+            rating: 4.6,
+            vehicle_class: 0,
+            gateway_id: "gw".into(),
+        })
+        .await
+        .unwrap();
+    let before = driver_via(owner0, "d1").await.unwrap();
+
+    // A JoinRegion while r0 still holds d1 online is refused (nobody joins a driver twice).
+    let early = RegionServiceClient::new(owner1.channel.clone())
+        .join_region(pb::JoinRegionRequest {
+            driver_id: "d1".into(),
+            from_region: "r0".into(),
+            to_region: "r1".into(),
+            location: ll(40.75, into_r1),
+            free_since_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
+    assert_eq!(online_in(owner1, "r1").await, Some((0, 0, 0)));
+
+    // The report goes to r0's owner, which moves d1: leave in r0, join at r1's owner.
+    DriverServiceClient::new(owner0.channel.clone())
+        .update_location(pb::LocationUpdate {
+            driver_id: "d1".into(),
+            location: ll(40.75, into_r1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_until("d1 available in r1", || async {
+        online_in(owner1, "r1").await == Some((1, 0, 0))
+            && online_in(owner0, "r0").await == Some((0, 0, 0))
+    })
+    .await;
+    // Both processes find it in r1, with the profile it had in r0.
+    for p in [owner0, owner1] {
+        let d = driver_via(p, "d1").await.unwrap();
+        assert_eq!(d.state(), pb::DriverState::Available);
+        assert_eq!(d.location.unwrap().lng_deg, into_r1);
+        assert_eq!(d.rating, before.rating);
+        assert_eq!(d.acceptance_rate, before.acceptance_rate);
+        assert_eq!(d.gateway_id, "gw");
+    }
+}
