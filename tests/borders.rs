@@ -120,17 +120,7 @@ async fn subscribe(s: &Server, region: &str) -> tonic::Streaming<pb::DispatchEve
 }
 
 async fn respond(s: &Server, offer: &str, driver: &str, accept: bool) -> pb::Trip {
-    drivers(s)
-        .respond_to_offer(pb::RespondToOfferRequest {
-            offer_id: offer.into(),
-            driver_id: driver.into(),
-            accept,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap()
+    support::answer_on(&s.channel, offer, driver, accept).await
 }
 
 async fn step(s: &Server, trip: &str, driver: &str, which: &str) {

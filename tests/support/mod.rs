@@ -377,7 +377,12 @@ pub async fn get_driver(s: &TestServer, driver: &str) -> pb::Driver {
 
 /// Answers an offer; the trip after the answer.
 pub async fn answer(s: &TestServer, offer: &str, driver: &str, accept: bool) -> pb::Trip {
-    s.drivers()
+    answer_on(&s.channel, offer, driver, accept).await
+}
+
+/// [`answer`] through any server's channel (a region server's, say).
+pub async fn answer_on(channel: &Channel, offer: &str, driver: &str, accept: bool) -> pb::Trip {
+    DriverServiceClient::new(channel.clone())
         .respond_to_offer(pb::RespondToOfferRequest {
             offer_id: offer.into(),
             driver_id: driver.into(),
