@@ -1,14 +1,19 @@
 //! Cluster mode's log over a real 3-node NATS JetStream cluster: each region's events are
 //! committed to its own R3 stream before the call is acknowledged, a restarted server rebuilds
 //! every region from its stream, and an owner whose append is refused (someone else wrote to
-//! the region's subject) stops serving that region at once while the other regions go on.
+//! the region's subject) stops serving that region at once while the other regions go on. A
+//! region's takeover starts from its newest snapshot in JetStream, so its stream is trimmed
+//! behind the snapshots and a new owner still rebuilds everything.
 
 mod nats;
 mod support;
 
 use dispatch::config::Config;
+use std::time::{Duration, Instant};
+
 use dispatch::pb::{
-    self, driver_service_client::DriverServiceClient, rider_service_client::RiderServiceClient,
+    self, driver_service_client::DriverServiceClient, query_service_client::QueryServiceClient,
+    rider_service_client::RiderServiceClient,
 };
 use support::ll;
 use support::regions::{RegionServer as Server, wait_served, west_east};
@@ -56,6 +61,15 @@ impl Server {
             })
             .await?;
         Ok(r.into_inner().trip.unwrap())
+    }
+
+    async fn driver(&self, id: &str) -> Result<pb::Driver, tonic::Status> {
+        let r = QueryServiceClient::new(self.channel.clone())
+            .get_driver(pb::GetDriverRequest {
+                driver_id: id.into(),
+            })
+            .await?;
+        Ok(r.into_inner().driver.unwrap())
     }
 
     async fn trip(&self, trip_id: &str) -> Result<pb::Trip, tonic::Status> {
@@ -131,5 +145,66 @@ async fn an_owner_whose_append_is_refused_stops_serving_that_region_only() {
     assert_eq!(again.code(), Code::Unavailable, "{}", again.message());
     let west = s.request("r-w", -74.01).await.unwrap();
     assert_eq!(west.driver_id, "d-west");
+    s.stop().await;
+}
+
+/// The first sequence still in region `region`'s stream (messages before it were trimmed).
+async fn first_sequence(js: &async_nats::jetstream::Context, region: &str) -> u64 {
+    let mut stream = js.get_stream(format!("DISPATCH_{region}")).await.unwrap();
+    stream.info().await.unwrap().state.first_sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_restores_the_newest_snapshot_so_the_stream_is_trimmed_behind_it() {
+    let Some(cluster) = nats::start(3).await else {
+        return;
+    };
+    let js = nats::jetstream(&cluster, 0).await;
+    let mut config = config(cluster.urls());
+    // A snapshot every few events: the stream is trimmed behind the oldest kept one.
+    config.log.snapshot_every_events = 4;
+    config.log.snapshot_interval = Duration::ZERO;
+
+    let s = start(config.clone()).await;
+    let drivers: Vec<String> = (0..12).map(|i| format!("d-east-{i}")).collect();
+    for (i, d) in drivers.iter().enumerate() {
+        s.online(d, -73.99 + 0.001 * i as f64).await.unwrap();
+    }
+    let trip = s.request("r-e", -73.97).await.unwrap();
+    let waited = Instant::now();
+    while first_sequence(&js, "east").await <= 1 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the east stream was never trimmed behind a snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+    let trimmed = first_sequence(&js, "east").await;
+    // An unreadable newest snapshot (a torn upload, say) is skipped for the one before it.
+    let snaps = js.get_object_store("DISPATCH_SNAPSHOTS").await.unwrap();
+    let junk = format!("east.{:020}.{:020}", u64::MAX / 2, trimmed);
+    snaps
+        .put(junk.as_str(), &mut &b"not a snapshot"[..])
+        .await
+        .unwrap();
+
+    // The first drivers' GoOnline messages are gone from the stream: only the snapshot has
+    // them, so a server that replayed the stream alone could not serve the region at all.
+    let s = start(config).await;
+    for d in &drivers {
+        let again = s.driver(d).await.unwrap_or_else(|e| panic!("{d}: {e}"));
+        assert_ne!(again.state(), pb::DriverState::Offline, "{d}: {again:?}");
+    }
+    let again = s.trip(&trip.trip_id).await.unwrap();
+    assert_eq!(again.status(), pb::TripStatus::Offered, "{again:?}");
+    assert_eq!(again.driver_id, trip.driver_id);
+    let later = s.request("r-e2", -73.96).await.unwrap();
+    assert!(
+        later.trip_id > trip.trip_id,
+        "{} after {}",
+        later.trip_id,
+        trip.trip_id
+    );
     s.stop().await;
 }

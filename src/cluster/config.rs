@@ -42,6 +42,11 @@ pub struct ClusterConfig {
     /// first moves up to this many of that region's nearest available drivers (of the class)
     /// into the pickup's region, so a pickup near a border sees candidates across it. 0: off.
     pub border_pull: usize,
+    /// After each region snapshot (stored in JetStream on `log.snapshot_*`'s schedule, the
+    /// newest `log.snapshot_keep` kept), drop the stream messages before the oldest kept one,
+    /// so a region's stream, and its takeover, stay bounded. Off: streams keep every message
+    /// (what `cluster::audit`, which replays whole streams, needs).
+    pub trim_stream: bool,
 }
 
 impl Default for ClusterConfig {
@@ -56,6 +61,7 @@ impl Default for ClusterConfig {
             peer_tls_domain: String::new(),
             border_margin_m: 5_000.0,
             border_pull: 3,
+            trim_stream: true,
         }
     }
 }

@@ -13,6 +13,8 @@
 //!   draws the nearest drivers across it; `route_border`: the same move between regions owned
 //!   by different processes (the internal RegionService.JoinRegion).
 //! - `stream_log`: cluster mode's log, a JetStream stream per region with fenced appends;
+//!   `snapshots`: each region's snapshots in a JetStream object store bucket, so a takeover
+//!   restores the newest and replays only the stream after it (and the stream is trimmed);
 //!   `lease`: who may write a region, a renewed key per region in a JetStream KV bucket;
 //!   `members`: who is alive and which member should own which region; `owner`: the task
 //!   that takes, keeps, hands over and loses regions while the server serves.
@@ -39,6 +41,7 @@ mod route_border;
 mod route_drivers;
 mod route_queries;
 pub(crate) mod router;
+mod snapshots;
 mod stream_log;
 #[doc(hidden)]
 pub mod testkit;

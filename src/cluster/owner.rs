@@ -9,13 +9,13 @@
 //! - held here but [`members::assign`] prefers another live member, held for `2 * lease_ttl`
 //!   at least: hand it over (stop, then delete the lease) so the fair split is restored;
 //! - free, and we are preferred (or it has stayed free for a whole `lease_ttl`, its preferred
-//!   member not taking it): take the lease, replay the region's stream, append the takeover
-//!   message, then serve.
+//!   member not taking it): take the lease, restore the region's newest snapshot
+//!   (`snapshots`), replay its stream after it, append the takeover message, then serve.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, object_store::ObjectStore};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -23,10 +23,11 @@ use super::lease::{self, Holder, Lease};
 use super::members;
 use super::regions::RegionMap;
 use super::router::RegionRouter;
+use super::snapshots::{self, RegionSnapshots};
 use super::stream_log::StreamLog;
 use crate::clock::SystemClock;
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, LogStart, SnapshotSink};
 use crate::index;
 
 /// Ticks a region may stay free before a member that is not preferred takes it anyway.
@@ -41,13 +42,23 @@ struct Held {
 }
 
 /// This process's part in the cluster, before it starts contending (see [`Cluster::spawn`]).
-#[derive(Debug)]
 pub(crate) struct Cluster {
     js: jetstream::Context,
     store: kv::Store,
+    /// The region snapshots (`snapshots`).
+    snaps: ObjectStore,
     me: Holder,
     config: Config,
     map: RegionMap,
+}
+
+impl std::fmt::Debug for Cluster {
+    // The object store handle has no `Debug`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cluster {
@@ -62,6 +73,7 @@ impl Cluster {
         let url = cluster.nats_url.as_deref().unwrap_or_default();
         let js = super::connect(url).await?;
         let store = lease::bucket(&js, cluster.lease_ttl, cluster.stream_replicas).await?;
+        let snaps = snapshots::bucket(&js, cluster.stream_replicas).await?;
         let name = if cluster.owner.is_empty() {
             format!("{addr}-{}", std::process::id())
         } else {
@@ -75,6 +87,7 @@ impl Cluster {
         Ok(Cluster {
             js,
             store,
+            snaps,
             me,
             config: config.clone(),
             map: map.clone(),
@@ -202,6 +215,7 @@ impl Cluster {
                 router.install(i, engine.clone());
                 tracing::info!(
                     region = %region.name,
+                    from_snapshot = ?engine.recovered_from_snapshot(),
                     replayed_events = replayed,
                     took_ms = started.elapsed().as_millis() as u64,
                     next_offset = engine.bus().next_offset(),
@@ -222,30 +236,54 @@ impl Cluster {
         }
     }
 
-    /// Region `i`'s engine on its stream: history replayed, takeover message appended.
+    /// Region `i`'s engine on its stream: its newest snapshot restored and the stream's
+    /// history after it replayed, takeover message appended. Returns the events replayed.
     async fn open(&self, i: usize) -> Result<(Engine, usize), String> {
         let region = &self.map.regions()[i];
+        let keep = self.config.log.snapshot_keep;
+        let newest = if keep > 0 {
+            snapshots::newest(&self.snaps, &region.name).await?
+        } else {
+            None
+        };
+        let after = newest.as_ref().map_or(0, |(_, seq)| *seq);
         let (mut log, history) = StreamLog::open(
             &self.js,
             &region.name,
             self.config.cluster.stream_replicas,
             &self.me.owner,
+            after,
         )
         .await?;
         // Fences the previous owner: any append it still tries after this is refused.
         log.take_over().await?;
+        let sink = (keep > 0).then(|| {
+            let trim = self.config.cluster.trim_stream;
+            Box::new(RegionSnapshots::new(
+                &self.js,
+                &self.snaps,
+                &region.name,
+                keep,
+                trim,
+            )) as Box<dyn SnapshotSink>
+        });
         let mut own = self.config.clone();
         own.log.data_dir = None;
         let first = region.first_offset();
         let replayed = history.len();
         let engine = tokio::task::spawn_blocking(move || {
+            let start = LogStart {
+                image: newest.map(|(image, _)| image),
+                history: &history,
+                snapshots: sink,
+            };
             Engine::start_on_log(
                 &own,
                 index::default_index(),
                 Arc::new(SystemClock),
                 first,
                 Box::new(log),
-                &history,
+                start,
             )
         })
         .await

@@ -53,12 +53,16 @@ pub(crate) struct StreamLog {
 }
 
 impl StreamLog {
-    /// Opens (creating if absent) the stream of `region` and reads its whole history.
+    /// Opens (creating if absent) the stream of `region` and reads its history after sequence
+    /// `after` (the one a snapshot covers; 0: the whole history). Refused when messages after
+    /// `after` are gone (trimmed after snapshots this owner cannot use): the state they built
+    /// would be missing.
     pub(crate) async fn open(
         js: &jetstream::Context,
         region: &str,
         replicas: usize,
         owner: &str,
+        after: u64,
     ) -> Result<(StreamLog, Vec<Event>), String> {
         let subject = subject(region);
         let mut stream = js
@@ -77,7 +81,21 @@ impl StreamLog {
             .await
             .map_err(|e| format!("region {region}: reading its stream's state: {e}"))?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        let history = read_history(&stream, region, first, last).await?;
+        // An empty stream that never held a message says first 0; a purged one, last + 1.
+        if first > after + 1 && last > after {
+            return Err(format!(
+                "region {region}: its stream begins at sequence {first}, but the state it needs \
+                 is only known up to sequence {after} (no snapshot covers the messages trimmed \
+                 before {first})"
+            ));
+        }
+        if after > last {
+            return Err(format!(
+                "region {region}: its newest snapshot covers sequence {after}, past the stream's \
+                 last ({last}): the stream is not the one the snapshot was taken from"
+            ));
+        }
+        let history = read_history(&stream, region, first.max(after + 1), last).await?;
         let log = StreamLog {
             js: js.clone(),
             region: region.to_owned(),
@@ -144,6 +162,10 @@ impl CommitLog for StreamLog {
     fn commit_events(&mut self, events: &[Event]) -> Result<(), String> {
         let runtime = self.runtime.clone();
         runtime.block_on(self.append(events))
+    }
+
+    fn position(&self) -> u64 {
+        self.last_seq
     }
 }
 

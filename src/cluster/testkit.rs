@@ -20,10 +20,12 @@ pub fn column_west(i: usize) -> f64 {
 
 /// A config for `regions` regions `r0`, `r1`, ... side by side, 0.03 deg of longitude wide
 /// each (about 2.5 km) from [`column_west`]`(0)` east, 40.70 to 40.80 N, in cluster mode on
-/// `nats_url` with `lease_ttl`.
+/// `nats_url` with `lease_ttl`. Streams are not trimmed: [`crate::cluster::audit`] reads them
+/// whole.
 pub fn column_regions_toml(nats_url: &str, lease_ttl: Duration, regions: usize) -> String {
     let mut text = format!(
-        "[cluster]\nnats_url = \"{nats_url}\"\nlease_ttl = \"{}ms\"\n",
+        "[cluster]\nnats_url = \"{nats_url}\"\nlease_ttl = \"{}ms\"\n\
+         # the audit replays each region's whole stream\ntrim_stream = false\n",
         lease_ttl.as_millis()
     );
     for i in 0..regions {

@@ -51,7 +51,9 @@ use command::{Command, LocationBatch, Reply};
 pub use dispatcher::view::{self as map_view, MapView};
 pub use dispatcher::{Dispatcher, GoOnline, LocationRejection, TripAction, TripRequest};
 pub use records::{Driver, DriverStatus, NearbyDriver, Stats, Trip};
+pub use recovery::LogStart;
 use runner::{Runner, Sink};
+pub use snapshot::SnapshotSink;
 pub use state::DispatchState;
 pub use writer::CommitLog;
 
@@ -120,24 +122,31 @@ impl Engine {
         let log_dir = recovered.as_ref().map(|r| r.log.dir().to_path_buf());
         let recovered_from = recovered.as_ref().and_then(|r| r.snapshot);
         let log = recovered.map(|r| Box::new(r.log) as Box<dyn CommitLog>);
-        Engine::run(config, dispatcher, log, log_dir, recovered_from, clock)
+        Engine::run(
+            config,
+            dispatcher,
+            log,
+            log_dir,
+            recovered_from,
+            None,
+            clock,
+        )
     }
 
     /// [`Engine::start_at`] on another log (a region's JetStream stream in cluster mode): the
-    /// state is rebuilt from `history` (that log's events, in order), then every command
-    /// group is committed to `log` before its replies go out.
+    /// state is rebuilt from `start` (the newest snapshot, then that log's events after it, in
+    /// order), then every command group is committed to `log` before its replies go out.
     pub fn start_on_log(
         config: &Config,
         index: Box<dyn SpatialIndex>,
         clock: Arc<dyn Clock>,
         first_offset: u64,
         log: Box<dyn CommitLog>,
-        history: &[crate::events::Event],
+        start: LogStart<'_>,
     ) -> Result<Engine, LogError> {
         let mut dispatcher = Dispatcher::new(config, index, first_offset);
-        recovery::replay_history(&mut dispatcher, history, &*clock)?;
-        // No snapshots of a stream's state yet: its history is replayed whole.
-        Engine::run(config, dispatcher, Some(log), None, None, clock)
+        let from = recovery::replay_history(&mut dispatcher, start, first_offset, &*clock)?;
+        Engine::run(config, dispatcher, Some(log), None, from.0, from.1, clock)
     }
 
     fn run(
@@ -146,6 +155,7 @@ impl Engine {
         log: Option<Box<dyn CommitLog>>,
         log_dir: Option<std::path::PathBuf>,
         recovered_from: Option<u64>,
+        sink: Option<Box<dyn SnapshotSink>>,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine, LogError> {
         let bus = Arc::new(EventBus::new(
@@ -166,15 +176,12 @@ impl Engine {
         let (sink, snapshots) = match log {
             None => (Sink::Memory(bus.clone()), None),
             Some(log) => {
-                // Snapshots go beside a local log only.
-                let (snapshotter, schedule) = match log_dir {
-                    Some(_) => snapshot::start(
-                        config,
-                        recovered_from,
-                        dispatcher.next_offset(),
-                        clock.now_ms(),
-                    ),
-                    None => (None, None),
+                // Snapshots go beside a local log, or to the sink of another log.
+                let (offset, now_ms) = (dispatcher.next_offset(), clock.now_ms());
+                let (snapshotter, schedule) = match (&log_dir, sink) {
+                    (Some(_), _) => snapshot::start(config, recovered_from, offset, now_ms),
+                    (None, Some(sink)) => snapshot::start_remote(config, sink, offset, now_ms),
+                    (None, None) => (None, None),
                 };
                 let writer = writer::Writer::start(log, bus.clone(), snapshotter, failure_tx);
                 (Sink::Log(writer), schedule)

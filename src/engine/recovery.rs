@@ -260,25 +260,76 @@ fn apply_tail(
     Ok((log, report))
 }
 
-/// Replays a history read from elsewhere (a region's JetStream stream) into a fresh
-/// `dispatcher`, in order, then finishes recovery as for the local log.
+/// What an engine on another log starts from (a region's JetStream stream in cluster mode):
+/// the region's newest snapshot if there is one, the log's events after it, and where its
+/// next snapshots go.
+pub struct LogStart<'a> {
+    /// The state at some offset; `None`: `history` starts at the region's first offset.
+    pub image: Option<super::state::StateImage>,
+    /// The log's events after the image (all of them without one), in order.
+    pub history: &'a [crate::events::Event],
+    /// Where the engine's snapshots go; `None`: it takes none.
+    pub snapshots: Option<Box<dyn super::SnapshotSink>>,
+}
+
+impl std::fmt::Debug for LogStart<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStart")
+            .field(
+                "image_offset",
+                &self.image.as_ref().map(|i| i.next_offset()),
+            )
+            .field("history", &self.history.len())
+            .field("snapshots", &self.snapshots.is_some())
+            .finish()
+    }
+}
+
+/// Where an engine on another log stores its snapshots.
+type Sink = Box<dyn super::SnapshotSink>;
+
+/// Rebuilds a fresh `dispatcher` from `start` (its snapshot, then its history, which must
+/// follow on without a gap), then finishes recovery as for the local log. Without a snapshot
+/// the history must begin at `first_offset`: a log whose beginning is gone (a trimmed stream)
+/// with no snapshot before it cannot rebuild the state, and is refused rather than served
+/// half-empty. Returns the snapshot's offset, if one was used, and the sink.
 pub(super) fn replay_history(
     dispatcher: &mut Dispatcher,
-    history: &[Event],
+    start: LogStart<'_>,
+    first_offset: u64,
     clock: &dyn Clock,
-) -> Result<(), LogError> {
-    for (i, event) in history.iter().enumerate() {
-        let failed = |e: crate::error::Error| LogError::Replay {
+) -> Result<(Option<u64>, Option<Sink>), LogError> {
+    let from = match start.image {
+        Some(image) => {
+            let offset = image.next_offset();
+            dispatcher.restore(image).map_err(|why| LogError::Replay {
+                offset,
+                why: format!("the snapshot at offset {offset} does not restore: {why}"),
+            })?;
+            Some(offset)
+        }
+        None => None,
+    };
+    if let (None, Some(first)) = (from, start.history.first())
+        && first.offset != first_offset
+    {
+        return Err(LogError::Replay {
+            offset: first.offset,
+            why: format!(
+                "the log begins at offset {} but the region's first is {first_offset}, and no \
+                 snapshot covers the events before it",
+                first.offset
+            ),
+        });
+    }
+    for event in start.history {
+        dispatcher.replay(event).map_err(|e| LogError::Replay {
             offset: event.offset,
             why: e.to_string(),
-        };
-        if i == 0 {
-            dispatcher.resume_at(event.offset).map_err(failed)?;
-        }
-        dispatcher.replay(event).map_err(failed)?;
+        })?;
     }
     dispatcher.finish_recovery(clock.now_ms());
-    Ok(())
+    Ok((from, start.snapshots))
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@
 //! on once everything before it is durable, so a snapshot never runs ahead of the log; the
 //! [`Snapshotter`] thread encodes, writes and prunes it. Recovery (`engine::recovery`) takes
 //! the newest snapshot that decodes and fits, warning about each one it skips.
+//!
+//! Without a local log (cluster mode) the same thread hands the images to a [`SnapshotSink`]
+//! instead, with the log position each was taken at (`remote.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -28,6 +31,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::state::StateImage;
 use crate::events::LogError;
+
+mod remote;
+pub use remote::SnapshotSink;
+pub(super) use remote::start_remote;
 
 /// First bytes of every snapshot file: "DSPSNAP", then the format version (a byte).
 const MAGIC: &[u8; 7] = b"DSPSNAP";
@@ -216,12 +223,16 @@ impl SnapshotStore {
 /// The snapshot writer thread: encodes and writes the images the log writer passes on, keeps
 /// the newest `keep` that fit in half the retention budget (always the newest one), and
 /// publishes the oldest kept offset (the retention floor) and the bytes the snapshots take.
+/// (A remote [`SnapshotSink`] gets the same thread, with its own loop: `remote.rs`.)
 pub(super) struct Snapshotter {
-    tx: Sender<Box<StateImage>>,
+    tx: Sender<Job>,
     /// The same channel's receiving end, so a newer image can replace the waiting one.
-    waiting: Receiver<Box<StateImage>>,
+    waiting: Receiver<Job>,
     thread: JoinHandle<()>,
 }
+
+/// An image and the log's position when it was taken ([`super::CommitLog::position`]).
+pub(super) type Job = (Box<StateImage>, u64);
 
 impl Snapshotter {
     /// Starts the thread. `known` are the snapshots already on disk known to be good (the one
@@ -232,16 +243,21 @@ impl Snapshotter {
         known: Vec<u64>,
         floor: Arc<AtomicU64>,
     ) -> Snapshotter {
+        if let Some(oldest) = known.first() {
+            floor.store(*oldest, Ordering::Relaxed);
+        }
+        Snapshotter::spawn(move |rx| run(store, keep, known, floor, rx))
+    }
+
+    /// Starts the thread running `body` over the images handed over.
+    pub(super) fn spawn(body: impl FnOnce(Receiver<Job>) + Send + 'static) -> Snapshotter {
         // One waiting image at most, and the newest wins: it replaces an older one still
         // waiting, so once the dispatcher goes quiet its last image is always written.
         let (tx, rx) = crossbeam_channel::bounded(1);
         let waiting = rx.clone();
-        if let Some(oldest) = known.first() {
-            floor.store(*oldest, Ordering::Relaxed);
-        }
         let thread = std::thread::Builder::new()
             .name("snapshot".into())
-            .spawn(move || run(store, keep, known, floor, rx))
+            .spawn(move || body(rx))
             .expect("spawning the snapshot thread needs only memory");
         Snapshotter {
             tx,
@@ -254,8 +270,8 @@ impl Snapshotter {
     /// image still waiting (which is dropped: the newer one holds more). The only sender is
     /// the log writer thread, so after taking the older image out the slot is free (the
     /// snapshot thread only ever empties it). False if the thread is gone.
-    pub(super) fn offer(&self, image: Box<StateImage>) -> bool {
-        match self.tx.try_send(image) {
+    pub(super) fn offer(&self, image: Box<StateImage>, position: u64) -> bool {
+        match self.tx.try_send((image, position)) {
             Ok(()) => true,
             Err(TrySendError::Full(image)) => {
                 if self.waiting.try_recv().is_ok() {
@@ -311,7 +327,7 @@ fn run(
     keep: Keep,
     known: Vec<u64>,
     floor: Arc<AtomicU64>,
-    rx: Receiver<Box<StateImage>>,
+    rx: Receiver<Job>,
 ) {
     // Kept snapshots, oldest first, with their sizes.
     let mut kept: Vec<(u64, u64)> = known
@@ -338,7 +354,7 @@ fn run(
     };
     let newest = kept.last().map_or(0, |k| k.1);
     fit(&mut kept, newest);
-    while let Ok(image) = rx.recv() {
+    while let Ok((image, _)) = rx.recv() {
         let started = Instant::now();
         let offset = image.next_offset();
         // Room for the file about to be written, sized as the newest.
@@ -457,31 +473,4 @@ impl Schedule {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keep(count: usize, budget: u64) -> Keep {
-        Keep {
-            count,
-            budget,
-            bytes: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    #[test]
-    fn snapshots_beyond_the_newest_are_kept_only_while_they_fit_half_the_budget() {
-        // Plenty of room: the count decides.
-        assert_eq!(keep(2, 1 << 30).excess(&[70, 70, 70], 70), 1);
-        assert_eq!(keep(2, 1 << 30).excess(&[70, 70], 70), 0);
-        // 256 bytes of budget, 128 for snapshots: two of 70 plus the next do not fit, one does
-        // not either, but the newest is never deleted.
-        assert_eq!(keep(2, 256).excess(&[70, 70], 70), 1);
-        assert_eq!(keep(3, 256).excess(&[70, 70, 70], 0), 2);
-        assert_eq!(keep(2, 256).excess(&[70], 70), 0);
-        assert_eq!(keep(2, 0).excess(&[1, 1], 1), 1);
-        // Small old ones fit beside a large newest.
-        assert_eq!(keep(3, 300).excess(&[10, 10, 60], 60), 0);
-        assert_eq!(keep(3, 300).excess(&[30, 10, 60], 60), 1);
-        assert_eq!(keep(0, 256).excess(&[], 0), 0);
-    }
-}
+mod tests;

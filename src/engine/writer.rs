@@ -31,6 +31,12 @@ pub trait CommitLog: Send + 'static {
     /// History before `keep_from` is no longer needed to rebuild the state (default: kept);
     /// `beside` bytes of the retention budget are taken by the snapshots.
     fn retain_from(&mut self, _keep_from: u64, _beside: u64) {}
+    /// Where the log stands after the last commit, in its own terms: a stream's last sequence
+    /// (a snapshot taken here is stored with it, so a new owner reads the stream after it);
+    /// 0 for the local log, whose offsets say it all.
+    fn position(&self) -> u64 {
+        0
+    }
 }
 
 impl CommitLog for EventLog {
@@ -170,7 +176,7 @@ fn run(
             reply();
         }
         if let (Some(image), Some(snaps)) = (image, snaps) {
-            snaps.offer(image);
+            snaps.offer(image, log.position());
         }
         if let Some((keep_from, beside)) = retain {
             log.retain_from(keep_from, beside);
