@@ -2,12 +2,14 @@
 //! their state and position, open trips, pending offers with their deadlines, surge cells, the
 //! counters) that the runner publishes at a fixed rate for the operator's live map.
 //!
-//! It exists so that map viewers cost the dispatcher nothing per viewer: the dispatcher builds
-//! one view every [`VIEW_INTERVAL_MS`] of engine time, hands it to a `watch` channel (a
-//! pointer swap, never a wait), and any number of HTTP viewers read the latest one. No viewer
-//! ever sends a command. Building it walks the driver table once (O(drivers)); its cost at
-//! 100k drivers is measured by `benches/view.rs`. With nobody watching (no receiver beyond the
-//! engine's own) nothing is built.
+//! It exists so that map viewers cost the dispatcher nothing per viewer: every
+//! [`VIEW_INTERVAL_MS`] of engine time the dispatcher copies the view's parts ([`ViewParts`]:
+//! shared chunks and persistent maps, O(drivers / 1024)), the `map-view` thread builds the view
+//! from them and hands it to a `watch` channel (a pointer swap, never a wait), and any number
+//! of HTTP viewers read the latest one. No viewer ever sends a command. Building it walks the
+//! driver table once (O(drivers)) off the dispatcher thread; both costs at 100k drivers are
+//! measured by `benches/view.rs`. With nobody watching (no receiver beyond the engine's own)
+//! nothing is copied or built.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +21,7 @@ use tokio::sync::watch;
 use super::Dispatcher;
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
 use crate::engine::records::{DriverStatus, Stats};
+use crate::engine::state::ViewSource;
 use crate::events::TripStatus;
 use crate::surge::READING_CLASSES;
 
@@ -127,16 +130,21 @@ pub struct MapView {
 const OWN_RECEIVERS: usize = 1;
 
 /// The runner's side of the view channel: publishes at most once per interval, and only while
-/// someone holds a receiver (a map stream, a snapshot being answered, a test).
+/// someone holds a receiver (a map stream, a snapshot being answered, a test). The dispatcher
+/// thread only copies the view's parts ([`ViewParts`], O(d / 1024)); the `map-view` thread
+/// builds the view from them and publishes it, so the walk of every driver is never a pause of
+/// the dispatcher. One set of parts waits at most, and a newer one replaces it: a view thread
+/// that falls behind skips views, it never queues them.
 #[derive(Debug)]
 pub struct ViewPublisher {
-    tx: watch::Sender<Arc<MapView>>,
+    tx: Arc<watch::Sender<Arc<MapView>>>,
     next_at_ms: u64,
-    /// The number of the last view published.
-    seq: u64,
     /// Set while publishing is paused for want of viewers: the latest view is then old, and
     /// [`fresh`] waits for the next one.
     stale: Arc<AtomicBool>,
+    parts: crossbeam_channel::Sender<ViewParts>,
+    /// The same channel's receiving end, so newer parts can replace waiting ones.
+    waiting: crossbeam_channel::Receiver<ViewParts>,
 }
 
 /// The latest view, waiting (up to a second) for a new one when publishing was paused for
@@ -151,28 +159,46 @@ pub async fn fresh(view: &watch::Receiver<Arc<MapView>>, stale: &AtomicBool) -> 
 }
 
 impl ViewPublisher {
-    /// A publisher and the receiver viewers clone. The first view goes out at the first call.
+    /// A publisher (and its view thread, which ends with it) and the receiver viewers clone.
+    /// The first view goes out at the first call.
     pub fn new() -> (
         ViewPublisher,
         watch::Receiver<Arc<MapView>>,
         Arc<AtomicBool>,
     ) {
         let (tx, rx) = watch::channel(Arc::new(MapView::default()));
+        let tx = Arc::new(tx);
         let stale = Arc::new(AtomicBool::new(true));
+        let (parts, waiting) = crossbeam_channel::bounded::<ViewParts>(1);
+        let (out, paused, from) = (tx.clone(), stale.clone(), waiting.clone());
+        std::thread::Builder::new()
+            .name("map-view".into())
+            .spawn(move || {
+                let mut seq = 0;
+                while let Ok(parts) = from.recv() {
+                    let mut view = parts.build();
+                    seq += 1;
+                    view.seq = seq;
+                    out.send_replace(Arc::new(view));
+                    paused.store(false, Ordering::Release);
+                }
+            })
+            .expect("spawning the map view thread needs only memory");
         let publisher = ViewPublisher {
             tx,
             next_at_ms: 0,
-            seq: 0,
             stale: stale.clone(),
+            parts,
+            waiting,
         };
         (publisher, rx, stale)
     }
 
-    /// Builds and publishes a view if the interval has passed at `now_ms` and someone
-    /// watches. Nobody watching, nothing is built (walking 100k drivers four times a second
-    /// was a tenth of the server's CPU in the city run) and the interval does not advance, so
-    /// the first viewer gets a view at the runner's next turn. `send_replace` never blocks,
-    /// so the dispatcher thread never waits on a viewer.
+    /// Copies the view's parts for the view thread if the interval has passed at `now_ms`
+    /// and someone watches. Nobody watching, nothing is copied (walking 100k drivers four
+    /// times a second was a tenth of the server's CPU in the city run) and the interval does
+    /// not advance, so the first viewer gets a view at the runner's next turn. Never blocks:
+    /// parts still waiting for the view thread are replaced by these.
     pub fn maybe_publish(&mut self, dispatcher: &Dispatcher, now_ms: u64) {
         if now_ms < self.next_at_ms {
             return;
@@ -182,70 +208,39 @@ impl ViewPublisher {
             return;
         }
         self.next_at_ms = now_ms.saturating_add(VIEW_INTERVAL_MS);
-        self.seq += 1;
-        let mut view = dispatcher.map_view(now_ms);
-        view.seq = self.seq;
-        self.tx.send_replace(Arc::new(view));
-        self.stale.store(false, Ordering::Release);
+        let parts = dispatcher.view_parts(now_ms);
+        if let Err(crossbeam_channel::TrySendError::Full(parts)) = self.parts.try_send(parts) {
+            // The view thread is still building the last one: these replace the waiting ones.
+            let _ = self.waiting.try_recv();
+            let _ = self.parts.try_send(parts);
+        }
     }
 }
 
+/// What a view is built from, copied on the dispatcher thread at a group boundary: the state's
+/// [`ViewSource`] (shared chunks and persistent maps), the counters, and the surge cells
+/// (computed there: they need the spatial index, and there are few of them).
+#[derive(Debug)]
+pub struct ViewParts {
+    source: ViewSource,
+    at_ms: u64,
+    offset: u64,
+    stats: Stats,
+    surge: Vec<SurgeCell>,
+}
+
 impl Dispatcher {
-    /// The map view at `now_ms`. Read-only; O(drivers + trips + offers + surge cells).
+    /// The map view at `now_ms`: [`Dispatcher::view_parts`] then [`ViewParts::build`] on this
+    /// thread (the runner splits the two over threads).
     pub fn map_view(&self, now_ms: u64) -> MapView {
+        self.view_parts(now_ms).build()
+    }
+
+    /// The parts of the view at `now_ms`. O(d / 1024 + surge cells): the driver table and
+    /// positions are shared in chunks, the trips and offers are persistent maps.
+    pub fn view_parts(&self, now_ms: u64) -> ViewParts {
         let s = self.state();
-        let live = s.live();
-        let mut bounds = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
-        let mut drivers = Vec::with_capacity(s.driver_count());
-        for d in s.records() {
-            let state = match d.status {
-                DriverStatus::Offline => continue,
-                DriverStatus::Available => DotState::Available,
-                DriverStatus::Offered(_) => DotState::Offered,
-                DriverStatus::OnTrip(_) => DotState::OnTrip,
-            };
-            let position = live.position(d.key);
-            let (lng, lat) = (position.lng_deg(), position.lat_deg());
-            bounds = [
-                bounds[0].min(lng),
-                bounds[1].min(lat),
-                bounds[2].max(lng),
-                bounds[3].max(lat),
-            ];
-            drivers.push(DriverDot {
-                key: d.key.0,
-                position,
-                state,
-                id: d.id.clone(),
-            });
-        }
-        let mut trips: Vec<TripDot> = s
-            .trips()
-            .filter(|t| !t.status.is_terminal())
-            .map(|t| TripDot {
-                trip: t.id,
-                status: t.status,
-                rider: t.rider.clone(),
-                pickup: t.pickup,
-                dropoff: t.dropoff,
-                driver: t.driver.clone(),
-                requested_at_ms: t.requested_at_ms,
-            })
-            .collect();
-        trips.sort_by_key(|t| t.trip);
-        let mut offers: Vec<OfferLine> = s
-            .offers()
-            .map(|p| OfferLine {
-                offer: p.details.offer,
-                trip: p.details.trip,
-                driver: p.details.driver.clone(),
-                from: live.position(p.driver),
-                to: p.details.pickup,
-                expires_at_ms: p.details.expires_at_ms,
-            })
-            .collect();
-        offers.sort_by_key(|o| o.offer);
-        let tracker = live.surge();
+        let tracker = s.live().surge();
         let radius_m = tracker.supply_radius_m();
         let mut surge: Vec<SurgeCell> = tracker
             .active_demand(now_ms)
@@ -266,16 +261,83 @@ impl Dispatcher {
             })
             .collect();
         surge.sort_by(|a, b| b.multiplier.total_cmp(&a.multiplier));
-        MapView {
-            seq: 0,
+        ViewParts {
+            source: s.view_source(),
             at_ms: now_ms,
             offset: s.next_offset(),
             stats: s.stats(),
+            surge,
+        }
+    }
+}
+
+impl ViewParts {
+    /// The view. O(drivers + open trips + offers); read-only, on any thread.
+    pub fn build(self) -> MapView {
+        let s = &self.source;
+        let mut bounds = [f64::MAX, f64::MAX, f64::MIN, f64::MIN];
+        let st = &self.stats;
+        let online = st.drivers_available + st.drivers_offered + st.drivers_on_trip;
+        let mut drivers = Vec::with_capacity(online as usize);
+        for d in s.records() {
+            let state = match d.status {
+                DriverStatus::Offline => continue,
+                DriverStatus::Available => DotState::Available,
+                DriverStatus::Offered(_) => DotState::Offered,
+                DriverStatus::OnTrip(_) => DotState::OnTrip,
+            };
+            let position = s.position(d.key);
+            let (lng, lat) = (position.lng_deg(), position.lat_deg());
+            bounds = [
+                bounds[0].min(lng),
+                bounds[1].min(lat),
+                bounds[2].max(lng),
+                bounds[3].max(lat),
+            ];
+            drivers.push(DriverDot {
+                key: d.key.0,
+                position,
+                state,
+                id: d.id.clone(),
+            });
+        }
+        let mut trips: Vec<TripDot> = Vec::with_capacity(s.open_trip_count());
+        trips.extend(
+            s.open_trips()
+                .filter(|t| !t.status.is_terminal())
+                .map(|t| TripDot {
+                    trip: t.id,
+                    status: t.status,
+                    rider: t.rider.clone(),
+                    pickup: t.pickup,
+                    dropoff: t.dropoff,
+                    driver: t.driver.clone(),
+                    requested_at_ms: t.requested_at_ms,
+                }),
+        );
+        trips.sort_by_key(|t| t.trip);
+        let mut offers: Vec<OfferLine> = s
+            .offers()
+            .map(|p| OfferLine {
+                offer: p.details.offer,
+                trip: p.details.trip,
+                driver: p.details.driver.clone(),
+                from: s.position(p.driver),
+                to: p.details.pickup,
+                expires_at_ms: p.details.expires_at_ms,
+            })
+            .collect();
+        offers.sort_by_key(|o| o.offer);
+        MapView {
+            seq: 0,
+            at_ms: self.at_ms,
+            offset: self.offset,
+            stats: self.stats,
             bounds: (!drivers.is_empty()).then_some(bounds),
             drivers,
             trips,
             offers,
-            surge,
+            surge: self.surge,
         }
     }
 }

@@ -13,7 +13,7 @@
 //! request (demand) or an event that implies a position.
 
 use super::Chunked;
-use crate::domain::{DriverKey, LatLng};
+use crate::domain::{DriverKey, LatLng, VehicleClass};
 use crate::surge::{SurgeConfig, SurgeTracker};
 
 /// How often stale surge cells are swept, ms.
@@ -87,5 +87,22 @@ impl Live {
             self.surge.sweep(now_ms);
             self.next_sweep_ms = now_ms.saturating_add(SURGE_SWEEP_MS);
         }
+    }
+}
+
+/// Surge supply reads: the index counts, this part gives them their meaning.
+impl super::DispatchState {
+    /// Surge supply for `class`: the available drivers within about `radius_m` of `point` who
+    /// serve it ([`VehicleClass::serves`], as matching decides). `Any` counts every available
+    /// driver by whole cells; a class calls `serves` once per driver in those cells.
+    pub(crate) fn supply_near(&self, point: LatLng, radius_m: f64, class: VehicleClass) -> u64 {
+        let n = if class == VehicleClass::Any {
+            self.index.count_near(point, radius_m)
+        } else {
+            self.index.count_near_where(point, radius_m, &mut |k| {
+                self.drivers[k.0 as usize].class.serves(class)
+            })
+        };
+        n as u64
     }
 }

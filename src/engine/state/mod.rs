@@ -23,6 +23,7 @@ mod invariants;
 mod live;
 mod needed;
 mod persist;
+mod view_source;
 mod wire;
 
 use std::collections::BTreeSet;
@@ -36,6 +37,7 @@ pub use image::StateImage;
 pub use live::Live;
 use needed::Needed;
 use persist::{PMap, TimerQueue};
+pub use view_source::ViewSource;
 
 use super::records::{
     Driver, DriverRecord, DriverStatus, LocationRejection, OfferOutcome, PendingOffer, Stats, Trip,
@@ -223,17 +225,6 @@ impl DispatchState {
     /// Every driver record, by dense key.
     pub(crate) fn records(&self) -> &Chunked<DriverRecord> {
         &self.drivers
-    }
-
-    /// Every open trip, and the ended ones within retention except those restored from a
-    /// snapshot that nothing has read since (`cold.rs`), in no order.
-    pub(crate) fn trips(&self) -> impl Iterator<Item = &Trip> {
-        self.trips.values().map(|e| &e.trip)
-    }
-
-    /// Every pending offer, in no order.
-    pub(crate) fn offers(&self) -> impl Iterator<Item = &PendingOffer> {
-        self.offers.values()
     }
 
     pub(crate) fn record(&self, key: DriverKey) -> &DriverRecord {
@@ -476,20 +467,6 @@ impl DispatchState {
     ) -> SurgeReading {
         let supply = self.supply_near(point, self.live.surge().supply_radius_m(), class);
         self.live.surge_mut().reading(point, class, supply, now_ms)
-    }
-
-    /// Surge supply for `class`: the available drivers within about `radius_m` of `point` who
-    /// serve it ([`VehicleClass::serves`], as matching decides). `Any` counts every available
-    /// driver by whole cells; a class calls `serves` once per driver in those cells.
-    pub(crate) fn supply_near(&self, point: LatLng, radius_m: f64, class: VehicleClass) -> u64 {
-        let n = if class == VehicleClass::Any {
-            self.index.count_near(point, radius_m)
-        } else {
-            self.index.count_near_where(point, radius_m, &mut |k| {
-                self.drivers[k.0 as usize].class.serves(class)
-            })
-        };
-        n as u64
     }
 
     /// Sweeps stale surge cells now and then.
