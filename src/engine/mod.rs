@@ -21,6 +21,7 @@
 
 mod command;
 pub mod dispatcher;
+mod latest;
 mod reads;
 mod recording;
 pub mod records;

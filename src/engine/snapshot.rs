@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Receiver;
 
+use super::latest::Latest;
 use super::state::StateImage;
 use crate::events::LogError;
 
@@ -225,9 +226,9 @@ impl SnapshotStore {
 /// publishes the oldest kept offset (the retention floor) and the bytes the snapshots take.
 /// (A remote [`SnapshotSink`] gets the same thread, with its own loop: `remote.rs`.)
 pub(super) struct Snapshotter {
-    tx: Sender<Job>,
-    /// The same channel's receiving end, so a newer image can replace the waiting one.
-    waiting: Receiver<Job>,
+    /// One waiting image at most, and the newest wins: it replaces an older one still
+    /// waiting, so once the dispatcher goes quiet its last image is always written.
+    slot: Latest<Job>,
     thread: JoinHandle<()>,
 }
 
@@ -251,42 +252,28 @@ impl Snapshotter {
 
     /// Starts the thread running `body` over the images handed over.
     pub(super) fn spawn(body: impl FnOnce(Receiver<Job>) + Send + 'static) -> Snapshotter {
-        // One waiting image at most, and the newest wins: it replaces an older one still
-        // waiting, so once the dispatcher goes quiet its last image is always written.
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let waiting = rx.clone();
+        let (slot, rx) = Latest::new();
         let thread = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || body(rx))
             .expect("spawning the snapshot thread needs only memory");
-        Snapshotter {
-            tx,
-            waiting,
-            thread,
-        }
+        Snapshotter { slot, thread }
     }
 
     /// Hands an image over. While one is being written, this one waits in place of any older
-    /// image still waiting (which is dropped: the newer one holds more). The only sender is
-    /// the log writer thread, so after taking the older image out the slot is free (the
-    /// snapshot thread only ever empties it). False if the thread is gone.
+    /// image still waiting (which is dropped: the newer one holds more). False if the thread
+    /// is gone.
     pub(super) fn offer(&self, image: Box<StateImage>, position: u64) -> bool {
-        match self.tx.try_send((image, position)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(image)) => {
-                if self.waiting.try_recv().is_ok() {
-                    tracing::debug!("snapshot image replaced by a newer one while waiting");
-                }
-                self.tx.try_send(image).is_ok()
-            }
-            Err(TrySendError::Disconnected(_)) => false,
+        let (taken, replaced) = self.slot.offer((image, position));
+        if replaced {
+            tracing::debug!("snapshot image replaced by a newer one while waiting");
         }
+        taken
     }
 
     /// Writes what it was given, then waits for the thread.
     pub(super) fn finish(self) {
-        drop(self.tx);
-        drop(self.waiting);
+        drop(self.slot);
         // A panic on the snapshot thread was already reported by the panic hook.
         let _ = self.thread.join();
     }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use super::Dispatcher;
 use crate::domain::{ExternalId, LatLng, OfferId, TripId};
+use crate::engine::latest::Latest;
 use crate::engine::records::{DriverStatus, Stats};
 use crate::engine::state::ViewSource;
 use crate::events::TripStatus;
@@ -142,9 +143,8 @@ pub struct ViewPublisher {
     /// Set while publishing is paused for want of viewers: the latest view is then old, and
     /// [`fresh`] waits for the next one.
     stale: Arc<AtomicBool>,
-    parts: crossbeam_channel::Sender<ViewParts>,
-    /// The same channel's receiving end, so newer parts can replace waiting ones.
-    waiting: crossbeam_channel::Receiver<ViewParts>,
+    /// Parts for the view thread: newer ones replace any still waiting.
+    parts: Latest<ViewParts>,
 }
 
 /// The latest view, waiting (up to a second) for a new one when publishing was paused for
@@ -169,8 +169,8 @@ impl ViewPublisher {
         let (tx, rx) = watch::channel(Arc::new(MapView::default()));
         let tx = Arc::new(tx);
         let stale = Arc::new(AtomicBool::new(true));
-        let (parts, waiting) = crossbeam_channel::bounded::<ViewParts>(1);
-        let (out, paused, from) = (tx.clone(), stale.clone(), waiting.clone());
+        let (parts, from) = Latest::<ViewParts>::new();
+        let (out, paused) = (tx.clone(), stale.clone());
         std::thread::Builder::new()
             .name("map-view".into())
             .spawn(move || {
@@ -189,7 +189,6 @@ impl ViewPublisher {
             next_at_ms: 0,
             stale: stale.clone(),
             parts,
-            waiting,
         };
         (publisher, rx, stale)
     }
@@ -208,12 +207,7 @@ impl ViewPublisher {
             return;
         }
         self.next_at_ms = now_ms.saturating_add(VIEW_INTERVAL_MS);
-        let parts = dispatcher.view_parts(now_ms);
-        if let Err(crossbeam_channel::TrySendError::Full(parts)) = self.parts.try_send(parts) {
-            // The view thread is still building the last one: these replace the waiting ones.
-            let _ = self.waiting.try_recv();
-            let _ = self.parts.try_send(parts);
-        }
+        self.parts.offer(dispatcher.view_parts(now_ms));
     }
 }
 
