@@ -13,6 +13,7 @@ use dispatch::pb::{
     event_service_client::EventServiceClient, query_service_client::QueryServiceClient,
     rider_service_client::RiderServiceClient,
 };
+use std::time::Duration;
 use support::regions::{RegionServer as Server, west_east};
 use support::{ll, next};
 use tonic::Code;
@@ -163,7 +164,21 @@ async fn each_call_goes_to_the_region_of_its_point_and_ids_name_it() {
         .into_inner();
     assert_eq!(stats.trips_requested, 2);
     assert_eq!(stats.drivers_offered + stats.drivers_on_trip, 2);
-    s.stop().await;
+    // The merged offer stream, still open, ends with the server: UNAVAILABLE, resubscribe.
+    // (A stream that outlived the drain would keep the server from stopping.)
+    tokio::time::timeout(Duration::from_secs(60), s.stop())
+        .await
+        .expect("the server stops while a merged offer stream is open");
+    loop {
+        match offers.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the offer stream ended without saying why"),
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e}");
+                break;
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

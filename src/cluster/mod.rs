@@ -7,7 +7,8 @@
 //! - `router`: the region engines served here behind the four dispatch services; which region
 //!   a driver, point, trip or offer belongs to. `route_drivers` and `route_queries` implement
 //!   the services by handing each call to that region's ordinary service (`grpc`), or
-//!   `forward`ing it to the process that owns the region.
+//!   `forward`ing it to the process that owns the region; `route_offers` keeps a gateway's
+//!   merged offer stream whole while regions change owner.
 //! - `border`: an available driver crossing into another region moves there (a leave in one
 //!   region's log, a join in the other's, with hysteresis), and a pickup near a border first
 //!   draws the nearest drivers across it; `route_border`: the same move between regions owned
@@ -39,6 +40,7 @@ pub(crate) mod owner;
 pub mod regions;
 mod route_border;
 mod route_drivers;
+mod route_offers;
 mod route_queries;
 pub(crate) mod router;
 mod snapshots;

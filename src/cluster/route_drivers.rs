@@ -1,7 +1,8 @@
 //! The driver service in region mode: each call goes to the region of the driver (by the
 //! position it goes online at), of the offer or of the trip it names, here or at its owner; a
 //! location stream is split over the regions; an offer stream merges the offers of every region
-//! served here and, unless forwarded, of every other owner.
+//! served here and, unless forwarded, of every other owner, following them as they move
+//! (`route_offers`).
 
 use std::pin::Pin;
 
@@ -222,38 +223,18 @@ impl DriverService for RegionRouter {
         &self,
         request: Request<pb::SubscribeOffersRequest>,
     ) -> Result<Self::SubscribeOffersStream> {
-        // A gateway's drivers may be in any region: one stream per region served here, one per
-        // other owner (which merges its own regions), merged. Each region's own stream starts
-        // with its pending offers, so none is missed. The set of owners is the one at the
-        // call: a stream from an owner that stops serving ends, and the gateway resubscribes.
+        // One stream for every region, kept whole while regions move (`route_offers`).
         let (metadata, _, req) = request.into_parts();
-        let mut streams: Vec<Self::SubscribeOffersStream> = Vec::new();
-        for (_, shard) in self.local_shards() {
-            let answer = shard
-                .drivers
-                .subscribe_offers(Request::new(req.clone()))
-                .await?;
-            streams.push(Box::pin(answer.into_inner()));
-        }
-        if metadata.get(super::forward::FORWARDED_HEADER).is_none() {
-            let (owners, _) = self.routes();
-            let mut asked = Vec::new();
-            for (i, owner) in owners.iter().enumerate() {
-                let Some(addr) = owner else { continue };
-                if self.local(i).is_some() || asked.contains(addr) {
-                    continue;
-                }
-                asked.push(addr.clone());
-                if let Ok(Target::Remote(peer)) = self.target(i, &metadata) {
-                    let answer = DriverServiceClient::new(peer.channel.clone())
-                        .subscribe_offers(peer.stream(&metadata, req.clone()))
-                        .await
-                        .map_err(|s| peer.failed(s))?;
-                    streams.push(Box::pin(answer.into_inner()));
-                }
-            }
-        }
-        Ok(Response::new(Box::pin(stream::select_all(streams))))
+        crate::grpc::convert::gateway_id(
+            &req.gateway_id,
+            "a SubscribeOffers stream carries the offers of the drivers that went online with \
+             this gateway id; there is no shared feed",
+        )?;
+        Ok(Response::new(Box::pin(super::route_offers::merged(
+            self.clone(),
+            metadata,
+            req,
+        ))))
     }
 
     async fn respond_to_offer(

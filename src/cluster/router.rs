@@ -10,10 +10,11 @@
 //! UNAVAILABLE when the region has no owner right now.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
+use tokio::sync::watch;
 use tonic::Status;
 
 use super::forward::{FORWARDED_HEADER, Peer, Peers};
@@ -57,6 +58,11 @@ struct Inner {
     owners: RwLock<Vec<Option<String>>>,
     /// Bumped whenever `owners` changes (see GetRoutes).
     version: AtomicU64,
+    /// Bumped whenever a region is installed here, removed, or changes owner, and when the
+    /// server starts closing: what the merged offer streams follow (`route_offers`).
+    changes: watch::Sender<u64>,
+    /// Set once the server drains: long-lived streams end.
+    closing: AtomicBool,
     peers: Peers,
     /// Which region each driver seen here belongs to (index into `shards`).
     homes: Mutex<FxHashMap<String, usize>>,
@@ -85,6 +91,8 @@ impl RegionRouter {
                 shards: (0..n).map(|_| RwLock::new(None)).collect(),
                 owners: RwLock::new(vec![None; n]),
                 version: AtomicU64::new(1),
+                changes: watch::channel(0).0,
+                closing: AtomicBool::new(false),
                 peers: Peers::new(peer_tls),
                 homes: Mutex::new(FxHashMap::default()),
                 config,
@@ -113,14 +121,33 @@ impl RegionRouter {
             engine,
         };
         *self.inner.shards[i].write() = Some(Arc::new(shard));
+        self.changed();
     }
 
     /// Stops serving region `i` here (its engine is the caller's to stop); returns it.
     pub(crate) fn remove(&self, i: usize) -> Option<Engine> {
-        self.inner.shards[i]
+        let removed = self.inner.shards[i]
             .write()
             .take()
-            .map(|s| s.engine.clone())
+            .map(|s| s.engine.clone());
+        if removed.is_some() {
+            self.changed();
+        }
+        removed
+    }
+
+    fn changed(&self) {
+        self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Told of every change of the regions served here, of their owners, and of closing.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Whether the server is draining (see [`Self::close_streams`]).
+    pub(crate) fn closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
     }
 
     /// Records region `i`'s owner address as read from its lease (`None`: no owner).
@@ -129,6 +156,8 @@ impl RegionRouter {
         if owners[i] != addr {
             owners[i] = addr;
             self.inner.version.fetch_add(1, Ordering::Relaxed);
+            drop(owners);
+            self.changed();
         }
     }
 
@@ -199,6 +228,8 @@ impl RegionRouter {
 
     /// Ends the event streams of every region served here (the server is draining).
     pub(crate) fn close_streams(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        self.changed();
         for (_, shard) in self.local_shards() {
             shard.engine.bus().close();
         }
