@@ -196,29 +196,44 @@ pub async fn run(
         }
     };
 
-    let http = match (options.http, &first) {
-        (Some(listener), Some(engine)) => Some((listener, engine.clone())),
-        (Some(_), None) => {
-            tracing::warn!(
-                "cluster mode: the HTTP side (/metrics, live map) is not served yet; \
-                 use GetStats and GetRoutes"
-            );
-            None
-        }
-        (None, _) => None,
+    // `/metrics` sums every region served here; the live map follows the first region's
+    // engine, and is not served in cluster mode (regions move between processes).
+    let scope: Option<Arc<dyn telemetry::Scope>> = match (&region_router, &first) {
+        (Some(router), _) => Some(Arc::new(router.clone())),
+        (None, Some(engine)) => Some(Arc::new(engine.clone())),
+        (None, None) => None,
     };
-    let http_server = http.map(|(listener, engine)| {
-        let mut stop = draining_rx.clone();
-        tokio::spawn(crate::http::serve(
-            listener,
-            engine,
-            metrics.clone(),
-            config.clone(),
-            async move {
+    let http_server = match (options.http, scope) {
+        (Some(listener), Some(scope)) => {
+            let mut stop = draining_rx.clone();
+            let shutdown = async move {
                 let _ = stop.wait_for(|&d| d).await;
-            },
-        ))
-    });
+            };
+            Some(match &first {
+                Some(engine) => tokio::spawn(crate::http::serve(
+                    listener,
+                    engine.clone(),
+                    scope,
+                    metrics.clone(),
+                    config.clone(),
+                    shutdown,
+                )),
+                None => {
+                    tracing::info!(
+                        "cluster mode: the HTTP side serves /metrics (summed over the regions \
+                         served here); the live map is not region-aware yet"
+                    );
+                    tokio::spawn(crate::http::serve_metrics(
+                        listener,
+                        scope,
+                        metrics.clone(),
+                        shutdown,
+                    ))
+                }
+            })
+        }
+        _ => None,
+    };
 
     let membership = match (cluster, &region_router) {
         (Some(cluster), Some(router)) => Some(cluster.spawn(router.clone())),

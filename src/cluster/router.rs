@@ -357,3 +357,13 @@ impl RegionRouter {
         })
     }
 }
+
+/// `/metrics` sums the regions served here at the moment of each scrape.
+impl crate::telemetry::Scope for RegionRouter {
+    fn engines(&self) -> Vec<Engine> {
+        self.local_shards()
+            .into_iter()
+            .map(|(_, s)| s.engine.clone())
+            .collect()
+    }
+}

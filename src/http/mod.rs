@@ -38,12 +38,11 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::grpc::auth::Authenticator;
-use crate::telemetry::{self, Format, Metrics};
+use crate::telemetry::{self, Format, Metrics, Scope};
 
 /// What every handler shares.
 struct Shared {
     engine: Engine,
-    metrics: Arc<Metrics>,
     auth: Authenticator,
     trips: trips::Follower,
     snapshots: snapshot::Cache,
@@ -60,22 +59,60 @@ type AppState = Arc<Shared>;
 pub(crate) async fn serve(
     listener: TcpListener,
     engine: Engine,
+    scope: Arc<dyn Scope>,
     metrics: Arc<Metrics>,
     config: Arc<Config>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let scraped = Scraped {
+        scope,
+        metrics: metrics.clone(),
+    };
     let (draining_tx, draining) = watch::channel(false);
     let (trips, follower_task) = trips::Follower::spawn(engine.bus().clone());
     let state = Arc::new(Shared {
         engine,
-        metrics,
         auth: Authenticator::new(&config.auth),
         trips,
         snapshots: snapshot::Cache::default(),
         deltas: delta::Chain::default(),
         draining,
     });
-    let app = router(state);
+    let app = router(state, scraped);
+    serve_app(listener, app, shutdown, draining_tx).await;
+    follower_task.abort();
+}
+
+/// Cluster mode's HTTP side: `/metrics` only (summed over the regions served here at each
+/// scrape). The live map follows one engine and regions move between processes, so it is not
+/// served; its paths say so.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    scope: Arc<dyn Scope>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "cluster mode serves /metrics only: the live map is not region-aware yet; \
+                 use GetStats and GetRoutes over gRPC"
+                    .into(),
+            )
+        })
+        .with_state(Scraped { scope, metrics });
+    let (draining_tx, _) = watch::channel(false);
+    serve_app(listener, app, shutdown, draining_tx).await;
+}
+
+async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    draining_tx: watch::Sender<bool>,
+) {
     // Small SSE frames must not wait for delayed ACKs (Nagle); a socket whose option cannot be
     // set is still served.
     let listener = listener.tap_io(|tcp| {
@@ -92,10 +129,16 @@ pub(crate) async fn serve(
     if let Err(e) = result {
         tracing::warn!(error = %e, "HTTP side stopped");
     }
-    follower_task.abort();
 }
 
-fn router(state: AppState) -> Router {
+/// What `/metrics` reads: the engines to sum and the registry.
+#[derive(Clone, Debug)]
+struct Scraped {
+    scope: Arc<dyn Scope>,
+    metrics: Arc<Metrics>,
+}
+
+fn router(state: AppState, scraped: Scraped) -> Router {
     let guarded = Router::new()
         .route("/", get(index))
         .route("/assets/{file}", get(asset))
@@ -107,12 +150,15 @@ fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_viewer,
         ));
+    let metrics = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(scraped);
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/login", get(auth::login_form).post(auth::login))
         .merge(guarded)
         .fallback(not_found)
         .with_state(state)
+        .merge(metrics)
 }
 
 /// An API error: its status and a message a person can act on, as `{"error": "..."}`.
@@ -140,10 +186,10 @@ async fn not_found(request: Request) -> ApiError {
 }
 
 /// `/metrics`: Prometheus text, or OpenMetrics when the `Accept` header asks for it.
-async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+async fn scrape(State(s): State<Scraped>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::from_accept(accept);
-    let body = telemetry::scrape(&s.engine, &s.metrics, format).await;
+    let body = telemetry::scrape(s.scope.as_ref(), &s.metrics, format).await;
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 

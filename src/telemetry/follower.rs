@@ -27,6 +27,8 @@ pub(crate) fn spawn_follower(mut events: Follower, metrics: Arc<Metrics>) -> Joi
             metrics,
             sent_at_ms: HashMap::new(),
         };
+        // Where it starts is counted already (a region taken over has its own key).
+        observer.metrics.followed_up_to(events.position());
         let mut batch = Vec::new();
         loop {
             batch.clear();

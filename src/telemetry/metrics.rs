@@ -8,6 +8,7 @@
 //! fetched just before encoding. The names, types and labels are the ones the hand-written
 //! encoder served before; `tests/http_metrics.rs` compares them with a fixture of that output.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,8 +121,9 @@ pub(crate) struct Metrics {
     pub pickup_eta: Histogram,
     /// What the scrape-time collector encodes; set by each scrape before encoding.
     scraped: Arc<Mutex<Scraped>>,
-    /// Offset of the next event the follower will count.
-    followed: watch::Sender<u64>,
+    /// Offset of the next event the follower will count, per region (keyed by the offset's
+    /// region, `offset / REGION_ID_SPAN`: one key for a single engine).
+    followed: watch::Sender<BTreeMap<u64, u64>>,
 }
 
 impl Metrics {
@@ -197,7 +199,7 @@ impl Metrics {
             time_to_accept,
             pickup_eta,
             scraped,
-            followed: watch::channel(from_offset).0,
+            followed: watch::channel(BTreeMap::from([(span_of(from_offset), from_offset)])).0,
         }
     }
 
@@ -258,35 +260,50 @@ impl Metrics {
             .or_default() += count;
     }
 
-    /// The follower has counted every event before `offset`.
+    /// The follower of `offset`'s region has counted every event before `offset`.
     pub(crate) fn followed_up_to(&self, offset: u64) {
-        self.followed.send_replace(offset);
+        self.followed.send_modify(|m| {
+            m.insert(span_of(offset), offset);
+        });
     }
 
-    /// Waits (at most `limit`) until the follower has counted every event before `offset`, so
-    /// a scrape reflects every call answered before it began.
+    /// Waits (at most `limit`) until the follower of `offset`'s region has counted every event
+    /// before `offset`, so a scrape reflects every call answered before it began.
     pub(crate) async fn wait_followed(&self, offset: u64, limit: Duration) {
         let mut rx = self.followed.subscribe();
-        let _ = tokio::time::timeout(limit, rx.wait_for(|&done| done >= offset)).await;
+        let key = span_of(offset);
+        let _ = tokio::time::timeout(
+            limit,
+            rx.wait_for(|m| m.get(&key).is_some_and(|&done| done >= offset)),
+        )
+        .await;
     }
 
     /// The exposition in `format`. Gauges come from `stats` (or the last stats seen) and the
-    /// engine.
-    pub(crate) fn render(&self, engine: &Engine, stats: Option<Stats>, format: Format) -> String {
+    /// engines, summed over them (every region served here).
+    pub(crate) fn render(
+        &self,
+        engines: &[Engine],
+        stats: Option<Stats>,
+        format: Format,
+    ) -> String {
         {
             let mut s = self.scraped.lock();
             if stats.is_some() {
                 s.stats = stats;
             }
-            let counters = engine.counters();
-            s.shed_commands = counters
-                .shed_commands
-                .load(std::sync::atomic::Ordering::Relaxed);
-            s.shed_location_batches = counters
-                .shed_location_batches
-                .load(std::sync::atomic::Ordering::Relaxed);
-            s.queue_depth = engine.queue_depth();
-            s.subscribers = engine.bus().follower_count() as u64;
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            (s.shed_commands, s.shed_location_batches, s.subscribers) = (0, 0, 0);
+            s.queue_depth = (0, 0);
+            for engine in engines {
+                let counters = engine.counters();
+                s.shed_commands += counters.shed_commands.load(relaxed);
+                s.shed_location_batches += counters.shed_location_batches.load(relaxed);
+                let (control, location) = engine.queue_depth();
+                s.queue_depth.0 += control;
+                s.queue_depth.1 += location;
+                s.subscribers += engine.bus().follower_count() as u64;
+            }
         }
         let mut out = String::with_capacity(8 * 1024);
         // Writing into a String cannot fail, and every name and label here is valid.
@@ -303,6 +320,11 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The region of an event offset (0 for a single engine's).
+fn span_of(offset: u64) -> u64 {
+    offset / crate::cluster::regions::REGION_ID_SPAN
 }
 
 /// A counter family with every label value present from the start (at 0), as before.

@@ -76,6 +76,8 @@ pub async fn wait_served<S: AsRef<str>>(channel: &Channel, regions: &[S]) {
 /// A server running `dispatch::server::run` in this process.
 pub struct RegionServer {
     pub channel: Channel,
+    /// The HTTP side's address, when started with [`RegionServer::start_http`].
+    pub http: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -92,11 +94,30 @@ impl RegionServer {
         config: Config,
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> RegionServer {
+        Self::start_on(config, tls, None).await
+    }
+
+    /// [`start`](Self::start) with the HTTP side (`/metrics`) on 127.0.0.1:0 too.
+    pub async fn start_http(config: Config) -> RegionServer {
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(config, None, Some(http)).await
+    }
+
+    async fn start_on(
+        config: Config,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+        http: Option<TcpListener>,
+    ) -> RegionServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
+        let http_addr = http.as_ref().map(|l| l.local_addr().unwrap());
+        let options = dispatch::server::RunOptions {
+            http,
+            ..Default::default()
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            dispatch::server::run(listener, config, Default::default(), async {
+            dispatch::server::run(listener, config, options, async {
                 let _ = rx.await;
             })
             .await
@@ -118,6 +139,7 @@ impl RegionServer {
         };
         RegionServer {
             channel,
+            http: http_addr,
             stop: Some(tx),
             task,
         }
