@@ -103,10 +103,16 @@ pub(crate) async fn list(
 
 /// The newest snapshot of `region` that reads and decodes, with the stream sequence it
 /// covers; each newer one that does not is skipped with a warning. `None`: it has none.
+/// Newer ones that were read but do not decode (or hold another offset than their name says)
+/// are deleted once an older one is found usable: left there, such an object would always
+/// sort newest and keep one of the `log.snapshot_keep` slots, so with one slot every good
+/// snapshot stored after it would be deleted in its favour. One that could not be read (the
+/// store did not answer) is left alone: it may be fine.
 pub(crate) async fn newest(
     store: &object_store::ObjectStore,
     region: &str,
 ) -> Result<Option<(StateImage, u64)>, String> {
+    let mut undecodable: Vec<String> = Vec::new();
     for stored in list(store, region).await?.into_iter().rev() {
         let name = stored.name(region);
         let mut bytes = Vec::new();
@@ -117,6 +123,7 @@ pub(crate) async fn newest(
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        let was_read = read.is_ok();
         let decoded = match read {
             Ok(_) => tokio::task::spawn_blocking(move || snapshot::decode(&bytes))
                 .await
@@ -125,20 +132,36 @@ pub(crate) async fn newest(
         };
         match decoded {
             Ok(image) if image.next_offset() == stored.offset => {
+                for junk in undecodable {
+                    match store.delete(junk.as_str()).await {
+                        Ok(()) => tracing::warn!(region, snapshot = %junk,
+                            "deleted an unusable snapshot newer than the one restored"),
+                        Err(e) => tracing::warn!(region, snapshot = %junk, error = %e,
+                            "could not delete an unusable snapshot"),
+                    }
+                }
                 return Ok(Some((image, stored.seq)));
             }
-            Ok(image) => tracing::warn!(
-                region,
-                snapshot = %name,
-                "snapshot unusable (its name says offset {} but it holds {}); trying an older one",
-                stored.offset,
-                image.next_offset()
-            ),
-            Err(why) => tracing::warn!(
-                region,
-                snapshot = %name,
-                "snapshot unusable ({why}); trying an older one"
-            ),
+            Ok(image) => {
+                tracing::warn!(
+                    region,
+                    snapshot = %name,
+                    "snapshot unusable (its name says offset {} but it holds {}); trying an older one",
+                    stored.offset,
+                    image.next_offset()
+                );
+                undecodable.push(name);
+            }
+            Err(why) => {
+                tracing::warn!(
+                    region,
+                    snapshot = %name,
+                    "snapshot unusable ({why}); trying an older one"
+                );
+                if was_read {
+                    undecodable.push(name);
+                }
+            }
         }
     }
     Ok(None)
