@@ -21,15 +21,7 @@ use support::process::Dispatchd;
 use support::regions::{all_served, stats_of};
 
 async fn spawn(config: &std::path::Path) -> Dispatchd {
-    let args = [
-        "--http-listen".as_ref(),
-        "off".as_ref(),
-        "--ephemeral".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-    ];
-    let logs = std::env::var_os("CLUSTER_TEST_LOGS").is_some();
-    Dispatchd::spawn(args, "info", logs).await
+    Dispatchd::cluster_member(config, &[]).await
 }
 
 /// Polls `check` (up to 90 s) until it holds; `what` says what was awaited.

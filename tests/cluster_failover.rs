@@ -53,17 +53,7 @@ impl std::ops::DerefMut for Process {
 
 impl Process {
     async fn spawn(config: &std::path::Path) -> Process {
-        let args = [
-            "--http-listen".as_ref(),
-            "off".as_ref(),
-            "--ephemeral".as_ref(),
-            "--offer-timeout-s".as_ref(),
-            "600".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-        ];
-        let logs = std::env::var_os("CLUSTER_TEST_LOGS").is_some();
-        Process(Dispatchd::spawn(args, "info", logs).await)
+        Process(Dispatchd::cluster_member(config, &["--offer-timeout-s", "600"]).await)
     }
 
     /// Each region's owner address as this process sees it ("" for none).

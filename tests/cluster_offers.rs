@@ -23,17 +23,7 @@ use support::regions::all_served;
 const GATEWAY: &str = "gw-offers";
 
 async fn spawn(config: &std::path::Path) -> Dispatchd {
-    let args = [
-        "--http-listen".as_ref(),
-        "off".as_ref(),
-        "--ephemeral".as_ref(),
-        "--offer-timeout-s".as_ref(),
-        "600".as_ref(),
-        "--config".as_ref(),
-        config.as_os_str(),
-    ];
-    let logs = std::env::var_os("CLUSTER_TEST_LOGS").is_some();
-    Dispatchd::spawn(args, "info", logs).await
+    Dispatchd::cluster_member(config, &["--offer-timeout-s", "600"]).await
 }
 
 /// Waits until, seen from `p`, every one of `regions` regions is owned by one of `owners`,

@@ -63,6 +63,17 @@ impl Dispatchd {
         }
     }
 
+    /// A cluster member for the multi-process tests: `--http-listen off --ephemeral EXTRA
+    /// --config CONFIG`, logging at `info`, its logs shown when `CLUSTER_TEST_LOGS` is set.
+    pub async fn cluster_member(config: &std::path::Path, extra: &[&str]) -> Dispatchd {
+        let mut args: Vec<&OsStr> = vec!["--http-listen".as_ref(), "off".as_ref()];
+        args.push("--ephemeral".as_ref());
+        args.extend(extra.iter().map(OsStr::new));
+        args.extend(["--config".as_ref(), config.as_os_str()]);
+        let logs = std::env::var_os("CLUSTER_TEST_LOGS").is_some();
+        Dispatchd::spawn(args, "info", logs).await
+    }
+
     /// The process id (while it runs).
     pub fn pid(&self) -> String {
         self.child.id().expect("running").to_string()
