@@ -94,13 +94,13 @@ pub async fn run(
     let mut routers = Vec::new();
     if let (Some(e), true) = (&first, regions.is_empty()) {
         let bus = e.bus().clone();
-        let log_dir = e.log_dir().map(|d| d.to_path_buf());
+        let backlog = e.backlog();
         followers.push(telemetry::spawn_follower(
-            Follower::new(bus.clone(), log_dir.clone(), bus.next_offset()),
+            Follower::new(bus.clone(), backlog.clone(), bus.next_offset()),
             metrics.clone(),
         ));
         // One task routes trip updates and offer notices to their watchers (see events::router).
-        routers.push(Router::spawn(bus, log_dir));
+        routers.push(Router::spawn(bus, backlog));
     }
     let region_router = if regions.is_empty() {
         None

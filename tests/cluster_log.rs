@@ -11,9 +11,10 @@ mod support;
 use dispatch::config::Config;
 use std::time::{Duration, Instant};
 
+use dispatch::cluster::regions::REGION_ID_SPAN;
 use dispatch::pb::{
-    self, driver_service_client::DriverServiceClient, query_service_client::QueryServiceClient,
-    rider_service_client::RiderServiceClient,
+    self, driver_service_client::DriverServiceClient, event_service_client::EventServiceClient,
+    query_service_client::QueryServiceClient, rider_service_client::RiderServiceClient,
 };
 use support::ll;
 use support::regions::{RegionServer as Server, wait_served, west_east};
@@ -148,6 +149,124 @@ async fn an_owner_whose_append_is_refused_stops_serving_that_region_only() {
     s.stop().await;
 }
 
+/// Region east's events from `from` on, over `s`'s EventService (a follower's error arrives
+/// as the stream's first message, not as the call's answer).
+async fn subscribe(s: &Server, from: u64) -> tonic::Streaming<pb::DispatchEvent> {
+    EventServiceClient::new(s.channel.clone())
+        .subscribe(pb::SubscribeRequest {
+            from_offset: Some(from),
+            kinds: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The next `n` events of `stream`, each within 30 s.
+async fn take(
+    stream: &mut tonic::Streaming<pb::DispatchEvent>,
+    n: usize,
+) -> Vec<pb::DispatchEvent> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event after {} of {n}", out.len()))
+            .unwrap_or_else(|e| panic!("the stream failed after {} events: {e}", out.len()))
+            .unwrap_or_else(|| panic!("the stream ended after {} events", out.len()));
+        out.push(next);
+    }
+    out
+}
+
+fn taken_over(e: &pb::DispatchEvent) -> &pb::RegionTakenOverDetail {
+    match &e.detail {
+        Some(pb::dispatch_event::Detail::RegionTakenOver(d)) => d,
+        other => panic!("event {} is {:?}: {other:?}", e.offset, e.kind()),
+    }
+}
+
+/// A subscriber that had followed the old owner reconnects to the new one from an offset the
+/// old owner wrote: the new owner's ring starts after its replay, so those events come from the
+/// region's stream, with the two takeover events marking where each owner began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resumes_on_the_new_owner_from_the_old_owners_events() {
+    let Some(cluster) = nats::start(3).await else {
+        return;
+    };
+    let config = config(cluster.urls());
+    let first = 2 * REGION_ID_SPAN;
+
+    let old = start(config.clone()).await;
+    for i in 0..3 {
+        old.online(&format!("d-east-{i}"), -73.99 + 0.001 * i as f64)
+            .await
+            .unwrap();
+    }
+    let trip = old.request("r-e", -73.97).await.unwrap();
+    let written = QueryServiceClient::new(old.channel.clone())
+        .get_stats(region_call("east"))
+        .await
+        .unwrap()
+        .into_inner()
+        .next_event_offset;
+    old.stop().await;
+
+    let new = start(config).await;
+    let mut events = subscribe(&new, first).await;
+    // Every event the old owner wrote, then the new owner's takeover, with no gap.
+    let before = (written - first) as usize;
+    let got = take(&mut events, before + 1).await;
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(e.offset, first + i as u64, "{e:?}");
+    }
+    let (a, b) = (&got[0], &got[before]);
+    assert_eq!(a.kind(), pb::EventKind::RegionTakenOver);
+    assert_eq!(b.kind(), pb::EventKind::RegionTakenOver);
+    let (a, b_detail) = (taken_over(a), taken_over(b));
+    assert_eq!(
+        a.previous_owner, "",
+        "a new stream has no previous owner: {a:?}"
+    );
+    assert_eq!((a.replayed_events, a.from_snapshot), (0, None), "{a:?}");
+    assert_ne!(b_detail.owner, a.owner);
+    assert_eq!(b_detail.previous_owner, a.owner, "{b_detail:?}");
+    assert_eq!(
+        b_detail.from_snapshot.unwrap_or(first) + b_detail.replayed_events,
+        b.offset,
+        "the takeover replayed every event before it: {b_detail:?}"
+    );
+    let kinds: Vec<_> = got.iter().map(|e| e.kind()).collect();
+    let between = &kinds[1..before];
+    assert_eq!(
+        between
+            .iter()
+            .filter(|k| **k == pb::EventKind::RegionTakenOver)
+            .count(),
+        0,
+        "{kinds:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|e| e.kind() == pb::EventKind::TripRequested && e.trip_id == trip.trip_id),
+        "{kinds:?}"
+    );
+    // And it goes on live with the new owner's events.
+    new.online("d-east-9", -73.98).await.unwrap();
+    let live = take(&mut events, 1).await;
+    assert_eq!(live[0].offset, b.offset + 1);
+    assert_eq!(live[0].driver_id, "d-east-9");
+    new.stop().await;
+}
+
+/// A unary call for region `name` (the `dispatch-region` metadata).
+fn region_call(name: &str) -> tonic::Request<pb::GetStatsRequest> {
+    let mut call = tonic::Request::new(pb::GetStatsRequest {});
+    call.metadata_mut()
+        .insert("dispatch-region", name.parse().unwrap());
+    call
+}
+
 /// The first sequence still in region `region`'s stream (messages before it were trimmed).
 async fn first_sequence(js: &async_nats::jetstream::Context, region: &str) -> u64 {
     let mut stream = js.get_stream(format!("DISPATCH_{region}")).await.unwrap();
@@ -209,6 +328,15 @@ async fn a_takeover_restores_the_newest_snapshot_so_the_stream_is_trimmed_behind
         }
     }
     assert!(!names.contains(&junk), "{junk} still in {names:?}");
+    // The events behind the snapshot are gone from the stream: a subscriber asking for them is
+    // told so (and where the stream begins), not handed a gap.
+    let err = subscribe(&s, 2 * REGION_ID_SPAN)
+        .await
+        .message()
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("no longer retained"), "{err:?}");
     let later = s.request("r-e2", -73.96).await.unwrap();
     assert!(
         later.trip_id > trip.trip_id,

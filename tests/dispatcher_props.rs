@@ -530,6 +530,10 @@ fn check_stream(
             | EventKind::DriverProfileUpdated { .. }
             | EventKind::DriverArrived { .. }
             | EventKind::TripStarted { .. } => {}
+            // Only a cluster member taking a region writes one, never the dispatcher.
+            EventKind::RegionTakenOver { .. } => {
+                prop_assert!(false, "the dispatcher wrote a takeover at {}", e.offset)
+            }
         }
     }
     // After the final drain no offer can still be pending, and the open trips are exactly the

@@ -60,7 +60,15 @@ pub async fn read_region(js: &jetstream::Context, region: &str) -> Result<Region
         events: Vec::new(),
     };
     let mut owner: Option<String> = None;
+    let mut last_writer: Option<String> = None;
     for m in messages {
+        if let Ok(events) = &m.events {
+            let takeover = takeover_problem(&m.takeover, &last_writer, events);
+            if let Some(why) = takeover {
+                history.stale.push(format!("{region} #{}: {why}", m.seq));
+            }
+        }
+        last_writer.clone_from(&m.owner);
         if let Some(new) = m.takeover {
             owner = Some(new);
             history.takeovers += 1;
@@ -80,6 +88,47 @@ pub async fn read_region(js: &jetstream::Context, region: &str) -> Result<Region
         }
     }
     Ok(history)
+}
+
+/// What is wrong with a message's `RegionTakenOver` events, if anything: a takeover message
+/// (`takeover`: its header) holds exactly one, naming the header's owner and the writer of the
+/// message before (`previous`); any other message holds none. A takeover message with no
+/// events at all was written before the event existed and passes.
+fn takeover_problem(
+    takeover: &Option<String>,
+    previous: &Option<String>,
+    events: &[Event],
+) -> Option<String> {
+    let announced: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::RegionTakenOver {
+                owner, previous, ..
+            } => Some((owner, previous)),
+            _ => None,
+        })
+        .collect();
+    match (takeover, announced.as_slice()) {
+        (None, []) => None,
+        (None, _) => Some("a RegionTakenOver event outside a takeover message".to_owned()),
+        (Some(_), []) if events.is_empty() => None,
+        (Some(new), [(owner, said)]) if events.len() == 1 => {
+            if *owner != new {
+                Some(format!(
+                    "takeover message by {new:?} whose event names {owner:?}"
+                ))
+            } else if said != &previous {
+                Some(format!(
+                    "takeover event says the previous owner was {said:?}, the stream {previous:?}"
+                ))
+            } else {
+                None
+            }
+        }
+        (Some(_), _) => {
+            Some("a takeover message that does not hold one RegionTakenOver only".to_owned())
+        }
+    }
 }
 
 /// Connects to the NATS servers `nats_url` (comma-separated) and reads every region in
@@ -227,4 +276,72 @@ fn replay(config: &Config, events: &[Event]) -> Result<String, String> {
         state.replay(e).map_err(|e| e.to_string())?;
     }
     Ok(state.durable_digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn takeover(owner: &str, previous: Option<&str>) -> Event {
+        Event {
+            offset: 7,
+            at_ms: 1,
+            kind: EventKind::RegionTakenOver {
+                owner: owner.into(),
+                previous: previous.map(Into::into),
+                replayed: 7,
+                from_snapshot: None,
+            },
+        }
+    }
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_owned())
+    }
+
+    #[test]
+    fn a_takeover_message_holds_one_event_naming_both_owners() {
+        let good = [takeover("b", Some("a"))];
+        assert_eq!(takeover_problem(&some("b"), &some("a"), &good), None);
+        // Written before the event existed: an empty takeover message.
+        assert_eq!(takeover_problem(&some("b"), &some("a"), &[]), None);
+        // A plain message of events holds none.
+        let offline = Event {
+            offset: 8,
+            at_ms: 1,
+            kind: EventKind::DriverOffline {
+                driver: crate::domain::ExternalId::new("driver_id", "d").unwrap(),
+            },
+        };
+        assert_eq!(
+            takeover_problem(&None, &some("b"), &[offline.clone()]),
+            None
+        );
+
+        let wrong = [
+            (
+                some("c"),
+                some("a"),
+                vec![takeover("b", Some("a"))],
+                "names",
+            ),
+            (
+                some("b"),
+                some("z"),
+                vec![takeover("b", Some("a"))],
+                "previous owner",
+            ),
+            (None, some("a"), vec![takeover("b", Some("a"))], "outside"),
+            (
+                some("b"),
+                some("a"),
+                vec![takeover("b", Some("a")), offline],
+                "one",
+            ),
+        ];
+        for (header, previous, events, says) in wrong {
+            let why = takeover_problem(&header, &previous, &events);
+            assert!(why.as_deref().is_some_and(|w| w.contains(says)), "{why:?}");
+        }
+    }
 }

@@ -16,6 +16,8 @@
 //! - `stream_log`: cluster mode's log, a JetStream stream per region with fenced appends;
 //!   `snapshots`: each region's snapshots in a JetStream object store bucket, so a takeover
 //!   restores the newest and replays only the stream after it (and the stream is trimmed);
+//!   `stream_backlog`: the stream read back from any offset, where followers catch up (a
+//!   subscriber resuming on the new owner reads the old owner's last events there);
 //!   `lease`: who may write a region, a renewed key per region in a JetStream KV bucket;
 //!   `members`: who is alive and which member should own which region; `owner`: the task
 //!   that takes, keeps, hands over and loses regions while the server serves.
@@ -44,6 +46,7 @@ mod route_offers;
 mod route_queries;
 pub(crate) mod router;
 mod snapshots;
+mod stream_backlog;
 mod stream_log;
 #[doc(hidden)]
 pub mod testkit;

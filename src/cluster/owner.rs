@@ -10,7 +10,8 @@
 //!   at least: hand it over (stop, then delete the lease) so the fair split is restored;
 //! - free, and we are preferred (or it has stayed free for a whole `lease_ttl`, its preferred
 //!   member not taking it): take the lease, restore the region's newest snapshot
-//!   (`snapshots`), replay its stream after it, append the takeover message, then serve.
+//!   (`snapshots`), replay its stream after it, append the takeover message (one
+//!   `RegionTakenOver` event, replayed into the state with the rest), then serve.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,10 +25,12 @@ use super::members;
 use super::regions::RegionMap;
 use super::router::RegionRouter;
 use super::snapshots::{self, RegionSnapshots};
+use super::stream_backlog::StreamBacklog;
 use super::stream_log::StreamLog;
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{Engine, LogStart, SnapshotSink};
+use crate::events::{Event, EventKind, RemoteBacklog};
 use crate::index;
 
 /// Ticks a region may stay free before a member that is not preferred takes it anyway.
@@ -247,7 +250,7 @@ impl Cluster {
             None
         };
         let after = newest.as_ref().map_or(0, |(_, seq)| *seq);
-        let (mut log, history) = StreamLog::open(
+        let (mut log, mut history) = StreamLog::open(
             &self.js,
             &region.name,
             self.config.cluster.stream_replicas,
@@ -255,8 +258,30 @@ impl Cluster {
             after,
         )
         .await?;
-        // Fences the previous owner: any append it still tries after this is refused.
-        log.take_over().await?;
+        let first = region.first_offset();
+        let restored = newest.as_ref().map(|(image, _)| image.next_offset());
+        let replayed = history.len();
+        // The takeover event takes the region's next offset: after the history read, else
+        // the snapshot's end, else the region's first.
+        let offset = history
+            .last()
+            .map(|e| e.offset + 1)
+            .or(restored)
+            .unwrap_or(first);
+        let takeover = Event {
+            offset,
+            at_ms: SystemClock.now_ms(),
+            kind: EventKind::RegionTakenOver {
+                owner: self.me.owner.clone(),
+                previous: log.last_writer().await,
+                replayed: replayed as u64,
+                from_snapshot: restored,
+            },
+        };
+        // Fences the previous owner: any append it still tries after this is refused. The
+        // event is then replayed with the history, so the state's next offset is past it.
+        log.take_over(&takeover).await?;
+        history.push(takeover);
         let sink = (keep > 0).then(|| {
             let trim = self.config.cluster.trim_stream;
             Box::new(RegionSnapshots::new(
@@ -269,13 +294,13 @@ impl Cluster {
         });
         let mut own = self.config.clone();
         own.log.data_dir = None;
-        let first = region.first_offset();
-        let replayed = history.len();
+        let backlog: Arc<dyn RemoteBacklog> = Arc::new(StreamBacklog::new(&self.js, &region.name));
         let engine = tokio::task::spawn_blocking(move || {
             let start = LogStart {
                 image: newest.map(|(image, _)| image),
                 history: &history,
                 snapshots: sink,
+                backlog: Some(backlog),
             };
             Engine::start_on_log(
                 &own,

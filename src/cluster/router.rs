@@ -103,14 +103,14 @@ impl RegionRouter {
 
     /// Serves region `i` from `engine` here: its services, event router and metrics follower.
     pub(crate) fn install(&self, i: usize, engine: Engine) {
-        let log_dir = engine.log_dir().map(|d| d.to_path_buf());
+        let backlog = engine.backlog();
         let bus = engine.bus().clone();
         // Both tasks end when the engine's bus closes (at its shutdown).
         let _metrics_follower = crate::telemetry::spawn_follower(
-            crate::events::Follower::new(bus.clone(), log_dir.clone(), bus.next_offset()),
+            crate::events::Follower::new(bus.clone(), backlog.clone(), bus.next_offset()),
             self.inner.metrics.clone(),
         );
-        let router = Router::spawn(bus, log_dir);
+        let router = Router::spawn(bus, backlog);
         let config = self.inner.config.clone();
         let shard = Shard {
             drivers: DriverApi::new(engine.clone(), router.clone(), config.clone())

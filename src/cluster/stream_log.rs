@@ -9,8 +9,10 @@
 //!
 //! Every message carries the `Dispatch-Owner` header naming the process that wrote it, so the
 //! stream itself shows who wrote what. A new owner appends a takeover message (header
-//! `Dispatch-Takeover`, no events) before it serves: from then on any append by the previous
-//! owner, which knows an older last sequence, is refused.
+//! `Dispatch-Takeover`) before it serves, holding one event, `RegionTakenOver`, so subscribers
+//! see the change of owner in the event stream too: from then on any append by the previous
+//! owner, which knows an older last sequence, is refused. (Streams written before the event
+//! existed hold takeover messages with no events; they read back as such.)
 
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::{HeaderMap, header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
@@ -96,7 +98,7 @@ impl StreamLog {
                  last ({last}): the stream is not the one the snapshot was taken from"
             ));
         }
-        let history = read_history(&stream, region, first.max(after + 1), last).await?;
+        let history = read_history(&stream, region, first.max(after + 1), last, usize::MAX).await?;
         let log = StreamLog {
             js: js.clone(),
             region: region.to_owned(),
@@ -108,10 +110,23 @@ impl StreamLog {
         Ok((log, history))
     }
 
-    /// Appends the takeover message: no events, fenced like any append, so once it is in no
-    /// earlier owner can append again. Refused: someone wrote since we read the history.
-    pub(crate) async fn take_over(&mut self) -> Result<(), String> {
-        self.publish(&[], true).await
+    /// Appends the takeover message holding `event` (the `RegionTakenOver` at the region's
+    /// next offset), fenced like any append, so once it is in no earlier owner can append
+    /// again. Refused: someone wrote since we read the history.
+    pub(crate) async fn take_over(&mut self, event: &Event) -> Result<(), String> {
+        self.publish(std::slice::from_ref(event), true).await
+    }
+
+    /// The member that wrote the stream's last message, if there is one and it names its
+    /// writer (a read failure only loses the name: the takeover event then says `None`).
+    pub(crate) async fn last_writer(&self) -> Option<String> {
+        if self.last_seq == 0 {
+            return None;
+        }
+        let stream = self.js.get_stream(stream_name(&self.region)).await.ok()?;
+        let message = stream.direct_get(self.last_seq).await.ok()?;
+        let owner = message.headers.get(OWNER_HEADER)?;
+        Some(owner.as_str().to_owned())
     }
 
     async fn append(&mut self, events: &[Event]) -> Result<(), String> {
@@ -213,13 +228,14 @@ pub(crate) async fn read_messages(
 
 /// The events of stream messages `first..=last`, in order. Read through an ordered consumer
 /// (messages pushed in batches, not one direct get and round trip per message, which was
-/// ~0.3 ms each and so the whole of a takeover's time); it stops at `last` or once nothing is
-/// pending (a purge may have taken the last message).
-async fn read_history(
+/// ~0.3 ms each and so the whole of a takeover's time); it stops at `last`, once nothing is
+/// pending (a purge may have taken the last message), or once it holds `limit` events.
+pub(super) async fn read_history(
     stream: &stream::Stream,
     region: &str,
     first: u64,
     last: u64,
+    limit: usize,
 ) -> Result<Vec<Event>, String> {
     let mut events = Vec::new();
     if last == 0 || first > last {
@@ -246,7 +262,7 @@ async fn read_history(
         let chunk: Vec<Event> = postcard::from_bytes(&message.payload)
             .map_err(|e| format!("region {region}: stream message {seq} is unreadable: {e}"))?;
         events.extend(chunk);
-        if seq >= last || pending == 0 {
+        if seq >= last || pending == 0 || events.len() >= limit {
             break;
         }
     }

@@ -9,8 +9,7 @@
 //! - `command`: the bounded-channel messages, one variant per operation.
 //! - `runner`: the dispatcher thread's loop and its commit stage; `writer`: the log writer
 //!   thread behind it; `recovery`: the newest good snapshot plus the log after it on start;
-//!   `recording`: the runner's hand-over of each command to the input journal
-//!   (`record.enabled`).
+//!   `recording`: the runner's hand-over of each command to the input journal (`record.*`).
 //! - [`snapshot`]: the state on disk at an offset (atomic files, CRC, format version), written
 //!   by its own thread from a copy the dispatcher takes at a group boundary.
 //! - `reads`: the read view NearbyDrivers, GetSurge and GetDriver are answered from on the
@@ -43,7 +42,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::{ExternalId, LatLng, OfferId, TripId, VehicleClass};
 use crate::error::Error;
-use crate::events::{EventBus, FsyncPolicy, LogError, OfferDetails};
+use crate::events::{Backlog, EventBus, FsyncPolicy, LogError, OfferDetails};
 use crate::index::SpatialIndex;
 use crate::surge::SurgeReading;
 
@@ -78,7 +77,8 @@ struct Inner {
     counters: EngineCounters,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    log_dir: Option<std::path::PathBuf>,
+    /// Where followers catch up from: the local log's directory, or the region's stream.
+    backlog: Backlog,
     view: tokio::sync::watch::Receiver<Arc<MapView>>,
     /// Set while the view is not being published (nobody watches).
     view_stale: Arc<std::sync::atomic::AtomicBool>,
@@ -120,14 +120,14 @@ impl Engine {
     ) -> Result<Engine, LogError> {
         let mut dispatcher = Dispatcher::new(config, index, first_offset);
         let recovered = recovery::recover(config, &mut dispatcher, &*clock, first_offset)?;
-        let log_dir = recovered.as_ref().map(|r| r.log.dir().to_path_buf());
+        let backlog = Backlog::from(recovered.as_ref().map(|r| r.log.dir().to_path_buf()));
         let recovered_from = recovered.as_ref().and_then(|r| r.snapshot);
         let log = recovered.map(|r| Box::new(r.log) as Box<dyn CommitLog>);
         Engine::run(
             config,
             dispatcher,
             log,
-            log_dir,
+            backlog,
             recovered_from,
             None,
             clock,
@@ -146,15 +146,24 @@ impl Engine {
         start: LogStart<'_>,
     ) -> Result<Engine, LogError> {
         let mut dispatcher = Dispatcher::new(config, index, first_offset);
+        let backlog = start.backlog.clone().map_or(Backlog::None, Backlog::Remote);
         let from = recovery::replay_history(&mut dispatcher, start, first_offset, &*clock)?;
-        Engine::run(config, dispatcher, Some(log), None, from.0, from.1, clock)
+        Engine::run(
+            config,
+            dispatcher,
+            Some(log),
+            backlog,
+            from.0,
+            from.1,
+            clock,
+        )
     }
 
     fn run(
         config: &Config,
         dispatcher: Dispatcher,
         log: Option<Box<dyn CommitLog>>,
-        log_dir: Option<std::path::PathBuf>,
+        backlog: Backlog,
         recovered_from: Option<u64>,
         sink: Option<Box<dyn SnapshotSink>>,
         clock: Arc<dyn Clock>,
@@ -179,7 +188,7 @@ impl Engine {
             Some(log) => {
                 // Snapshots go beside a local log, or to the sink of another log.
                 let (offset, now_ms) = (dispatcher.next_offset(), clock.now_ms());
-                let (snapshotter, schedule) = match (&log_dir, sink) {
+                let (snapshotter, schedule) = match (backlog.dir(), sink) {
                     (Some(_), _) => snapshot::start(config, recovered_from, offset, now_ms),
                     (None, Some(sink)) => snapshot::start_remote(config, sink, offset, now_ms),
                     (None, None) => (None, None),
@@ -222,7 +231,7 @@ impl Engine {
                 counters: EngineCounters::default(),
                 stop,
                 thread: Mutex::new(Some(thread)),
-                log_dir,
+                backlog,
                 view: view_rx,
                 view_stale,
                 reads,
@@ -234,9 +243,9 @@ impl Engine {
         })
     }
 
-    /// Where the durable event log's segments are, if the engine has one.
-    pub fn log_dir(&self) -> Option<&std::path::Path> {
-        self.inner.log_dir.as_deref()
+    /// Where followers of this engine's events catch up from when they lag out of the bus.
+    pub fn backlog(&self) -> Backlog {
+        self.inner.backlog.clone()
     }
 
     /// When this engine started (after recovering its log), ms since the Unix epoch by its

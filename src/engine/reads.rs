@@ -369,6 +369,7 @@ fn event_driver(kind: &EventKind) -> Option<&ExternalId> {
         EventKind::TripRequested { .. }
         | EventKind::SearchRetryScheduled { .. }
         | EventKind::BatchFlushed { .. }
+        | EventKind::RegionTakenOver { .. }
         | EventKind::NoDrivers { .. } => None,
     }
 }

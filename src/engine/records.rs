@@ -258,6 +258,7 @@ impl Trip {
             | EventKind::DriverProfileUpdated { .. }
             | EventKind::DriverLeftRegion { .. }
             | EventKind::DriverJoinedRegion(_)
+            | EventKind::RegionTakenOver { .. }
             | EventKind::BatchFlushed { .. } => return false,
         }
         self.last_event_offset = event.offset;

@@ -270,6 +270,8 @@ pub struct LogStart<'a> {
     pub history: &'a [crate::events::Event],
     /// Where the engine's snapshots go; `None`: it takes none.
     pub snapshots: Option<Box<dyn super::SnapshotSink>>,
+    /// Where its followers catch up from (the stream the history came from); `None`: nowhere.
+    pub backlog: Option<std::sync::Arc<dyn crate::events::RemoteBacklog>>,
 }
 
 impl std::fmt::Debug for LogStart<'_> {

@@ -9,6 +9,10 @@
 //! publisher never waits for a reader. Only without a log, or when retention already deleted
 //! the events it needs, does it report [`FollowError::Lagged`] / [`FollowError::Log`].
 //!
+//! Where it catches up is the engine's [`Backlog`]: the local segment log's directory, or, in
+//! cluster mode, the region's JetStream stream (a [`RemoteBacklog`]), which also holds the
+//! events a previous owner wrote before this process took the region over.
+//!
 //! Cancel safety: the read offset moves only when a read returns, so a dropped [`read`] or
 //! [`wait`] future loses nothing (a log read in flight is simply done again).
 //!
@@ -18,12 +22,50 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+
 use tokio::sync::watch;
 
 use super::{Event, EventBus, LogCursor};
 
 /// Events copied out per read (per read lock, or per log read).
 const READ_BATCH: usize = 512;
+
+/// A durable copy of the events that is not a local segment log (a region's JetStream stream).
+pub trait RemoteBacklog: Send + Sync + std::fmt::Debug {
+    /// The events from offset `from` on, in order and without a gap, the first at `from`: at
+    /// least one and about `max` (whole stored messages), or an error saying why not (the
+    /// events were trimmed, or the store cannot be read).
+    fn read(&self, from: u64, max: usize) -> BoxFuture<'_, Result<Vec<Event>, String>>;
+}
+
+/// Where a follower that lagged out of the ring reads the events it missed.
+#[derive(Clone, Debug, Default)]
+pub enum Backlog {
+    /// Nowhere: it is told [`FollowError::Lagged`].
+    #[default]
+    None,
+    /// The engine's segment log directory.
+    Dir(PathBuf),
+    /// Another durable store (cluster mode: the region's stream).
+    Remote(Arc<dyn RemoteBacklog>),
+}
+
+impl Backlog {
+    /// The segment log directory, for a local log.
+    pub fn dir(&self) -> Option<&PathBuf> {
+        match self {
+            Backlog::Dir(dir) => Some(dir),
+            _ => None,
+        }
+    }
+}
+
+impl From<Option<PathBuf>> for Backlog {
+    fn from(dir: Option<PathBuf>) -> Self {
+        dir.map_or(Backlog::None, Backlog::Dir)
+    }
+}
 
 /// Why a follower cannot go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +93,7 @@ pub enum FollowError {
 #[derive(Debug)]
 pub struct Follower {
     bus: Arc<EventBus>,
-    log_dir: Option<PathBuf>,
+    backlog: Backlog,
     /// The offset of the next event to read.
     next: u64,
     /// Kept between log reads so a catch-up does not reopen and re-seek the segment each batch.
@@ -60,15 +102,15 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// A follower that will yield events from `from` on. `log_dir` (the engine's events
-    /// directory) is where it catches up when it lags out of the ring; `None` means no log.
-    pub fn new(bus: Arc<EventBus>, log_dir: Option<PathBuf>, from: u64) -> Self {
+    /// A follower that will yield events from `from` on. `backlog` (the engine's events
+    /// directory, or its remote log) is where it catches up when it lags out of the ring.
+    pub fn new(bus: Arc<EventBus>, backlog: impl Into<Backlog>, from: u64) -> Self {
         // Subscribing before the first read: a publish after that read is then always seen by
         // `wait`, so no wake-up is missed.
         let watch = bus.watch();
         Follower {
             bus,
-            log_dir,
+            backlog: backlog.into(),
             next: from,
             cursor: None,
             watch,
@@ -85,9 +127,9 @@ impl Follower {
         &self.bus
     }
 
-    /// The log directory caught up from, if any.
-    pub fn log_dir(&self) -> Option<&PathBuf> {
-        self.log_dir.as_ref()
+    /// Where this follower catches up from.
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
     }
 
     /// Moves the read offset forward to `offset` (a reader without a log that accepts the loss
@@ -111,11 +153,15 @@ impl Follower {
                 Ok(out.len() - start)
             }
             Err(lagged) => {
-                let Some(dir) = &self.log_dir else {
-                    return Err(FollowError::Lagged {
-                        from: self.next,
-                        oldest: lagged.oldest_offset,
-                    });
+                let dir = match &self.backlog {
+                    Backlog::None => {
+                        return Err(FollowError::Lagged {
+                            from: self.next,
+                            oldest: lagged.oldest_offset,
+                        });
+                    }
+                    Backlog::Remote(remote) => return self.read_remote(remote.clone(), out).await,
+                    Backlog::Dir(dir) => dir,
                 };
                 let from = self.next;
                 let mut cursor = self
@@ -146,6 +192,33 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// [`Follower::read`] from a remote backlog: whatever it returns must start at the read
+    /// offset and have no gap, or the follower stops rather than yield a hole.
+    async fn read_remote(
+        &mut self,
+        remote: Arc<dyn RemoteBacklog>,
+        out: &mut Vec<Arc<Event>>,
+    ) -> Result<usize, FollowError> {
+        let from = self.next;
+        let events = remote
+            .read(from, READ_BATCH)
+            .await
+            .map_err(FollowError::Log)?;
+        let contiguous = events
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.offset == from + i as u64);
+        if events.is_empty() || !contiguous {
+            return Err(FollowError::Log(format!(
+                "the stored log did not hold event {from} and those after it in order"
+            )));
+        }
+        self.next = from + events.len() as u64;
+        let n = events.len();
+        out.extend(events.into_iter().map(Arc::new));
+        Ok(n)
     }
 
     /// Waits until something is published after the last read, or the bus closes.

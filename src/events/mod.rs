@@ -27,7 +27,7 @@ use crate::domain::{ExternalId, LatLng, OfferId, Rating, TripId, VehicleClass};
 use crate::matching::ScoreBreakdown;
 
 pub use bus::{EventBus, Lagged};
-pub use follow::{FollowError, Follower};
+pub use follow::{Backlog, FollowError, Follower, RemoteBacklog};
 pub use log::{EventLog, FsyncPolicy, LogConfig, LogCursor, LogError, OnLogFailure};
 pub use router::{RouteKey, Router, RouterStats, Watch};
 
@@ -308,6 +308,20 @@ pub enum EventKind {
     /// A driver that left region `from` joined this one, available, with the profile and the
     /// counters scoring reads (acceptance, fairness), so a move does not reset them.
     DriverJoinedRegion(Arc<RegionJoin>),
+    /// Cluster mode: a process took this region's lease and serves it from this event on. The
+    /// first event its owner appends, before any other, in the same stream message that fences
+    /// the previous owner out. It changes no dispatch state: followers see in the stream itself
+    /// where one owner's events end and the next one's begin. Appended after every older kind.
+    RegionTakenOver {
+        /// The member id of the new owner (the `Dispatch-Owner` of every message it writes).
+        owner: String,
+        /// The owner of the last message before, if the stream held any.
+        previous: Option<String>,
+        /// Events the new owner replayed to rebuild the state (after its snapshot, if any).
+        replayed: u64,
+        /// The offset of the snapshot the state was restored from; `None`: the whole stream.
+        from_snapshot: Option<u64>,
+    },
 }
 
 /// A driver arriving from a neighbouring region: everything its old region knew of it that
@@ -345,6 +359,7 @@ impl EventKind {
             | EventKind::DriverProfileUpdated { .. }
             | EventKind::DriverLeftRegion { .. }
             | EventKind::DriverJoinedRegion(_)
+            | EventKind::RegionTakenOver { .. }
             | EventKind::BatchFlushed { .. } => None,
             EventKind::TripRequested { trip, .. }
             | EventKind::SearchRetryScheduled { trip, .. }

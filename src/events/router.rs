@@ -23,7 +23,6 @@
 //! own follower, which events are gone (`FollowError::Lagged`), exactly as a plain subscriber
 //! would.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -31,7 +30,7 @@ use rustc_hash::FxHashMap;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::watch;
 
-use super::{Event, EventBus, EventKind, FollowError, Follower};
+use super::{Backlog, Event, EventBus, EventKind, FollowError, Follower};
 use crate::domain::{ExternalId, TripId};
 
 /// Events buffered per watcher before the router lets go of it (see the module docs).
@@ -117,22 +116,23 @@ struct Registration {
 pub struct Router {
     tx: mpsc::Sender<Registration>,
     bus: Arc<EventBus>,
-    log_dir: Option<PathBuf>,
+    backlog: Backlog,
     counters: Arc<Counters>,
 }
 
 impl Router {
-    /// Starts the routing task at the bus's head (on the current tokio runtime). `log_dir` is
+    /// Starts the routing task at the bus's head (on the current tokio runtime). `backlog` is
     /// where it, and watchers that fell behind, catch up from.
-    pub fn spawn(bus: Arc<EventBus>, log_dir: Option<PathBuf>) -> Router {
+    pub fn spawn(bus: Arc<EventBus>, backlog: impl Into<Backlog>) -> Router {
         let (tx, rx) = mpsc::channel(REGISTER_QUEUE);
         let counters = Arc::new(Counters::default());
-        let follower = Follower::new(bus.clone(), log_dir.clone(), bus.next_offset());
+        let backlog = backlog.into();
+        let follower = Follower::new(bus.clone(), backlog.clone(), bus.next_offset());
         tokio::spawn(run(follower, rx, counters.clone()));
         Router {
             tx,
             bus,
-            log_dir,
+            backlog,
             counters,
         }
     }
@@ -169,7 +169,7 @@ impl Router {
     }
 
     fn follower(&self, from: u64) -> Follower {
-        Follower::new(self.bus.clone(), self.log_dir.clone(), from)
+        Follower::new(self.bus.clone(), self.backlog.clone(), from)
     }
 }
 

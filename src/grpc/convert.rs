@@ -287,6 +287,7 @@ pub(crate) fn pb_event_kind(kind: &EventKind) -> pb::EventKind {
         EventKind::NoDrivers { .. } => K::NoDrivers,
         EventKind::DriverLeftRegion { .. } => K::DriverLeftRegion,
         EventKind::DriverJoinedRegion(_) => K::DriverJoinedRegion,
+        EventKind::RegionTakenOver { .. } => K::RegionTakenOver,
     }
 }
 
@@ -320,6 +321,19 @@ pub(crate) fn pb_event(e: &Event) -> pb::DispatchEvent {
             out.driver_id = driver.to_string();
             out.detail = Some(Detail::DriverLeftRegion(pb::DriverLeftRegionDetail {
                 to_region: to.clone(),
+            }));
+        }
+        EventKind::RegionTakenOver {
+            owner,
+            previous,
+            replayed,
+            from_snapshot,
+        } => {
+            out.detail = Some(Detail::RegionTakenOver(pb::RegionTakenOverDetail {
+                owner: owner.clone(),
+                previous_owner: previous.clone().unwrap_or_default(),
+                replayed_events: *replayed,
+                from_snapshot: *from_snapshot,
             }));
         }
         EventKind::DriverJoinedRegion(j) => {

@@ -41,8 +41,7 @@ pub(crate) enum Source {
 impl Source {
     /// Every event from `from` on.
     pub(crate) fn all(engine: &Engine, from: u64) -> Source {
-        let log_dir = engine.log_dir().map(|d| d.to_path_buf());
-        Source::All(Follower::new(engine.bus().clone(), log_dir, from))
+        Source::All(Follower::new(engine.bus().clone(), engine.backlog(), from))
     }
 
     async fn next_batch(&mut self, out: &mut Vec<Arc<Event>>) -> Result<(), FollowError> {

@@ -93,6 +93,9 @@ pub(super) fn describe(kind: &EventKind) -> (&'static str, String) {
         EventKind::DriverJoinedRegion(j) => {
             ("DRIVER_JOINED_REGION", format!("from region {}", j.from))
         }
+        EventKind::RegionTakenOver { owner, .. } => {
+            ("REGION_TAKEN_OVER", format!("now served by {owner}"))
+        }
         EventKind::SearchRetryScheduled { retry_at_ms, .. } => (
             "SEARCH_RETRY_SCHEDULED",
             format!("no driver yet; searches again at {retry_at_ms} ms"),
@@ -166,6 +169,7 @@ pub(super) fn untracked(event: &Event, trip: TripId) -> Vec<FeedItem> {
         | EventKind::DriverProfileUpdated { .. }
         | EventKind::DriverLeftRegion { .. }
         | EventKind::DriverJoinedRegion(_)
+        | EventKind::RegionTakenOver { .. }
         | EventKind::SearchRetryScheduled { .. }
         | EventKind::BatchFlushed { .. } => Vec::new(),
     }

@@ -290,6 +290,7 @@ impl Timelines {
             | EventKind::DriverProfileUpdated { .. }
             | EventKind::DriverLeftRegion { .. }
             | EventKind::DriverJoinedRegion(_)
+            | EventKind::RegionTakenOver { .. }
             | EventKind::SearchRetryScheduled { .. }
             | EventKind::BatchFlushed { .. } => {}
         }

@@ -77,6 +77,7 @@ impl Observer {
             | EventKind::DriverProfileUpdated { .. }
             | EventKind::DriverLeftRegion { .. }
             | EventKind::DriverJoinedRegion(_)
+            | EventKind::RegionTakenOver { .. }
             | EventKind::SearchRetryScheduled { .. }
             | EventKind::BatchFlushed { .. } => {}
             EventKind::TripRequested {

@@ -201,6 +201,8 @@ impl DispatchState {
                     self.arm_flush(*next_flush_at_ms);
                 }
             }
+            // Who serves the region is not dispatch state: only the offset moves.
+            EventKind::RegionTakenOver { .. } => {}
         }
     }
 
