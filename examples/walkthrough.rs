@@ -52,6 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut offers = drivers
         .subscribe_offers(pb::SubscribeOffersRequest {
             gateway_id: "walk-gw".into(),
+            resume_from: vec![],
         })
         .await?
         .into_inner();

@@ -36,6 +36,7 @@ async fn an_offer_stream_without_a_gateway_id_is_refused() {
         .drivers()
         .subscribe_offers(pb::SubscribeOffersRequest {
             gateway_id: String::new(),
+            resume_from: vec![],
         })
         .await;
     assert_invalid(refused, &["gateway_id", "SubscribeOffers"]);

@@ -22,8 +22,26 @@ use support::regions::all_served;
 
 const GATEWAY: &str = "gw-offers";
 
-async fn spawn(config: &std::path::Path) -> Dispatchd {
-    Dispatchd::cluster_member(config, &["--offer-timeout-s", "600"]).await
+/// Two members on a fresh 2-region cluster, both regions settled; returns the config's
+/// directory (kept alive), the member that owns region `k` last, and a longitude inside `k`.
+async fn pair(
+    nats: &nats::NatsCluster,
+    offer_timeout_s: &str,
+) -> (tempfile::TempDir, [Dispatchd; 2], f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        testkit::column_regions_toml(&nats.urls(), Duration::from_secs(2), 2),
+    )
+    .unwrap();
+    let args = ["--offer-timeout-s", offer_timeout_s];
+    let a = Dispatchd::cluster_member(&config, &args).await;
+    let b = Dispatchd::cluster_member(&config, &args).await;
+    let routes = wait_owned(&a, &[&a, &b], 2).await;
+    wait_owned(&b, &[&a, &b], 2).await;
+    let k = routes.iter().position(|r| *r == b.addr).unwrap();
+    (dir, [a, b], testkit::column_west(k) + 0.015)
 }
 
 /// Waits until, seen from `p`, every one of `regions` regions is owned by one of `owners`,
@@ -102,6 +120,7 @@ async fn subscribe(p: &Dispatchd) -> tonic::Streaming<pb::DriverNotice> {
     DriverServiceClient::new(p.channel.clone())
         .subscribe_offers(pb::SubscribeOffersRequest {
             gateway_id: GATEWAY.into(),
+            resume_from: vec![],
         })
         .await
         .expect("SubscribeOffers is accepted, even while a region has no owner")
@@ -120,6 +139,7 @@ async fn offers_until(stream: &mut tonic::Streaming<pb::DriverNotice>, trip: &st
         match next {
             Ok(Some(pb::DriverNotice {
                 notice: Some(Notice::Offer(offer)),
+                ..
             })) => {
                 seen.push(offer.offer_id.clone());
                 if offer.trip_id == trip {
@@ -138,19 +158,7 @@ async fn a_gateway_offer_stream_outlives_its_regions_owner_and_repeats_no_offer(
     let Some(nats) = nats::start(3).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(
-        &config,
-        testkit::column_regions_toml(&nats.urls(), Duration::from_secs(2), 2),
-    )
-    .unwrap();
-    let a = spawn(&config).await;
-    let mut b = spawn(&config).await;
-    let routes = wait_owned(&a, &[&a, &b], 2).await;
-    wait_owned(&b, &[&a, &b], 2).await;
-    let k = routes.iter().position(|r| *r == b.addr).unwrap();
-    let lng = testkit::column_west(k) + 0.015;
+    let (_dir, [a, mut b], lng) = pair(&nats, "600").await;
 
     // The gateway is on `a`; its driver is in b's region: the offer comes forwarded from b.
     let mut stream = subscribe(&a).await;
@@ -183,4 +191,74 @@ async fn a_gateway_offer_stream_outlives_its_regions_owner_and_repeats_no_offer(
         vec![before[0].clone(), after[0].clone()],
         "the stream opened during the failover"
     );
+}
+
+/// A gateway whose stream broke resumes on another process after the owner died, from the
+/// resume point of the last notice it got: the expiry the owner wrote after the break, which
+/// only the region's stream still holds (the new owner's memory starts after its replay),
+/// arrives first. Without the resume point it would get the pending offers only: none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_resuming_after_its_owner_died_gets_the_expiry_it_missed() {
+    let Some(nats) = nats::start(3).await else {
+        return;
+    };
+    let (_dir, [a, mut b], lng) = pair(&nats, "2").await;
+    let mut stream = subscribe(&a).await;
+    online(&a, "d-1", lng).await;
+    let trip = request(&a, "r-1", lng).await;
+    assert_eq!(trip.driver_id, "d-1", "{trip:?}");
+    let offer = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("the offer within 60 s")
+        .unwrap()
+        .unwrap();
+    let resume_at = offer.resume_offset;
+    assert!(resume_at > 0, "{offer:?}");
+    drop(stream);
+
+    // The owner expires the offer (2 s) while the gateway is away, then dies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = retrying(|| async {
+            RiderServiceClient::new(a.channel.clone())
+                .get_trip(pb::GetTripRequest {
+                    trip_id: trip.trip_id.clone(),
+                })
+                .await
+        })
+        .await
+        .into_inner()
+        .trip
+        .unwrap();
+        if now.status() != pb::TripStatus::Offered {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the offer never expired: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.child.start_kill().unwrap();
+    b.child.wait().await.unwrap();
+    wait_owned(&a, &[&a], 2).await;
+
+    let mut resumed = DriverServiceClient::new(a.channel.clone())
+        .subscribe_offers(pb::SubscribeOffersRequest {
+            gateway_id: GATEWAY.into(),
+            resume_from: vec![resume_at],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(60), resumed.message())
+        .await
+        .expect("a notice within 60 s")
+        .unwrap()
+        .unwrap();
+    match &first.notice {
+        Some(Notice::OfferExpired(c)) => assert_eq!(c.trip_id, trip.trip_id, "{first:?}"),
+        other => panic!("expected the expiry written before the owner died, got {other:?}"),
+    }
+    assert!(first.resume_offset > resume_at, "{first:?}");
 }

@@ -420,6 +420,7 @@ async fn a_gateway_change_survives_sigkill() {
     let mut new_gw = d
         .subscribe_offers(pb::SubscribeOffersRequest {
             gateway_id: "gw-new".into(),
+            resume_from: vec![],
         })
         .await
         .unwrap()

@@ -82,6 +82,7 @@ async fn each_call_goes_to_the_region_of_its_point_and_ids_name_it() {
         .drivers()
         .subscribe_offers(pb::SubscribeOffersRequest {
             gateway_id: "gw".into(),
+            resume_from: vec![],
         })
         .await
         .unwrap()
@@ -105,6 +106,23 @@ async fn each_call_goes_to_the_region_of_its_point_and_ids_name_it() {
         panic!("expected the west offer");
     };
     assert_eq!(west_offer.trip_id, west.trip_id);
+    // Resume points must name a region, once each.
+    for (resume_from, says) in [
+        (vec![5 * REGION_ID_SPAN], "no region"),
+        (vec![REGION_ID_SPAN + 1, REGION_ID_SPAN + 2], "twice"),
+    ] {
+        let refused = s
+            .drivers()
+            .subscribe_offers(pb::SubscribeOffersRequest {
+                gateway_id: "gw".into(),
+                resume_from,
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(says), "{refused:?}");
+    }
 
     // Answers and trip steps find their region by id.
     let accepted = s

@@ -314,7 +314,7 @@ mod tests {
             },
         };
         assert_eq!(
-            takeover_problem(&None, &some("b"), &[offline.clone()]),
+            takeover_problem(&None, &some("b"), std::slice::from_ref(&offline)),
             None
         );
 

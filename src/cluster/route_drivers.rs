@@ -230,6 +230,23 @@ impl DriverService for RegionRouter {
             "a SubscribeOffers stream carries the offers of the drivers that went online with \
              this gateway id; there is no shared feed",
         )?;
+        let mut named = std::collections::HashSet::new();
+        for &o in &req.resume_from {
+            let Some(i) = self.map().of_id(o) else {
+                return Err(Status::invalid_argument(format!(
+                    "resume_from {o} is an offset of no region (region n's offsets start at n * \
+                     {}); give the resume_offset of a notice this stream sent",
+                    super::regions::REGION_ID_SPAN
+                )));
+            };
+            if !named.insert(i) {
+                return Err(Status::invalid_argument(format!(
+                    "resume_from names region {:?} twice; give one offset per region, the \
+                     resume_offset of the last notice received from it",
+                    self.map().regions()[i].name
+                )));
+            }
+        }
         Ok(Response::new(Box::pin(super::route_offers::merged(
             self.clone(),
             metadata,

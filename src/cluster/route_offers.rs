@@ -10,15 +10,14 @@
 //! one stream across failovers instead of learning about them from a stream that ends, or, worse,
 //! from one that quietly stops carrying a region that had no owner when it subscribed.
 //!
-//! No duplicate: every newly opened region source starts with that region's pending offers (so
-//! an offer made just before an owner died, acknowledged in the stream but never delivered, is
-//! delivered by the new owner). Offers this stream already delivered and has not seen close
-//! are dropped, by offer id ([`Delivered`]).
-//!
-//! Not covered: an expiry or cancel notice the old owner appended in its last moments and never
-//! delivered is not sent again by the new owner (its state already has the offer closed); the
-//! gateway then learns it from the offer's deadline or from RespondToOffer's
-//! FAILED_PRECONDITION, which names the offer's state.
+//! No gap, no duplicate: each notice carries its region's `resume_offset`, and the stream keeps
+//! the last one per region ([`Resume`]). A region source opened again resumes there: the new
+//! owner sends that region's notices from the offset on (the old owner's last events read back
+//! from the region's stream), so an offer, an expiry or a cancel the old owner appended in its
+//! last moments and never delivered arrives, and nothing delivered arrives again. A region this
+//! stream has no resume point for (nothing received from it yet, or only part of its pending
+//! offers) starts with its pending offers; offers already delivered and not seen close are
+//! dropped by offer id ([`Delivered`]).
 //!
 //! The stream ends when the client leaves, when this server shuts down (UNAVAILABLE: resubscribe
 //! elsewhere), or with a source's status when it is the caller's to fix (e.g. PERMISSION_DENIED,
@@ -145,6 +144,7 @@ async fn supervise(
     // Sources that ended or failed to open, not tried again before their instant.
     let mut cooling: Vec<(Key, Instant)> = Vec::new();
     let mut delivered = Delivered::new(router.config().dispatch.offer_timeout);
+    let mut resume = Resume::new(&router, &req.resume_from);
     let mut next_id = 0u64;
     let end: Option<Status> = loop {
         if router.closing() {
@@ -167,8 +167,10 @@ async fn supervise(
                 continue;
             }
             next_id += 1;
+            let mut req = req.clone();
+            req.resume_from = resume.for_source(&key);
             let task = tokio::spawn(pump(
-                open(router.clone(), key.clone(), metadata.clone(), req.clone()),
+                open(router.clone(), key.clone(), metadata.clone(), req),
                 next_id,
                 pump_tx.clone(),
             ));
@@ -189,6 +191,7 @@ async fn supervise(
             () = async { tokio::time::sleep_until(retry_at.unwrap_or(now)).await }, if retry_at.is_some() => {}
             Some(pumped) = pump_rx.recv() => match pumped {
                 Pumped::Notice(notice) => {
+                    resume.saw(&notice);
                     if delivered.fresh(&notice, Instant::now()) && tx.send(Ok(notice)).await.is_err() {
                         break None;
                     }
@@ -277,6 +280,53 @@ async fn pump(
     let _ = out.send(Pumped::Ended(id, None)).await;
 }
 
+/// Per region (by index), the `resume_offset` of the last notice this stream received from it
+/// that had one: where a source of that region opened again starts.
+#[derive(Debug)]
+struct Resume {
+    regions: usize,
+    at: HashMap<usize, u64>,
+}
+
+impl Resume {
+    /// Starting from the client's own `resume_from` (validated by the caller).
+    fn new(router: &RegionRouter, resume_from: &[u64]) -> Resume {
+        let mut resume = Resume {
+            regions: router.map().regions().len(),
+            at: HashMap::new(),
+        };
+        for &o in resume_from {
+            resume.note(o);
+        }
+        resume
+    }
+
+    fn saw(&mut self, notice: &pb::DriverNotice) {
+        self.note(notice.resume_offset);
+    }
+
+    /// Region n's offsets start at n * REGION_ID_SPAN (n from 1); 0 is no point.
+    fn note(&mut self, offset: u64) {
+        let n = (offset / super::regions::REGION_ID_SPAN) as usize;
+        if (1..=self.regions).contains(&n) {
+            self.at.insert(n - 1, offset);
+        }
+    }
+
+    /// The `resume_from` to open `key` with: its region's point for a region here, every
+    /// point for another owner (it picks those of the regions it serves).
+    fn for_source(&self, key: &Key) -> Vec<u64> {
+        match key {
+            Key::Local(i, _) => self.at.get(i).copied().into_iter().collect(),
+            Key::Remote(_) => {
+                let mut all: Vec<u64> = self.at.values().copied().collect();
+                all.sort_unstable();
+                all
+            }
+        }
+    }
+}
+
 /// The offers one stream has delivered and not yet seen close, so a source opened again (which
 /// starts with its region's pending offers) does not deliver them twice. An offer that is
 /// accepted is never closed on the stream: entries older than twice the offer timeout plus a
@@ -333,6 +383,7 @@ mod tests {
 
     fn offer(id: &str) -> pb::DriverNotice {
         pb::DriverNotice {
+            resume_offset: 0,
             notice: Some(Notice::Offer(pb::Offer {
                 offer_id: id.into(),
                 ..Default::default()
@@ -342,6 +393,7 @@ mod tests {
 
     fn expired(id: &str) -> pb::DriverNotice {
         pb::DriverNotice {
+            resume_offset: 0,
             notice: Some(Notice::OfferExpired(pb::OfferClosed {
                 offer_id: id.into(),
                 ..Default::default()

@@ -266,20 +266,35 @@ impl DriverService for DriverApi {
         &self,
         request: Request<pb::SubscribeOffersRequest>,
     ) -> Result<Response<Self::SubscribeOffersStream>, Status> {
+        let req = request.into_inner();
         let gateway = convert::gateway_id(
-            &request.into_inner().gateway_id,
+            &req.gateway_id,
             "a SubscribeOffers stream carries the offers of the drivers that went online with \
              this gateway id; there is no shared feed",
         )?;
-        let (pending, from) = self
-            .engine
-            .pending_offers(Some(gateway.clone()))
-            .await
-            .map_err(status)?;
-        let initial = pending
-            .iter()
-            .map(|o| notice(Notice::Offer(pb_offer(o))))
-            .collect();
+        let (initial, from) = match resume_point(&self.engine, &req.resume_from)? {
+            // Everything after the last notice received, read back if it left memory.
+            Some(from) => (Vec::new(), from),
+            None => {
+                let (pending, from) = self
+                    .engine
+                    .pending_offers(Some(gateway.clone()))
+                    .await
+                    .map_err(status)?;
+                let last = pending.len();
+                let initial = (pending.iter().enumerate())
+                    .map(|(i, o)| {
+                        let mut n = notice(Notice::Offer(pb_offer(o)));
+                        // Only once all of them arrived does resuming from here lose nothing.
+                        if i + 1 == last {
+                            n.resume_offset = from;
+                        }
+                        n
+                    })
+                    .collect();
+                (initial, from)
+            }
+        };
         let watch = self
             .router
             .watch(RouteKey::Gateway(Some(gateway.clone())), from)
@@ -288,7 +303,10 @@ impl DriverService for DriverApi {
             Source::Keyed(watch),
             initial,
             move |event| match offer_notice(&event.kind, Some(&gateway)) {
-                Some(n) => Step::Send(n),
+                Some(mut n) => {
+                    n.resume_offset = event.offset + 1;
+                    Step::Send(n)
+                }
                 None => Step::Skip,
             },
         );
@@ -346,7 +364,36 @@ impl DriverService for DriverApi {
 }
 
 fn notice(n: Notice) -> pb::DriverNotice {
-    pb::DriverNotice { notice: Some(n) }
+    pb::DriverNotice {
+        notice: Some(n),
+        resume_offset: 0,
+    }
+}
+
+/// The offset `resume_from` names for `engine`'s stream, if any. Every offset must be one this
+/// engine issued (the region mode's merge hands each region only its own) and at most one;
+/// beyond the head is OUT_OF_RANGE.
+fn resume_point(engine: &Engine, resume_from: &[u64]) -> Result<Option<u64>, Status> {
+    use crate::cluster::regions::REGION_ID_SPAN;
+    let head = engine.bus().next_offset();
+    let mine = |o: u64| o / REGION_ID_SPAN == head / REGION_ID_SPAN;
+    match resume_from {
+        [] => Ok(None),
+        [o] if !mine(*o) => Err(Status::invalid_argument(format!(
+            "resume_from {o} is not an offset of this server's event stream (its next offset is \
+             {head}); give the resume_offset of a notice this stream sent"
+        ))),
+        [o] if *o > head => Err(Status::out_of_range(format!(
+            "resume_from {o} is beyond the head of the event stream (next offset: {head}); \
+             resubscribe without it to start from the pending offers"
+        ))),
+        [o] => Ok(Some(*o)),
+        _ => Err(Status::invalid_argument(format!(
+            "resume_from names {} offsets, but this server has one event stream: give the \
+             resume_offset of the last notice received",
+            resume_from.len()
+        ))),
+    }
 }
 
 /// The notice a gateway gets for an event, if the event concerns one of its drivers.

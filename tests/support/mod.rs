@@ -351,6 +351,7 @@ pub async fn offer_stream(s: &TestServer, gateway: &str) -> tonic::Streaming<pb:
     s.drivers()
         .subscribe_offers(pb::SubscribeOffersRequest {
             gateway_id: gateway.into(),
+            resume_from: vec![],
         })
         .await
         .unwrap()

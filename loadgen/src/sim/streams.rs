@@ -15,6 +15,7 @@ pub(super) async fn open_offer_streams(
         let mut client = DriverServiceClient::new(channels[k % channels.len()].clone());
         let req = pb::SubscribeOffersRequest {
             gateway_id: ids.gateway(k),
+            resume_from: vec![],
         };
         let mut stream = client
             .subscribe_offers(req)
