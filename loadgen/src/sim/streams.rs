@@ -28,6 +28,7 @@ pub(super) async fn open_offer_streams(
                 match stream.message().await {
                     Ok(Some(pb::DriverNotice {
                         notice: Some(notice),
+                        ..
                     })) => {
                         let at = Instant::now();
                         if tx.send(Observed::Notice { notice, at }).is_err() {
