@@ -234,6 +234,10 @@ pub enum Role {
     Admin,
     /// The operator's live map and its HTTP API only; no gRPC service.
     Viewer,
+    /// Another member of the cluster calling on its own behalf (`cluster.peer_token`): the
+    /// RegionService (drivers moved and drawn across borders between processes) and the
+    /// GetDriver a join checks the driver's old region with.
+    ClusterPeer,
 }
 
 /// Bearer-token authentication. With no tokens, every call is allowed (and start-up warns).
@@ -291,6 +295,18 @@ impl Config {
         }
         crate::cluster::regions::RegionMap::from_config(&self.regions)?;
         self.cluster.validate(self.regions.len())?;
+        let peer = &self.cluster.peer_token.0;
+        if !peer.is_empty()
+            && !self.auth.tokens.is_empty()
+            && !(self.auth.tokens.iter())
+                .any(|t| t.token == *peer && t.roles.contains(&Role::ClusterPeer))
+        {
+            return Err(
+                "`cluster.peer_token` is not one of `auth.tokens` with role \
+                        `cluster-peer`: the other members would refuse this process's calls"
+                    .into(),
+            );
+        }
         let d = &self.dispatch;
         let positive = |x: f64| x.is_finite() && x > 0.0;
         d.validate()
@@ -473,6 +489,24 @@ mod optional_addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_token_must_be_a_configured_cluster_peer_token() {
+        let token = |secret: &str, role| TokenConfig {
+            name: "t".into(),
+            token: secret.into(),
+            roles: vec![role],
+        };
+        let mut config = Config::default();
+        config.cluster.peer_token = crate::cluster::config::PeerToken("p-0123456789abcdef".into());
+        // Without authentication the token is only sent along.
+        assert!(config.validate().is_ok());
+        config.auth.tokens = vec![token("p-0123456789abcdef", Role::Admin)];
+        let err = config.validate().unwrap_err();
+        assert!(err.contains("cluster.peer_token"), "{err}");
+        config.auth.tokens = vec![token("p-0123456789abcdef", Role::ClusterPeer)];
+        assert!(config.validate().is_ok());
+    }
 
     #[test]
     fn batch_window_is_validated() {

@@ -132,6 +132,13 @@ pub async fn run(
              rpc; configure tokens before exposing this server"
         );
     }
+    if edge.auth_enabled() && clustered && config.cluster.peer_token.0.is_empty() {
+        tracing::warn!(
+            "cluster.peer_token is not set while authentication is on: the other members will \
+             refuse this process's calls on its own behalf, so drivers cannot move into, nor be \
+             drawn across the borders of, regions served by another process"
+        );
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<DriverServiceServer<DriverApi>>().await;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dispatch::cluster::testkit;
 use dispatch::pb::{
     self, driver_service_client::DriverServiceClient, query_service_client::QueryServiceClient,
-    region_service_client::RegionServiceClient,
+    region_service_client::RegionServiceClient, rider_service_client::RiderServiceClient,
 };
 use support::ll;
 use support::process::Dispatchd;
@@ -139,4 +139,195 @@ async fn an_idle_driver_crossing_into_the_other_owners_region_moves_there() {
         assert_eq!(d.acceptance_rate, before.acceptance_rate);
         assert_eq!(d.gateway_id, "gw");
     }
+}
+
+const PEER: &str = "peer-secret-0123456789";
+const ADMIN: &str = "admin-secret-0123456789";
+
+/// `message` with `authorization: Bearer token`.
+fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// GetStats of `region` through `p` with the admin token.
+async fn stats_authed(p: &Dispatchd, region: &str) -> Option<pb::GetStatsResponse> {
+    let mut request = authed(pb::GetStatsRequest {}, ADMIN);
+    request
+        .metadata_mut()
+        .insert("dispatch-region", region.parse().unwrap());
+    let answer = QueryServiceClient::new(p.channel.clone())
+        .get_stats(request)
+        .await;
+    answer.ok().map(|r| r.into_inner())
+}
+
+/// Two members with authentication on: tokens per role, and `peer_token` for their calls on
+/// their own behalf (empty: none set). Returns the owners of r0 and r1, once settled.
+async fn authed_pair(
+    cluster: &nats::NatsCluster,
+    dir: &std::path::Path,
+    peer_token: &str,
+) -> (Dispatchd, Dispatchd) {
+    let path = dir.join("cluster.toml");
+    let mut text = testkit::column_regions_toml(&cluster.urls(), Duration::from_secs(2), 2)
+        .replacen(
+            "[cluster]\n",
+            &format!("[cluster]\nborder_margin_m = 5000.0\npeer_token = \"{peer_token}\"\n"),
+            1,
+        );
+    for (name, token, role) in [
+        ("gw", "gw-secret-0123456789", "driver-gateway"),
+        ("rider", "rider-secret-0123456789", "rider-gateway"),
+        ("ops", ADMIN, "admin"),
+        ("members", PEER, "cluster-peer"),
+    ] {
+        text.push_str(&format!(
+            "\n[[auth.tokens]]\nname = \"{name}\"\ntoken = \"{token}\"\nroles = [\"{role}\"]\n"
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    let a = spawn(&path).await;
+    let b = spawn(&path).await;
+    wait_until(
+        "r0 and r1 owned by different processes, both answering",
+        || async {
+            let routes = testkit::owner_addresses(&a.channel).await;
+            let mut served = true;
+            for p in [&a, &b] {
+                for r in ["r0", "r1"] {
+                    served &= stats_authed(p, r).await.is_some();
+                }
+            }
+            routes.len() == 2
+                && routes[0] != routes[1]
+                && routes.iter().all(|r| *r == a.addr || *r == b.addr)
+                && served
+        },
+    )
+    .await;
+    if testkit::owner_addresses(&a.channel).await[0] == a.addr {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// A pickup just inside r1 whose only driver in range is just across the border in r0, owned
+/// by the other process: r1's owner asks r0's (RegionService.PullDrivers, with the members'
+/// peer token while authentication is on), the driver moves to r1 (its leave logged by r0's
+/// owner, its join by r1's) and the trip is offered to it, the request having come through
+/// r0's owner with a rider token. Without the peer token the other member refuses the pull and
+/// the trip finds nobody; a rider token cannot call the RegionService itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pickup_near_the_border_draws_the_driver_across_it_from_the_other_owner() {
+    let Some(cluster) = nats::start(3).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (owner0, owner1) = authed_pair(&cluster, dir.path(), PEER).await;
+    let border = testkit::column_west(1);
+    DriverServiceClient::new(owner0.channel.clone())
+        .go_online(authed(
+            pb::GoOnlineRequest {
+                driver_id: "d-near".into(),
+                location: ll(40.75, border - 0.002),
+                rating: 4.7,
+                vehicle_class: 0,
+                gateway_id: "gw".into(),
+            },
+            "gw-secret-0123456789",
+        ))
+        .await
+        .unwrap();
+
+    // A rider token may not move drivers itself.
+    let pull = pb::PullDriversRequest {
+        from_region: "r0".into(),
+        to_region: "r1".into(),
+        pickup: ll(40.75, border + 0.001),
+        vehicle_class: 0,
+        nearer_than_m: 0.0,
+        max: 1,
+    };
+    let refused = RegionServiceClient::new(owner0.channel.clone())
+        .pull_drivers(authed(pull, "rider-secret-0123456789"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    let trip = RiderServiceClient::new(owner0.channel.clone())
+        .request_trip(authed(
+            pb::RequestTripRequest {
+                rider_id: "r-1".into(),
+                request_id: "req-1".into(),
+                pickup: ll(40.75, border + 0.001),
+                dropoff: ll(40.76, border + 0.01),
+                vehicle_class: 0,
+            },
+            "rider-secret-0123456789",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .trip
+        .unwrap();
+    assert_eq!(trip.driver_id, "d-near", "{trip:?}");
+    assert!(
+        trip.trip_id.starts_with("trip-2"),
+        "an r1 trip: {}",
+        trip.trip_id
+    );
+    for p in [&owner0, &owner1] {
+        let r0 = stats_authed(p, "r0").await.unwrap();
+        let r1 = stats_authed(p, "r1").await.unwrap();
+        assert_eq!(r0.drivers_available + r0.drivers_offered, 0, "{r0:?}");
+        assert_eq!(r1.drivers_offered, 1, "{r1:?}");
+    }
+}
+
+/// The same pickup with authentication on but no `cluster.peer_token`: the other member
+/// refuses the pull (the rider's token may not move drivers), so nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_peer_token_no_driver_is_drawn_from_the_other_owner() {
+    let Some(cluster) = nats::start(3).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (owner0, _owner1) = authed_pair(&cluster, dir.path(), "").await;
+    let border = testkit::column_west(1);
+    DriverServiceClient::new(owner0.channel.clone())
+        .go_online(authed(
+            pb::GoOnlineRequest {
+                driver_id: "d-near".into(),
+                location: ll(40.75, border - 0.002),
+                rating: 4.7,
+                vehicle_class: 0,
+                gateway_id: "gw".into(),
+            },
+            "gw-secret-0123456789",
+        ))
+        .await
+        .unwrap();
+    let trip = RiderServiceClient::new(owner0.channel.clone())
+        .request_trip(authed(
+            pb::RequestTripRequest {
+                rider_id: "r-1".into(),
+                request_id: "req-1".into(),
+                pickup: ll(40.75, border + 0.001),
+                dropoff: ll(40.76, border + 0.01),
+                vehicle_class: 0,
+            },
+            "rider-secret-0123456789",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .trip
+        .unwrap();
+    assert_eq!(trip.status(), pb::TripStatus::NoDrivers, "{trip:?}");
+    let r0 = stats_authed(&owner0, "r0").await.unwrap();
+    assert_eq!(r0.drivers_available, 1, "d-near stayed in r0: {r0:?}");
 }

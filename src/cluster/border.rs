@@ -22,8 +22,9 @@
 //!
 //! In cluster mode a crossing between regions owned by different processes is decided by A's
 //! owner, which logs the leave and calls JoinRegion at B's owner (`route_border`). Drawing
-//! drivers across a border for a pickup is done only between regions served by the same
-//! process: a pickup near a border owned elsewhere sees only its own region's drivers.
+//! drivers across a border owned by another process: B's owner asks A's owner
+//! (RegionService.PullDrivers, with what the budget left after B's own neighbours), which picks
+//! its nearest and moves each the same way. Both calls carry `cluster.peer_token`.
 
 use tonic::Status;
 
@@ -131,15 +132,18 @@ impl RegionRouter {
     }
 
     /// Before a request with its pickup in region `to`: moves into `to` up to
-    /// `cluster.border_pull` available drivers of `class` of the neighbouring regions served
-    /// here, nearest first, that are within the search radius of `pickup` and nearer to it
-    /// (straight line) than every available driver `to` has. So a pickup whose own region has
-    /// the nearest driver moves nobody. Returns how many moved.
+    /// `cluster.border_pull` available drivers of `class` of the neighbouring regions, that
+    /// are within the search radius of `pickup` and nearer to it (straight line) than every
+    /// available driver `to` has: those of the regions served here first, nearest first over
+    /// them, then (with what the budget has left) those of each region served by another
+    /// process, which moves its nearest itself (RegionService.PullDrivers). So a pickup whose
+    /// own region has the nearest driver moves nobody. Returns how many moved.
     pub(crate) async fn pull_across(
         &self,
         to: usize,
         pickup: LatLng,
         class: VehicleClass,
+        metadata: &tonic::metadata::MetadataMap,
     ) -> usize {
         let pull = self.config().cluster.border_pull;
         let radius_m = self.config().dispatch.search_radius_m;
@@ -149,12 +153,24 @@ impl RegionRouter {
         if pull == 0 || !own.engine.is_serving() {
             return 0;
         }
+        let neighbours: Vec<usize> = (self.map().regions().iter().enumerate())
+            .filter(|(i, region)| *i != to && region.distance_m(pickup) <= radius_m)
+            .map(|(i, _)| i)
+            .collect();
+        if neighbours.is_empty() {
+            return 0;
+        }
+        let own_nearest_m = match own.engine.nearby(pickup, radius_m, 1, class).await {
+            Ok(found) => found.first().map_or(f64::INFINITY, |d| d.distance_m),
+            Err(_) => return 0,
+        };
         let mut near: Vec<(f64, usize, ExternalId, LatLng)> = Vec::new();
-        for (i, region) in self.map().regions().iter().enumerate() {
-            if i == to || region.distance_m(pickup) > radius_m {
+        let mut remote = Vec::new();
+        for &i in &neighbours {
+            let Some(shard) = self.local(i) else {
+                remote.push(i);
                 continue;
-            }
-            let Some(shard) = self.local(i) else { continue };
+            };
             if let Ok(found) = shard.engine.nearby(pickup, radius_m, pull, class).await {
                 near.extend(
                     found
@@ -163,13 +179,6 @@ impl RegionRouter {
                 );
             }
         }
-        if near.is_empty() {
-            return 0;
-        }
-        let own_nearest_m = match own.engine.nearby(pickup, radius_m, 1, class).await {
-            Ok(found) => found.first().map_or(f64::INFINITY, |d| d.distance_m),
-            Err(_) => return 0,
-        };
         near.retain(|d| d.0 < own_nearest_m);
         near.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut moved = 0;
@@ -181,6 +190,13 @@ impl RegionRouter {
             {
                 moved += 1;
             }
+        }
+        for from in remote {
+            if moved >= pull {
+                break;
+            }
+            let budget = (own_nearest_m, pull - moved);
+            moved += (self.pull_remote((from, to), pickup, class, budget, metadata)).await;
         }
         moved
     }

@@ -47,6 +47,28 @@ pub struct ClusterConfig {
     /// so a region's stream, and its takeover, stay bounded. Off: streams keep every message
     /// (what `cluster::audit`, which replays whole streams, needs).
     pub trim_stream: bool,
+    /// With `auth.tokens` set: the bearer token this process presents when it calls another
+    /// member on its own behalf (a driver's move into a region owned there, a pull of drivers
+    /// across a border, the GetDriver a join checks); it must be one of `auth.tokens` with role
+    /// `cluster-peer`. Empty: the caller's token is passed on, which is all a cluster without
+    /// authentication needs; with authentication on, moves and pulls between processes are
+    /// then refused (start-up warns).
+    pub peer_token: PeerToken,
+}
+
+/// `cluster.peer_token`: a secret, so its `Debug` says only whether it is set.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PeerToken(pub String);
+
+impl std::fmt::Debug for PeerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "<empty>"
+        } else {
+            "<set>"
+        })
+    }
 }
 
 impl Default for ClusterConfig {
@@ -62,6 +84,7 @@ impl Default for ClusterConfig {
             border_margin_m: 5_000.0,
             border_pull: 3,
             trim_stream: true,
+            peer_token: PeerToken::default(),
         }
     }
 }

@@ -31,6 +31,20 @@ fn token_only(metadata: &MetadataMap) -> MetadataMap {
 }
 
 impl RegionRouter {
+    /// The metadata of a call this process makes to another member on its own behalf: its
+    /// `cluster.peer_token` when set, else the caller's token (enough without authentication).
+    pub(crate) fn own_call(&self, metadata: &MetadataMap) -> MetadataMap {
+        let peer = &self.config().cluster.peer_token.0;
+        match format!("Bearer {peer}").parse() {
+            Ok(value) if !peer.is_empty() => {
+                let mut out = MetadataMap::new();
+                out.insert("authorization", value);
+                out
+            }
+            _ => token_only(metadata),
+        }
+    }
+
     /// Moves an available driver from region `from` (served here) to region `to`, served by
     /// another process: leave here, then JoinRegion there. A failed join leaves the driver
     /// offline here (its gateway must call GoOnline again), never in two regions.
@@ -42,7 +56,7 @@ impl RegionRouter {
         position: LatLng,
         metadata: &MetadataMap,
     ) -> Result<(), Status> {
-        let md = token_only(metadata);
+        let md = self.own_call(metadata);
         let Target::Remote(peer) = self.target(to, &md)? else {
             return self
                 .move_driver(from, to, driver, Some(position))
@@ -115,21 +129,7 @@ impl RegionService for RegionRouter {
         request: Request<pb::JoinRegionRequest>,
     ) -> Result<Response<pb::JoinRegionResponse>, Status> {
         let (metadata, _, req) = request.into_parts();
-        let region = |field: &str, name: &str| {
-            self.map().by_name(name).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "{field} {name:?} is not a region of this cluster; the regions are: {}",
-                    self.map().names()
-                ))
-            })
-        };
-        let from = region("from_region", &req.from_region)?;
-        let to = region("to_region", &req.to_region)?;
-        if from == to {
-            return Err(Status::invalid_argument(
-                "from_region and to_region are the same region: nothing to move",
-            ));
-        }
+        let (from, to) = self.region_pair(&req.from_region, &req.to_region)?;
         let driver = convert::id("driver_id", &req.driver_id)?;
         let position = convert::latlng("location", req.location)?;
         let Some(shard) = self.local(to) else {
@@ -139,7 +139,7 @@ impl RegionService for RegionRouter {
             )));
         };
         let old = self
-            .driver_in(from, &driver, &token_only(&metadata))
+            .driver_in(from, &driver, &self.own_call(&metadata))
             .await?;
         if old.state() != pb::DriverState::Offline {
             return Err(Status::failed_precondition(format!(
@@ -166,5 +166,137 @@ impl RegionService for RegionRouter {
         Ok(Response::new(pb::JoinRegionResponse {
             driver: Some(convert::pb_driver(&d)),
         }))
+    }
+
+    async fn pull_drivers(
+        &self,
+        request: Request<pb::PullDriversRequest>,
+    ) -> Result<Response<pb::PullDriversResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let (from, to) = self.region_pair(&req.from_region, &req.to_region)?;
+        let pickup = convert::latlng("pickup", req.pickup)?;
+        if self.map().locate("pickup", pickup).ok() != Some(to) {
+            return Err(Status::invalid_argument(format!(
+                "pickup ({}, {}) is not inside region {:?}: drivers are pulled into the \
+                 pickup's own region",
+                pickup.lat_deg(),
+                pickup.lng_deg(),
+                req.to_region
+            )));
+        }
+        let class = convert::vehicle_class(req.vehicle_class)?;
+        let (pull, radius_m) = (
+            self.config().cluster.border_pull,
+            self.config().dispatch.search_radius_m,
+        );
+        let max = req.max as usize;
+        if !(1..=pull).contains(&max) {
+            return Err(Status::invalid_argument(format!(
+                "max must be within 1..={pull} (cluster.border_pull), got {max}"
+            )));
+        }
+        let bound_m = match req.nearer_than_m {
+            0.0 => radius_m,
+            m if m.is_finite() && m > 0.0 => m.min(radius_m),
+            m => {
+                return Err(Status::invalid_argument(format!(
+                    "nearer_than_m must be a positive number of metres (0: the search radius), \
+                     got {m}"
+                )));
+            }
+        };
+        let Some(shard) = self.local(from) else {
+            return Err(Status::unavailable(format!(
+                "region {} is not served by this process; retry",
+                req.from_region
+            )));
+        };
+        let mut moved = Vec::new();
+        if self.map().regions()[from].distance_m(pickup) > radius_m {
+            return Ok(Response::new(pb::PullDriversResponse {
+                moved_driver_ids: moved,
+            }));
+        }
+        let found = shard
+            .engine
+            .nearby(pickup, radius_m, max, class)
+            .await
+            .map_err(status)?;
+        for d in found.into_iter().filter(|d| d.distance_m < bound_m) {
+            // One that took an offer meanwhile stays; a failed join is logged by the move.
+            if self
+                .move_remote(from, to, &d.id, d.position, &metadata)
+                .await
+                .is_ok()
+            {
+                moved.push(d.id.to_string());
+            }
+        }
+        Ok(Response::new(pb::PullDriversResponse {
+            moved_driver_ids: moved,
+        }))
+    }
+}
+
+impl RegionRouter {
+    /// The regions a RegionService call names as `from_region` and `to_region`: both of this
+    /// cluster, and not the same.
+    fn region_pair(&self, from: &str, to: &str) -> Result<(usize, usize), Status> {
+        let region = |field: &str, name: &str| {
+            self.map().by_name(name).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{field} {name:?} is not a region of this cluster; the regions are: {}",
+                    self.map().names()
+                ))
+            })
+        };
+        let (from, to) = (region("from_region", from)?, region("to_region", to)?);
+        if from == to {
+            return Err(Status::invalid_argument(
+                "from_region and to_region are the same region: nothing to move",
+            ));
+        }
+        Ok((from, to))
+    }
+
+    /// Asks the owner of region `from` (another process) to move into region `to` (served
+    /// here) up to `max` of its available drivers of `class` nearest to `pickup` and nearer
+    /// than `nearer_than_m`; returns how many moved (0 when the call fails: a pull is a hint).
+    pub(crate) async fn pull_remote(
+        &self,
+        (from, to): (usize, usize),
+        pickup: LatLng,
+        class: crate::domain::VehicleClass,
+        (nearer_than_m, max): (f64, usize),
+        metadata: &MetadataMap,
+    ) -> usize {
+        let md = self.own_call(metadata);
+        let Ok(Target::Remote(peer)) = self.target(from, &md) else {
+            return 0;
+        };
+        let names = self.map().regions();
+        let req = pb::PullDriversRequest {
+            from_region: names[from].name.clone(),
+            to_region: names[to].name.clone(),
+            pickup: Some(convert::pb_latlng(pickup)),
+            vehicle_class: convert::pb_class(class).into(),
+            nearer_than_m: if nearer_than_m.is_finite() {
+                nearer_than_m
+            } else {
+                0.0
+            },
+            max: max as u32,
+        };
+        match RegionServiceClient::new(peer.channel.clone())
+            .pull_drivers(peer.unary(&md, req))
+            .await
+        {
+            Ok(r) => r.into_inner().moved_driver_ids.len(),
+            Err(e) => {
+                tracing::debug!(from = %names[from].name, to = %names[to].name,
+                    error = %e.message(), "no drivers drawn across the border from the other owner");
+                0
+            }
+        }
     }
 }

@@ -62,12 +62,12 @@ impl RiderService for RegionRouter {
         let req = request.get_ref();
         let i = self.by_point("pickup", req.pickup.as_ref())?;
         // A pickup near a border sees the drivers across it: the nearest few move here first
-        // (`border`; only between regions served by this process).
+        // (`border`; from another process's regions through RegionService.PullDrivers).
         if let (Ok(pickup), Ok(class)) = (
             crate::grpc::convert::latlng("pickup", req.pickup),
             crate::grpc::convert::vehicle_class(req.vehicle_class),
         ) {
-            self.pull_across(i, pickup, class).await;
+            self.pull_across(i, pickup, class, request.metadata()).await;
         }
         route!(self, i, request, riders, RiderServiceClient, request_trip)
     }

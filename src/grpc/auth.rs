@@ -18,6 +18,8 @@ pub(crate) enum Access {
     Open,
     /// A token holding this role (or `admin`).
     Role(Role),
+    /// A token holding this role (or `admin`), or a cluster member's (`cluster-peer`).
+    RoleOrPeer(Role),
 }
 
 /// The access an rpc path (`/package.Service/Method`) requires. Unknown services need `admin`.
@@ -35,8 +37,12 @@ pub(crate) fn required(path: &str) -> Access {
         | "grpc.reflection.v1.ServerReflection"
         | "grpc.reflection.v1alpha.ServerReflection" => Access::Open,
         "dispatch.v1.DriverService" => Access::Role(Role::DriverGateway),
-        // A region move's join, forwarded with the gateway's token (`cluster::border`).
-        "dispatch.v1.RegionService" => Access::Role(Role::DriverGateway),
+        // Cluster members' calls on their own behalf (`cluster.peer_token`).
+        "dispatch.v1.RegionService" => Access::Role(Role::ClusterPeer),
+        // ... of which a join checks the driver with its old region's owner.
+        "dispatch.v1.QueryService" if path.ends_with("/GetDriver") => {
+            Access::RoleOrPeer(Role::Admin)
+        }
         "dispatch.v1.RiderService" => Access::Role(Role::RiderGateway),
         "dispatch.v1.EventService" => Access::Role(Role::Subscriber),
         _ => Access::Role(Role::Admin),
@@ -101,13 +107,18 @@ impl Authenticator {
 
     /// Checks the call's bearer token against what `access` needs.
     pub(crate) fn check(&self, access: Access, headers: &HeaderMap) -> Result<(), AuthError> {
-        let Access::Role(needed) = access else {
-            return Ok(());
+        let (needed, or_peer) = match access {
+            Access::Open => return Ok(()),
+            Access::Role(role) => (role, false),
+            Access::RoleOrPeer(role) => (role, true),
         };
-        if !self.is_enabled() {
-            return Ok(());
+        match self.check_token(needed, bearer(headers)) {
+            // Refused for the role the call names, not for the peer role it also takes.
+            Err(e @ AuthError::Forbidden { .. }) if or_peer => self
+                .check_token(Role::ClusterPeer, bearer(headers))
+                .map_err(|_| e),
+            checked => checked,
         }
-        self.check_token(needed, bearer(headers))
     }
 
     /// Checks a presented token (`None`: none presented) against a role, `admin` passing
@@ -202,6 +213,62 @@ mod tests {
         assert_eq!(a.check(drivers, &HeaderMap::new()), Err(AuthError::Missing));
         let health = required("/grpc.health.v1.Health/Check");
         assert_eq!(a.check(health, &HeaderMap::new()), Ok(()));
+    }
+
+    #[test]
+    fn a_cluster_peer_token_opens_the_region_service_and_get_driver_only() {
+        let a = Authenticator::new(&AuthConfig {
+            tokens: vec![
+                TokenConfig {
+                    name: "members".into(),
+                    token: "peer-token-0123456789".into(),
+                    roles: vec![Role::ClusterPeer],
+                },
+                TokenConfig {
+                    name: "gw".into(),
+                    token: "driver-token-0123456789".into(),
+                    roles: vec![Role::DriverGateway],
+                },
+            ],
+        });
+        let peer = bearer("peer-token-0123456789");
+        let gateway = bearer("driver-token-0123456789");
+        for path in [
+            "/dispatch.v1.RegionService/JoinRegion",
+            "/dispatch.v1.RegionService/PullDrivers",
+            "/dispatch.v1.QueryService/GetDriver",
+        ] {
+            assert_eq!(a.check(required(path), &peer), Ok(()), "{path}");
+            // A gateway can neither move drivers nor read them through these.
+            assert!(
+                matches!(
+                    a.check(required(path), &gateway),
+                    Err(AuthError::Forbidden { .. })
+                ),
+                "{path}"
+            );
+        }
+        // Refused GetDriver names the role it needs, admin, not the peer role.
+        assert_eq!(
+            a.check(required("/dispatch.v1.QueryService/GetDriver"), &gateway),
+            Err(AuthError::Forbidden {
+                name: "gw".into(),
+                needed: Role::Admin
+            })
+        );
+        for path in [
+            "/dispatch.v1.QueryService/GetStats",
+            "/dispatch.v1.RiderService/RequestTrip",
+            "/dispatch.v1.DriverService/GoOnline",
+        ] {
+            assert!(
+                matches!(
+                    a.check(required(path), &peer),
+                    Err(AuthError::Forbidden { .. })
+                ),
+                "{path}"
+            );
+        }
     }
 
     #[test]

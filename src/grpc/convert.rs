@@ -107,7 +107,7 @@ pub(crate) fn pb_latlng(p: LatLng) -> pb::LatLng {
     }
 }
 
-fn pb_class(c: VehicleClass) -> pb::VehicleClass {
+pub(crate) fn pb_class(c: VehicleClass) -> pb::VehicleClass {
     match c {
         VehicleClass::Any => pb::VehicleClass::Unspecified,
         VehicleClass::Economy => pb::VehicleClass::Economy,

@@ -65,5 +65,6 @@ pub(crate) fn role_name(role: crate::config::Role) -> &'static str {
         Role::Subscriber => "subscriber",
         Role::Admin => "admin",
         Role::Viewer => "viewer",
+        Role::ClusterPeer => "cluster-peer",
     }
 }
