@@ -204,6 +204,15 @@ async fn a_subscriber_resumes_on_the_new_owner_from_the_old_owners_events() {
             .unwrap();
     }
     let trip = old.request("r-e", -73.97).await.unwrap();
+    // Enough history that catching up takes several reads of the stream (512 events each).
+    for i in 0..700 {
+        let id = format!("d-more-{i}");
+        old.online(&id, -73.98).await.unwrap();
+        DriverServiceClient::new(old.channel.clone())
+            .go_offline(pb::GoOfflineRequest { driver_id: id })
+            .await
+            .unwrap();
+    }
     let written = QueryServiceClient::new(old.channel.clone())
         .get_stats(region_call("east"))
         .await

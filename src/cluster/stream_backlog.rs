@@ -8,19 +8,24 @@
 //!
 //! Events are numbered, stream messages are not: the message holding offset `from` is found by
 //! a binary search over the stream's sequences (one direct get per step, ~17 for 100k
-//! messages), then read on through an ordered consumer, as a takeover reads.
+//! messages), then read on through an ordered consumer, as a takeover reads. A follower catching
+//! up asks for the events right after the last ones it got, so the sequence after the last
+//! read is kept and tried first: one search per catch-up, not one per read.
 
 use async_nats::jetstream::{self, stream};
 use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 
 use super::stream_log::{read_history, stream_name};
 use crate::events::{Event, RemoteBacklog};
 
 /// Region `region`'s stream, read as a backlog.
-#[derive(Clone)]
 pub(crate) struct StreamBacklog {
     js: jetstream::Context,
     region: String,
+    /// After the last read: (the offset after its last event, the sequence after its last
+    /// message).
+    hint: Mutex<Option<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for StreamBacklog {
@@ -38,6 +43,7 @@ impl StreamBacklog {
         StreamBacklog {
             js: js.clone(),
             region: region.to_owned(),
+            hint: Mutex::new(None),
         }
     }
 
@@ -55,6 +61,15 @@ impl StreamBacklog {
             .state
             .clone();
         let (first, last) = (state.first_sequence.max(1), state.last_sequence);
+        let hinted = *self.hint.lock();
+        if let Some((offset, seq)) = hinted.filter(|&(o, s)| o == from && s >= first && s <= last) {
+            let (events, next) = read_history(&stream, region, seq, last, max).await?;
+            // Right after the last read, as hoped (else: an old empty takeover message, a trim).
+            if events.first().map(|e| e.offset) == Some(offset) {
+                self.remember(&events, next);
+                return Ok(events);
+            }
+        }
         let Some((mut lo, oldest)) = self.probe(&stream, first, last).await? else {
             return Err(format!("region {region}: its stream holds no events"));
         };
@@ -75,9 +90,14 @@ impl StreamBacklog {
             }
         }
         let skip = (from - start) as usize;
-        let mut events = read_history(&stream, region, lo, last, skip + max).await?;
+        let (mut events, next) = read_history(&stream, region, lo, last, skip + max).await?;
         events.drain(..skip.min(events.len()));
+        self.remember(&events, next);
         Ok(events)
+    }
+
+    fn remember(&self, events: &[Event], next_seq: u64) {
+        *self.hint.lock() = events.last().map(|e| (e.offset + 1, next_seq));
     }
 
     /// The first message in `seq..=hi` that holds events, and its first event's offset

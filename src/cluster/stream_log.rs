@@ -98,7 +98,8 @@ impl StreamLog {
                  last ({last}): the stream is not the one the snapshot was taken from"
             ));
         }
-        let history = read_history(&stream, region, first.max(after + 1), last, usize::MAX).await?;
+        let (history, _) =
+            read_history(&stream, region, first.max(after + 1), last, usize::MAX).await?;
         let log = StreamLog {
             js: js.clone(),
             region: region.to_owned(),
@@ -229,17 +230,20 @@ pub(crate) async fn read_messages(
 /// The events of stream messages `first..=last`, in order. Read through an ordered consumer
 /// (messages pushed in batches, not one direct get and round trip per message, which was
 /// ~0.3 ms each and so the whole of a takeover's time); it stops at `last`, once nothing is
-/// pending (a purge may have taken the last message), or once it holds `limit` events.
+/// pending (a purge may have taken the last message), or once it holds `limit` events. Messages
+/// before `first` are skipped, should the consumer deliver them. Also returns the sequence after
+/// the last message read (`first` when none was).
 pub(super) async fn read_history(
     stream: &stream::Stream,
     region: &str,
     first: u64,
     last: u64,
     limit: usize,
-) -> Result<Vec<Event>, String> {
+) -> Result<(Vec<Event>, u64), String> {
     let mut events = Vec::new();
+    let mut next = first;
     if last == 0 || first > last {
-        return Ok(events);
+        return Ok((events, next));
     }
     let failed = |e: &dyn std::fmt::Display| format!("region {region}: reading its stream: {e}");
     let consumer = stream
@@ -256,15 +260,21 @@ pub(super) async fn read_history(
         let message = message.map_err(|e| failed(&e))?;
         let info = message.info().map_err(|e| failed(&e))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
+        // An ordered consumer that recreates itself before its first message starts over
+        // from the stream's first message (async-nats 0.51 forgets the start sequence then).
+        if seq < first {
+            continue;
+        }
         if seq > last {
             break;
         }
         let chunk: Vec<Event> = postcard::from_bytes(&message.payload)
             .map_err(|e| format!("region {region}: stream message {seq} is unreadable: {e}"))?;
         events.extend(chunk);
+        next = seq + 1;
         if seq >= last || pending == 0 || events.len() >= limit {
             break;
         }
     }
-    Ok(events)
+    Ok((events, next))
 }
