@@ -215,6 +215,48 @@ async fn authed_pair(
     }
 }
 
+/// r0 and r1 meet here.
+fn border() -> f64 {
+    testkit::column_west(1)
+}
+
+/// `d-near` goes online in r0 just west of the border (170 m), through `p`.
+async fn online_near_border(p: &Dispatchd) {
+    DriverServiceClient::new(p.channel.clone())
+        .go_online(authed(
+            pb::GoOnlineRequest {
+                driver_id: "d-near".into(),
+                location: ll(40.75, border() - 0.002),
+                rating: 4.7,
+                vehicle_class: 0,
+                gateway_id: "gw".into(),
+            },
+            "gw-secret-0123456789",
+        ))
+        .await
+        .unwrap();
+}
+
+/// A trip with its pickup in r1 just east of the border (85 m), with a rider token, via `p`.
+async fn request_near_border(p: &Dispatchd) -> pb::Trip {
+    RiderServiceClient::new(p.channel.clone())
+        .request_trip(authed(
+            pb::RequestTripRequest {
+                rider_id: "r-1".into(),
+                request_id: "req-1".into(),
+                pickup: ll(40.75, border() + 0.001),
+                dropoff: ll(40.76, border() + 0.01),
+                vehicle_class: 0,
+            },
+            "rider-secret-0123456789",
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .trip
+        .unwrap()
+}
+
 /// A pickup just inside r1 whose only driver in range is just across the border in r0, owned
 /// by the other process: r1's owner asks r0's (RegionService.PullDrivers, with the members'
 /// peer token while authentication is on), the driver moves to r1 (its leave logged by r0's
@@ -228,26 +270,13 @@ async fn a_pickup_near_the_border_draws_the_driver_across_it_from_the_other_owne
     };
     let dir = tempfile::tempdir().unwrap();
     let (owner0, owner1) = authed_pair(&cluster, dir.path(), PEER).await;
-    let border = testkit::column_west(1);
-    DriverServiceClient::new(owner0.channel.clone())
-        .go_online(authed(
-            pb::GoOnlineRequest {
-                driver_id: "d-near".into(),
-                location: ll(40.75, border - 0.002),
-                rating: 4.7,
-                vehicle_class: 0,
-                gateway_id: "gw".into(),
-            },
-            "gw-secret-0123456789",
-        ))
-        .await
-        .unwrap();
+    online_near_border(&owner0).await;
 
     // A rider token may not move drivers itself.
     let pull = pb::PullDriversRequest {
         from_region: "r0".into(),
         to_region: "r1".into(),
-        pickup: ll(40.75, border + 0.001),
+        pickup: ll(40.75, border() + 0.001),
         vehicle_class: 0,
         nearer_than_m: 0.0,
         max: 1,
@@ -258,22 +287,7 @@ async fn a_pickup_near_the_border_draws_the_driver_across_it_from_the_other_owne
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 
-    let trip = RiderServiceClient::new(owner0.channel.clone())
-        .request_trip(authed(
-            pb::RequestTripRequest {
-                rider_id: "r-1".into(),
-                request_id: "req-1".into(),
-                pickup: ll(40.75, border + 0.001),
-                dropoff: ll(40.76, border + 0.01),
-                vehicle_class: 0,
-            },
-            "rider-secret-0123456789",
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    let trip = request_near_border(&owner0).await;
     assert_eq!(trip.driver_id, "d-near", "{trip:?}");
     assert!(
         trip.trip_id.starts_with("trip-2"),
@@ -297,36 +311,8 @@ async fn without_the_peer_token_no_driver_is_drawn_from_the_other_owner() {
     };
     let dir = tempfile::tempdir().unwrap();
     let (owner0, _owner1) = authed_pair(&cluster, dir.path(), "").await;
-    let border = testkit::column_west(1);
-    DriverServiceClient::new(owner0.channel.clone())
-        .go_online(authed(
-            pb::GoOnlineRequest {
-                driver_id: "d-near".into(),
-                location: ll(40.75, border - 0.002),
-                rating: 4.7,
-                vehicle_class: 0,
-                gateway_id: "gw".into(),
-            },
-            "gw-secret-0123456789",
-        ))
-        .await
-        .unwrap();
-    let trip = RiderServiceClient::new(owner0.channel.clone())
-        .request_trip(authed(
-            pb::RequestTripRequest {
-                rider_id: "r-1".into(),
-                request_id: "req-1".into(),
-                pickup: ll(40.75, border + 0.001),
-                dropoff: ll(40.76, border + 0.01),
-                vehicle_class: 0,
-            },
-            "rider-secret-0123456789",
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .trip
-        .unwrap();
+    online_near_border(&owner0).await;
+    let trip = request_near_border(&owner0).await;
     assert_eq!(trip.status(), pb::TripStatus::NoDrivers, "{trip:?}");
     let r0 = stats_authed(&owner0, "r0").await.unwrap();
     assert_eq!(r0.drivers_available, 1, "d-near stayed in r0: {r0:?}");

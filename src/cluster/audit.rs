@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use async_nats::jetstream;
 use serde::Serialize;
 
-use super::stream_log::{read_messages, stream_name};
+use super::stream_log::{existing_stream, read_messages};
 use crate::config::Config;
 use crate::engine::state::DispatchState;
 use crate::events::{Event, EventKind};
@@ -40,16 +40,7 @@ pub struct RegionHistory {
 
 /// Reads region `region`'s whole stream through `js`.
 pub async fn read_region(js: &jetstream::Context, region: &str) -> Result<RegionHistory, String> {
-    let mut stream = js
-        .get_stream(stream_name(region))
-        .await
-        .map_err(|e| format!("region {region}: opening its stream: {e}"))?;
-    let state = stream
-        .info()
-        .await
-        .map_err(|e| format!("region {region}: reading its stream's state: {e}"))?
-        .state
-        .clone();
+    let (stream, state) = existing_stream(js, region).await?;
     let messages =
         read_messages(&stream, region, state.first_sequence, state.last_sequence).await?;
     let mut history = RegionHistory {

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, stream};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
-use super::stream_log::{read_history, stream_name};
+use super::stream_log::{existing_stream, read_history};
 use crate::events::{Event, RemoteBacklog};
 
 /// Region `region`'s stream, read as a backlog.
@@ -49,17 +49,7 @@ impl StreamBacklog {
 
     async fn read_from(&self, from: u64, max: usize) -> Result<Vec<Event>, String> {
         let region = &self.region;
-        let mut stream = self
-            .js
-            .get_stream(stream_name(region))
-            .await
-            .map_err(|e| format!("region {region}: opening its stream to catch up: {e}"))?;
-        let state = stream
-            .info()
-            .await
-            .map_err(|e| format!("region {region}: reading its stream's state: {e}"))?
-            .state
-            .clone();
+        let (stream, state) = existing_stream(&self.js, region).await?;
         let (first, last) = (state.first_sequence.max(1), state.last_sequence);
         let hinted = *self.hint.lock();
         if let Some((offset, seq)) = hinted.filter(|&(o, s)| o == from && s >= first && s <= last) {

@@ -186,6 +186,24 @@ impl CommitLog for StreamLog {
     }
 }
 
+/// Region `region`'s stream (which must exist) and its state now: first and last sequence.
+pub(crate) async fn existing_stream(
+    js: &jetstream::Context,
+    region: &str,
+) -> Result<(stream::Stream, stream::State), String> {
+    let mut stream = js
+        .get_stream(stream_name(region))
+        .await
+        .map_err(|e| format!("region {region}: opening its stream: {e}"))?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| format!("region {region}: reading its stream's state: {e}"))?
+        .state
+        .clone();
+    Ok((stream, state))
+}
+
 /// One message of a region's stream as read back: who wrote it and what it holds.
 #[derive(Debug)]
 pub(crate) struct StreamMessage {
