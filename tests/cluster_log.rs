@@ -3,7 +3,8 @@
 //! every region from its stream, and an owner whose append is refused (someone else wrote to
 //! the region's subject) stops serving that region at once while the other regions go on. A
 //! region's takeover starts from its newest snapshot in JetStream, so its stream is trimmed
-//! behind the snapshots and a new owner still rebuilds everything.
+//! behind the snapshots and a new owner still rebuilds everything. With every NATS node lost,
+//! writes are UNAVAILABLE and nothing acknowledged is lost once the nodes return.
 
 mod nats;
 mod support;
@@ -353,5 +354,46 @@ async fn a_takeover_restores_the_newest_snapshot_so_the_stream_is_trimmed_behind
         later.trip_id,
         trip.trip_id
     );
+    s.stop().await;
+}
+
+/// Every NATS node lost at once: a call that writes gets UNAVAILABLE (retryable) once its
+/// append fails, never an acknowledgement JetStream did not give; once the nodes are back the
+/// regions are taken and served again, with every acknowledged trip in its acknowledged state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_nats_node_lost_writes_are_unavailable_and_nothing_acknowledged_is_lost() {
+    let Some(mut cluster) = nats::start(3).await else {
+        return;
+    };
+    let s = start(config(cluster.urls())).await;
+    s.online("d-east", -73.98).await.unwrap();
+    let trip = s.request("r-e", -73.97).await.unwrap();
+    assert_eq!(trip.status(), pb::TripStatus::Offered, "{trip:?}");
+
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(120), s.online("d-east-2", -73.98))
+        .await
+        .expect("a write with every NATS node gone must fail, not hang")
+        .expect_err("no write can be acknowledged with every NATS node gone");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+
+    cluster.restart_all().await.unwrap();
+    // Taken again once the leases can be written: the acknowledged trip is there as it was.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let again = loop {
+        match s.trip(&trip.trip_id).await {
+            Ok(t) => break t,
+            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the region did not come back: {e:?}"),
+        }
+    };
+    assert_eq!(again.status(), pb::TripStatus::Offered, "{again:?}");
+    assert_eq!(again.driver_id, "d-east");
+    // And it takes writes again.
+    s.online("d-east-3", -73.98).await.unwrap();
     s.stop().await;
 }

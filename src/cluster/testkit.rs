@@ -201,6 +201,16 @@ impl NatsCluster {
         self.wait_ready().await
     }
 
+    /// Starts every node again (after they were all killed) and waits until the cluster is
+    /// ready: one at a time could never be, without a quorum.
+    pub async fn restart_all(&mut self) -> Result<(), String> {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+            self.spawn(i)?;
+        }
+        self.wait_ready().await
+    }
+
     /// The name of the JetStream meta leader as node `i` sees it, if there is one.
     pub async fn meta_leader(&self, i: usize) -> Option<String> {
         let (_, body) = monitor_get(self.nodes[i].monitor_port, "/jsz").await?;
