@@ -2,7 +2,10 @@
 //! over a real 3-node NATS JetStream cluster): an available driver whose reports cross from
 //! r0 (owned by one process) into r1 (owned by the other) moves there, the leave logged by
 //! r0's owner and the join by r1's (RegionService.JoinRegion); a JoinRegion for a driver its
-//! old region still holds online is refused. Waits on observable state only.
+//! old region still holds online is refused. A pickup near the border draws the driver across
+//! it from the other owner (with authentication on, on the members' peer token), and a report
+//! sent through a third process that still remembers the old region reaches the new one.
+//! Waits on observable state only.
 //!
 //! `CLUSTER_TEST_LOGS=1` shows the processes' logs (stderr).
 
@@ -316,4 +319,89 @@ async fn without_the_peer_token_no_driver_is_drawn_from_the_other_owner() {
     assert_eq!(trip.status(), pb::TripStatus::NoDrivers, "{trip:?}");
     let r0 = stats_authed(&owner0, "r0").await.unwrap();
     assert_eq!(r0.drivers_available, 1, "d-near stayed in r0: {r0:?}");
+}
+
+/// A third process that took a driver's GoOnline remembers its first region; after the driver
+/// moved (decided by the old region's owner), the third process still forwards its reports
+/// there. The old owner, which moved it and so knows where, forwards them one hop further
+/// instead of failing the batch, and the new region applies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_sent_through_a_process_with_a_stale_memory_reaches_the_new_region() {
+    let Some(cluster) = nats::start(3).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    let text = testkit::column_regions_toml(&cluster.urls(), Duration::from_secs(2), 2).replacen(
+        "[cluster]\n",
+        "[cluster]\nborder_margin_m = 300.0\nborder_pull = 0\n",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let members = [spawn(&path).await, spawn(&path).await, spawn(&path).await];
+    let regions = ["r0", "r1"];
+    // Two of the three own one region each; the third owns none (the fair split).
+    wait_until("r0 and r1 owned by two different processes", || async {
+        let routes = testkit::owner_addresses(&members[0].channel).await;
+        let mut served = true;
+        for m in &members {
+            served &= all_served(&m.channel, &regions).await
+                && testkit::owner_addresses(&m.channel).await == routes;
+        }
+        routes.len() == 2 && routes[0] != routes[1] && !routes[0].is_empty() && served
+    })
+    .await;
+    let routes = testkit::owner_addresses(&members[0].channel).await;
+    let by_addr = |addr: &str| members.iter().find(|m| m.addr == addr).unwrap();
+    let (owner0, owner1) = (by_addr(&routes[0]), by_addr(&routes[1]));
+    let third = members.iter().find(|m| !routes.contains(&m.addr)).unwrap();
+
+    let inside_r0 = testkit::column_west(0) + 0.015;
+    let into_r1 = testkit::column_west(1) + 0.01;
+    let report = |p: &Dispatchd, lng: f64| {
+        let mut drivers = DriverServiceClient::new(p.channel.clone());
+        async move {
+            let batch = pb::LocationBatch {
+                updates: vec![pb::LocationUpdate {
+                    driver_id: "d1".into(),
+                    location: ll(40.75, lng),
+                    ..Default::default()
+                }],
+            };
+            drivers
+                .report_locations(tokio_stream::iter([batch]))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    // Online through the third process: it remembers d1 in r0.
+    DriverServiceClient::new(third.channel.clone())
+        .go_online(pb::GoOnlineRequest {
+            driver_id: "d1".into(),
+            location: ll(40.75, inside_r0),
+            rating: 4.6,
+            vehicle_class: 0,
+            gateway_id: "gw".into(),
+        })
+        .await
+        .unwrap();
+    let through_third = report(third, inside_r0).await.unwrap();
+    assert_eq!(through_third.accepted, 1, "{through_third:?}");
+    // The crossing, reported to r0's owner: d1 moves to r1.
+    let moved = report(owner0, into_r1).await.unwrap();
+    assert_eq!(moved.accepted, 1, "{moved:?}");
+    wait_until("d1 available in r1", || async {
+        online_in(owner1, "r1").await == Some((1, 0, 0))
+    })
+    .await;
+
+    // Through the third process again, a little further into r1: it still names r0.
+    let further = into_r1 + 0.005;
+    let summary = report(third, further)
+        .await
+        .expect("a stale memory must not fail the gateway's batch");
+    assert_eq!((summary.accepted, summary.rejected), (1, 0), "{summary:?}");
+    let d = driver_via(owner1, "d1").await.unwrap();
+    assert_eq!(d.location.unwrap().lng_deg, further, "{d:?}");
+    assert_eq!(d.state(), pb::DriverState::Available);
 }

@@ -23,6 +23,8 @@ use crate::pb::{self, query_service_client::QueryServiceClient};
 
 /// Metadata key marking a call forwarded by another process of the cluster.
 pub(crate) const FORWARDED_HEADER: &str = "dispatch-forwarded";
+/// The `dispatch-forwarded` value of a call forwarded a second time ([`Peer::onward`]).
+pub(crate) const LAST_HOP: &str = "2";
 
 /// How long a forwarded unary call may take before the caller gets UNAVAILABLE.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,6 +147,17 @@ impl Peer {
         request.metadata_mut().insert(
             FORWARDED_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
+        );
+        request
+    }
+
+    /// [`Peer::unary`] one hop further: a call that reached a process which no longer serves
+    /// its region, forwarded once more to the owner (marked so it goes no further).
+    pub(crate) fn onward<T>(&self, metadata: &MetadataMap, message: T) -> Request<T> {
+        let mut request = self.unary(metadata, message);
+        request.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static(LAST_HOP),
         );
         request
     }

@@ -74,7 +74,8 @@ impl RegionRouter {
         summary: &mut Summary,
     ) -> std::result::Result<(), Status> {
         let count = updates.len() as u64;
-        match self.target(i, metadata)? {
+        let forwarded = metadata.get(super::forward::FORWARDED_HEADER).is_some();
+        match self.target_onward(i, metadata)? {
             Target::Local(shard) => {
                 let outcome = shard
                     .engine
@@ -97,7 +98,12 @@ impl RegionRouter {
                         })
                         .collect(),
                 };
-                let request = peer.unary(metadata, stream::iter([batch]));
+                let batch = stream::iter([batch]);
+                let request = if forwarded {
+                    peer.onward(metadata, batch)
+                } else {
+                    peer.unary(metadata, batch)
+                };
                 let answer = DriverServiceClient::new(peer.channel.clone())
                     .report_locations(request)
                     .await

@@ -195,13 +195,35 @@ impl RegionRouter {
         i: usize,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Target, Status> {
+        self.target_hop(i, metadata, false)
+    }
+
+    /// [`RegionRouter::target`] for location reports, which a stale memory elsewhere may have
+    /// sent to a process whose driver has since moved region (it moved it, so it knows where):
+    /// a call forwarded once may go one hop further ([`super::forward::Peer::onward`]), never
+    /// two.
+    pub(crate) fn target_onward(
+        &self,
+        i: usize,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Target, Status> {
+        let hop = metadata.get(FORWARDED_HEADER).map(|v| v.as_bytes());
+        self.target_hop(i, metadata, hop == Some(b"1"))
+    }
+
+    fn target_hop(
+        &self,
+        i: usize,
+        metadata: &tonic::metadata::MetadataMap,
+        onward: bool,
+    ) -> Result<Target, Status> {
         if let Some(shard) = self.local(i) {
             return Ok(Target::Local(shard));
         }
         let name = &self.inner.map.regions()[i].name;
         let owner = self.inner.owners.read()[i].clone();
         match owner {
-            Some(addr) if metadata.get(FORWARDED_HEADER).is_some() => {
+            Some(addr) if metadata.get(FORWARDED_HEADER).is_some() && !onward => {
                 Err(Status::unavailable(format!(
                     "region {name} is served by {addr}, not by this process (a forwarded call \
                      is not forwarded again); retry"
