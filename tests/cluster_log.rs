@@ -365,7 +365,11 @@ async fn with_every_nats_node_lost_writes_are_unavailable_and_nothing_acknowledg
     let Some(mut cluster) = nats::start(3).await else {
         return;
     };
-    let s = start(config(cluster.urls())).await;
+    let mut config = config(cluster.urls());
+    // The outage and the restart take longer than the 15 s offer window on a loaded machine:
+    // the offer must not expire meanwhile, or its acknowledged state moves on by itself.
+    config.dispatch.offer_timeout = Duration::from_secs(600);
+    let s = start(config).await;
     s.online("d-east", -73.98).await.unwrap();
     let trip = s.request("r-e", -73.97).await.unwrap();
     assert_eq!(trip.status(), pb::TripStatus::Offered, "{trip:?}");
