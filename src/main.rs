@@ -230,18 +230,34 @@ impl Flags {
     }
 }
 
-fn init_logs(config: &Config) {
+/// Log lines buffered for the log thread; beyond that they are dropped (counted by
+/// tracing-appender), never queued without bound nor waited for on a gRPC thread.
+const LOG_LINES_BUFFERED: usize = 128_000;
+
+/// Installs the log subscriber. Lines go to stderr from a thread of their own, through a
+/// buffer flushed whenever that thread has written all it was sent (so a line is out within
+/// one wake-up, and a burst is one `write` instead of one per line). Keep the guard until
+/// exit: dropping it writes what is still queued.
+fn init_logs(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_LINES_BUFFERED)
+        .thread_name("logs")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.telemetry.log_format {
         LogFormat::Human => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    guard
 }
 
 #[tokio::main]
@@ -257,7 +273,7 @@ async fn main() -> std::process::ExitCode {
         print!("{}", config_load::to_toml(&config));
         return std::process::ExitCode::SUCCESS;
     }
-    init_logs(&config);
+    let _logs = init_logs(&config);
     for note in notes {
         tracing::warn!("{note}");
     }
