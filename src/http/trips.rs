@@ -5,13 +5,13 @@
 //!
 //! Bounds: the newest [`MAX_TRIPS`] trips requested since the server started, each with at
 //! most [`MAX_EVENTS`] events and [`MAX_OFFERS`] offers; older trips are forgotten first.
+//! `GET /api/trips/{id}` for a trip the follower does not hold (older, or from before a
+//! restart) answers from the engine (its state, no events).
 //!
 //! Cost while nobody looks: the follower keeps the events themselves (shared ids, no text) and
 //! writes them as JSON only when a trip is asked for; feed items are serialised only while a
 //! stream is subscribed. Building both per event for nobody was ~7 % of the server's CPU in the
 //! city run.
-//! `GET /api/trips/{id}` for a trip the follower does not hold (older, or from before a
-//! restart) answers from the engine (its state, no events).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
