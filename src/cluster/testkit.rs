@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// West edge of region `i` of [`column_regions_toml`]: 74.05 W, then 0.03 deg per region.
@@ -91,23 +92,90 @@ pub struct NatsCluster {
     routes: String,
 }
 
-/// `n` ports that were free a moment ago (bound to 127.0.0.1:0, then released).
+/// Where [`free_ports`] looks: below Linux's ephemeral range (32768-60999), so a port it found
+/// free cannot be handed by the kernel to another socket's `bind(0)` or outgoing connection
+/// between the check and the node's own bind (the race that an ephemeral port loses under a
+/// loaded parallel test run).
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// The next port [`free_ports`] tries, as an offset into [`PORT_RANGE`]; 0 until first used,
+/// then seeded from the process id and the clock so concurrent processes start far apart.
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// `n` distinct ports of [`PORT_RANGE`] that were free a moment ago (each bound on 127.0.0.1,
+/// all held until the set is complete, then released). No two calls in one process return the
+/// same port until the range wraps around.
 fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let held = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("binding 127.0.0.1:0: {e}"))?;
-    held.iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("a bound port: {e}"))
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT_PORT.compare_exchange(0, seed % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+    let mut held = Vec::with_capacity(n);
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..span {
+        if ports.len() == n {
+            break;
+        }
+        let offset = NEXT_PORT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORT_RANGE.start + offset as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+            ports.push(port);
+        }
+    }
+    if ports.len() < n {
+        return Err(format!(
+            "only {} of {n} ports free in {PORT_RANGE:?} on 127.0.0.1",
+            ports.len()
+        ));
+    }
+    Ok(ports)
 }
 
+/// Why a cluster did not become ready.
+enum NotReady {
+    /// A node's process ended (most likely a port taken after all); worth a retry on new ports.
+    Exited(String),
+    /// The timeout passed with every node running.
+    Timeout(String),
+}
+
+impl NotReady {
+    fn message(self) -> String {
+        match self {
+            NotReady::Exited(m) | NotReady::Timeout(m) => m,
+        }
+    }
+}
+
+/// How many times [`NatsCluster::start`] starts a cluster on new ports after a node exited.
+const START_ATTEMPTS: usize = 3;
+
 impl NatsCluster {
-    /// Starts a `size`-node JetStream cluster of `bin` and waits until it is ready.
+    /// Starts a `size`-node JetStream cluster of `bin` and waits until it is ready. A node
+    /// that exits while the cluster forms (a port taken after all) makes it start again on new
+    /// ports and a new store, up to [`START_ATTEMPTS`] times.
     pub async fn start(bin: &Path, size: usize) -> Result<NatsCluster, String> {
+        let mut attempt = 1;
+        loop {
+            let mut cluster = NatsCluster::spawn_all(bin, size, attempt)?;
+            match cluster.wait_until_ready().await {
+                Ok(()) => return Ok(cluster),
+                Err(NotReady::Exited(why)) if attempt < START_ATTEMPTS => {
+                    eprintln!("NATS cluster start {attempt} failed, starting again: {why}");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.message()),
+            }
+        }
+    }
+
+    /// Picks ports, makes the store directory and starts every node, without waiting.
+    fn spawn_all(bin: &Path, size: usize, attempt: usize) -> Result<NatsCluster, String> {
         let dir = std::env::temp_dir().join(format!(
-            "dispatch-nats-{}-{}",
+            "dispatch-nats-{}-{}-{attempt}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -135,7 +203,6 @@ impl NatsCluster {
         for i in 0..size {
             cluster.spawn(i)?;
         }
-        cluster.wait_ready().await?;
         Ok(cluster)
     }
 
@@ -279,21 +346,39 @@ impl NatsCluster {
         })
     }
 
-    /// Waits until the cluster is ready (see `ready`); after [`READY_TIMEOUT`], an error
-    /// quoting the node logs.
-    pub async fn wait_ready(&self) -> Result<(), String> {
+    /// Waits until the cluster is ready (see `ready`); after [`READY_TIMEOUT`], or as soon as
+    /// a node's process has exited, an error quoting the node logs.
+    pub async fn wait_ready(&mut self) -> Result<(), String> {
+        self.wait_until_ready().await.map_err(NotReady::message)
+    }
+
+    async fn wait_until_ready(&mut self) -> Result<(), NotReady> {
         let deadline = Instant::now() + READY_TIMEOUT;
         while !self.ready().await {
+            if let Some((i, status)) = self.exited() {
+                return Err(NotReady::Exited(format!(
+                    "NATS node n{i} exited ({status}):\n{}",
+                    self.node_log(i)
+                )));
+            }
             if Instant::now() > deadline {
                 let logs: Vec<String> = (0..self.nodes.len()).map(|i| self.node_log(i)).collect();
-                return Err(format!(
+                return Err(NotReady::Timeout(format!(
                     "the NATS cluster was not ready within {READY_TIMEOUT:?}:\n{}",
                     logs.join("\n---\n")
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
+    }
+
+    /// The first node that should run but whose process has ended, with its exit status.
+    fn exited(&mut self) -> Option<(usize, std::process::ExitStatus)> {
+        self.nodes.iter_mut().enumerate().find_map(|(i, node)| {
+            let status = node.child.as_mut()?.try_wait().ok()??;
+            Some((i, status))
+        })
     }
 }
 
@@ -332,4 +417,38 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let ports = free_ports(9).unwrap();
+        let again = free_ports(9).unwrap();
+        let mut all: Vec<u16> = ports.iter().chain(&again).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 18, "two calls never hand out the same port");
+        for &port in &all {
+            assert!(PORT_RANGE.contains(&port), "{port}");
+            TcpListener::bind(("127.0.0.1", port)).expect("released again");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_that_exits_is_reported_with_its_status_after_every_attempt() {
+        // `false` exits at once, as a nats-server whose port was taken would.
+        let started = Instant::now();
+        let err = NatsCluster::start(Path::new("false"), 2).await.unwrap_err();
+        assert!(
+            err.contains("NATS node n") && err.contains("exited"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < READY_TIMEOUT,
+            "it does not wait for the timeout"
+        );
+    }
 }
