@@ -41,19 +41,14 @@ pub fn default_server_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A free TCP port on 127.0.0.1 (free when this returns; a race with another process binding
-/// it is possible but harmless here: the server would fail to start and we would say so).
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range so no outgoing connection
+/// takes it before the server binds it ([`dispatch::cluster::testkit::free_ports`]); a race
+/// with another process binding it explicitly is still possible, and the server would then fail
+/// to start and we would say so.
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
-        path: "127.0.0.1:0".into(),
-        source,
-    })?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|source| Error::Io {
-            path: "127.0.0.1:0".into(),
-            source,
-        })
+    dispatch::cluster::testkit::free_ports(1)
+        .map(|ports| ports[0])
+        .map_err(Error::Server)
 }
 
 impl ServerProcess {

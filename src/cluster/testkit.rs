@@ -105,7 +105,7 @@ static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
 /// `n` distinct ports of [`PORT_RANGE`] that were free a moment ago (each bound on 127.0.0.1,
 /// all held until the set is complete, then released). No two calls in one process return the
 /// same port until the range wraps around.
-fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+pub fn free_ports(n: usize) -> Result<Vec<u16>, String> {
     let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
     let seed = std::process::id().wrapping_mul(7919)
         ^ std::time::SystemTime::now()

@@ -316,10 +316,8 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start(tools: &Tools, width: u32, height: u32) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            l.local_addr().expect("bound").port()
-        };
+        // Below the ephemeral range: no outgoing connection can take it before chromedriver.
+        let port = dispatch::cluster::testkit::free_ports(1).expect("a free port")[0];
         let driver = Command::new(&tools.chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
