@@ -104,7 +104,9 @@ static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
 
 /// `n` distinct ports of [`PORT_RANGE`] that were free a moment ago (each bound on 127.0.0.1,
 /// all held until the set is complete, then released). No two calls in one process return the
-/// same port until the range wraps around.
+/// same port until the range wraps around. A released port can still be busy for a moment: a
+/// child that another thread forks meanwhile holds a copy of the held sockets until it execs
+/// (a node that then fails to bind exits, and [`NatsCluster::start`] tries new ports).
 pub fn free_ports(n: usize) -> Result<Vec<u16>, String> {
     let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
     let seed = std::process::id().wrapping_mul(7919)
@@ -431,9 +433,15 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 18, "two calls never hand out the same port");
+        // Released means bindable again within a moment, not at once: a child process another
+        // test forks holds a copy of every socket open at the fork until it execs.
+        let deadline = Instant::now() + Duration::from_secs(5);
         for &port in &all {
             assert!(PORT_RANGE.contains(&port), "{port}");
-            TcpListener::bind(("127.0.0.1", port)).expect("released again");
+            while let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+                assert!(Instant::now() < deadline, "port {port} not released: {e}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 
