@@ -30,10 +30,13 @@ fn snapshots_beyond_the_newest_are_kept_only_while_they_fit_half_the_budget() {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_snapshot_thread_runs_at_a_lower_priority_than_the_thread_that_started_it() {
-    let own = |_: ()| rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-    let starter = own(());
+    /// The calling thread's nice value.
+    fn own() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+    let starter = own();
     let (tx, seen) = std::sync::mpsc::channel();
-    let snapshotter = Snapshotter::spawn(move |_rx| tx.send(own(())).unwrap());
+    let snapshotter = Snapshotter::spawn(move |_rx| tx.send(own()).unwrap());
     let nice = seen.recv().unwrap();
     snapshotter.finish();
     // Raising one's own nice value is always allowed; the starter (this test) keeps its own.
@@ -42,5 +45,5 @@ fn the_snapshot_thread_runs_at_a_lower_priority_than_the_thread_that_started_it(
         (starter + SNAPSHOT_NICE).min(19),
         "snapshot thread nice {nice}"
     );
-    assert_eq!(own(()), starter);
+    assert_eq!(own(), starter);
 }
