@@ -237,3 +237,98 @@ async fn a_real_full_file_system_is_reported_like_the_injected_fault() {
     let _ = s.stop.unwrap().send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), s.done).await;
 }
+
+/// A log whose second commit waits for the test, then fails.
+struct GatedLog {
+    commits: u32,
+    entered: Option<oneshot::Sender<()>>,
+    release: Option<oneshot::Receiver<()>>,
+}
+
+impl dispatch::engine::CommitLog for GatedLog {
+    fn commit_events(&mut self, _events: &[dispatch::events::Event]) -> Result<(), String> {
+        self.commits += 1;
+        if self.commits < 2 {
+            return Ok(());
+        }
+        if let (Some(entered), Some(release)) = (self.entered.take(), self.release.take()) {
+            let _ = entered.send(());
+            let _ = release.blocking_recv();
+        }
+        Err("injected: No space left on device".into())
+    }
+}
+
+/// The groups the dispatcher handed to the writer while it was stuck in the commit that then
+/// fails are answered, even when the dispatcher has nothing more to hand over (so no later
+/// hand-over fails to tell it): it notices the failure by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_handed_over_behind_the_failing_commit_are_answered_with_nothing_after_them() {
+    use dispatch::domain::{ExternalId, LatLng, Rating, VehicleClass};
+    use dispatch::engine::{Engine, GoOnline, LogStart};
+    let (entered_tx, entered) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel();
+    let log = GatedLog {
+        commits: 0,
+        entered: Some(entered_tx),
+        release: Some(release_rx),
+    };
+    let start = LogStart {
+        image: None,
+        history: &[],
+        snapshots: None,
+        backlog: None,
+    };
+    let clock = Arc::new(ManualClock::new(T0_MS));
+    let engine = Engine::start_on_log(
+        &Config::default(),
+        dispatch::index::default_index(),
+        clock,
+        0,
+        Box::new(log),
+        start,
+    )
+    .unwrap();
+    let go = |i: usize| GoOnline {
+        driver: ExternalId::new("driver", &format!("d-{i}")).unwrap(),
+        position: LatLng::new(PICKUP.0, PICKUP.1).unwrap(),
+        rating: Rating::new(4.8).unwrap(),
+        class: VehicleClass::Economy,
+        gateway: Some(ExternalId::new("gateway", "gw").unwrap()),
+    };
+    engine.go_online(go(0)).await.unwrap();
+    let spawn = |i: usize| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.go_online(go(i)).await })
+    };
+    let mut calls = vec![spawn(1)];
+    tokio::time::timeout(Duration::from_secs(30), entered)
+        .await
+        .expect("the second commit starts")
+        .unwrap();
+    // The writer is stuck; these are decided and handed to it, and then nothing else comes.
+    calls.extend((2..10).map(spawn));
+    for _ in 0..6_000 {
+        if engine.queue_depth().0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(engine.queue_depth().0, 0, "the dispatcher took every call");
+    // The dispatcher hands a taken group over within microseconds; this pause only makes it
+    // likely that it did before the failure (the case under test). Either way every call must
+    // be answered, so the verdict does not depend on it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    release.send(()).unwrap();
+    for call in calls {
+        let answer = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("every call handed over is answered")
+            .unwrap();
+        let message = answer.expect_err("the log failed").to_string();
+        assert!(message.contains("event log"), "{message}");
+        assert!(message.contains("No space left on device"), "{message}");
+    }
+    assert!(!engine.is_serving());
+    engine.shutdown();
+}

@@ -111,7 +111,7 @@ impl Runner {
                     }
                 }
             }
-            if !self.commit(now) || disconnected {
+            if !self.commit(now) || disconnected || self.sink_failed() {
                 break;
             }
             self.enforce_retention(now);
@@ -127,6 +127,11 @@ impl Runner {
         if let Some(r) = self.recorder {
             r.finish();
         }
+    }
+
+    /// Whether the log writer failed, even if nothing was handed to it since.
+    fn sink_failed(&self) -> bool {
+        matches!(&self.sink, Sink::Log(writer) if writer.failed())
     }
 
     /// Ready work without waiting: control first. `Err` once the engine handle is gone.

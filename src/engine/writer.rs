@@ -77,6 +77,8 @@ enum Job {
 pub(super) struct Writer {
     tx: Sender<Job>,
     thread: JoinHandle<()>,
+    /// The cause, once the log failed (the writer then takes nothing more).
+    failure: watch::Receiver<Option<String>>,
 }
 
 impl Writer {
@@ -88,6 +90,7 @@ impl Writer {
         failure: watch::Sender<Option<String>>,
     ) -> Writer {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let failed = failure.subscribe();
         let thread = std::thread::Builder::new()
             .name("event-log".into())
             .spawn(move || {
@@ -97,7 +100,19 @@ impl Writer {
                 }
             })
             .expect("spawning the log writer thread needs only memory");
-        Writer { tx, thread }
+        Writer {
+            tx,
+            thread,
+            failure: failed,
+        }
+    }
+
+    /// Whether the log failed. Groups queued behind the failing one stay in the bounded
+    /// channel (a crossbeam array channel keeps its messages until its last sender drops), so
+    /// their callers are answered only once the dispatcher sees this and lets go of the
+    /// writer: it cannot wait for its next `submit` to fail, as none may come.
+    pub(super) fn failed(&self) -> bool {
+        self.failure.borrow().is_some()
     }
 
     /// Queues a group; false if the writer has stopped (the log failed).
@@ -168,6 +183,9 @@ fn run(
                 // get UNAVAILABLE) and health hear why.
                 failure.send_replace(Some(e));
                 bus.close();
+                // The groups already queued behind this one are refused now (their replies
+                // drop); any the dispatcher hands over later wait until it sees `failed`.
+                while rx.try_recv().is_ok() {}
                 return;
             }
             bus.publish(events.drain(..));
