@@ -621,6 +621,16 @@ async fn location_batches_move_drivers_and_report_rejections() {
         "{:?}",
         summary.examples
     );
+    // A known driver's report is resolved to its key before the dispatcher sees it; its
+    // rejection still names it.
+    assert!(
+        summary
+            .examples
+            .iter()
+            .any(|e| e == "d-off: the driver is offline; call GoOnline before reporting locations"),
+        "{:?}",
+        summary.examples
+    );
 
     // The driver is now 50 m from the pickup: nearby finds it there.
     let near = s

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::dispatcher::{GoOnline, TripAction, TripRequest};
 use super::records::{Driver, Stats, Trip};
-use crate::domain::{ExternalId, LatLng, OfferId, TripId};
+use crate::domain::{DriverKey, ExternalId, LatLng, OfferId, TripId};
 use crate::error::Error;
 use crate::events::{OfferDetails, RegionJoin};
 
@@ -55,7 +55,13 @@ pub(crate) enum Command {
 /// Many drivers' positions, already validated at the edge.
 #[derive(Debug)]
 pub(crate) struct LocationBatch {
-    pub(crate) updates: Vec<(String, LatLng)>,
+    /// Updates for drivers the read view knew, resolved to their keys on the caller's thread
+    /// (a key is a driver's for the engine's life), so the dispatcher neither hashes a name nor
+    /// frees a string for them.
+    pub(crate) keyed: Vec<(DriverKey, LatLng)>,
+    /// Updates for names the read view did not know (a driver newer than its last publish, or
+    /// none at all): the dispatcher resolves these.
+    pub(crate) named: Vec<(String, LatLng)>,
     pub(crate) reply: oneshot::Sender<LocationOutcome>,
 }
 

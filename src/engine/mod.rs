@@ -377,11 +377,12 @@ impl Engine {
         updates: Vec<(String, LatLng)>,
     ) -> Result<Option<LocationOutcome>, Error> {
         let (reply, rx) = oneshot::channel();
-        match self
-            .inner
-            .location_tx
-            .try_send(LocationBatch { updates, reply })
-        {
+        let (keyed, named) = self.inner.reads.resolve(updates);
+        match self.inner.location_tx.try_send(LocationBatch {
+            keyed,
+            named,
+            reply,
+        }) {
             Ok(()) => self.answer(rx).await.map(Some),
             Err(TrySendError::Full(_)) => {
                 self.inner

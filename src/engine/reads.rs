@@ -266,6 +266,26 @@ impl ReadView {
         copy.surge.reading_at(point, class, supply, now_ms)
     }
 
+    /// Splits `updates` into those for drivers this view knows, by key (in their order), and
+    /// the rest, by name. One read of the active copy for the whole batch: resolving names
+    /// here, on the caller's thread, takes the hashing off the dispatcher thread.
+    pub(crate) fn resolve(
+        &self,
+        updates: Vec<(String, LatLng)>,
+    ) -> (Vec<(DriverKey, LatLng)>, Vec<(String, LatLng)>) {
+        let mut keyed = Vec::with_capacity(updates.len());
+        let mut named = Vec::new();
+        let copy = self.read();
+        for (driver, position) in updates {
+            match copy.ids.get(driver.as_str()) {
+                Some(&key) => keyed.push((key, position)),
+                None => named.push((driver, position)),
+            }
+        }
+        drop(copy);
+        (keyed, named)
+    }
+
     /// One driver's record: what [`Dispatcher::driver`] answers at the last commit.
     pub(crate) fn driver(&self, driver: &str) -> Result<Driver, Error> {
         let copy = self.read();
@@ -371,5 +391,54 @@ fn event_driver(kind: &EventKind) -> Option<&ExternalId> {
         | EventKind::BatchFlushed { .. }
         | EventKind::RegionTakenOver { .. }
         | EventKind::NoDrivers { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::Rating;
+    use crate::engine::dispatcher::GoOnline;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn online(d: &mut Dispatcher, name: &str) -> DriverKey {
+        let go = GoOnline {
+            driver: ExternalId::new("driver", name).expect("a valid id"),
+            position: LatLng::new(40.75, -73.99).expect("valid"),
+            rating: Rating::new(4.5).expect("valid"),
+            class: VehicleClass::Economy,
+            gateway: None,
+        };
+        d.go_online(T0, go).expect("goes online");
+        d.driver_key(name).expect("known")
+    }
+
+    /// Names the view knows come back as their keys, in order; the others (a driver newer
+    /// than the view, or none) stay names for the dispatcher to resolve.
+    #[test]
+    fn resolve_keys_the_drivers_the_view_knows_and_leaves_the_rest_by_name() {
+        let config = Config::default();
+        let mut d = Dispatcher::new(&config, crate::index::default_index(), 0);
+        let a = online(&mut d, "a");
+        let b = online(&mut d, "b");
+        let (view, _publisher) = ReadView::new(&config, &d, Arc::new(ManualClock::new(T0)));
+        // Online after the view was built, never published to it.
+        online(&mut d, "late");
+        let p = |i: u32| LatLng::new(40.75 + f64::from(i) * 1e-4, -73.99).expect("valid");
+        let updates = vec![
+            ("b".to_string(), p(1)),
+            ("late".to_string(), p(2)),
+            ("a".to_string(), p(3)),
+            ("ghost".to_string(), p(4)),
+            ("b".to_string(), p(5)),
+        ];
+        let (keyed, named) = view.resolve(updates);
+        assert_eq!(keyed, vec![(b, p(1)), (a, p(3)), (b, p(5))]);
+        assert_eq!(
+            named,
+            vec![("late".to_string(), p(2)), ("ghost".to_string(), p(4))]
+        );
     }
 }

@@ -232,26 +232,28 @@ impl Runner {
 
     fn apply_batch(&mut self, batch: LocationBatch) {
         let mut outcome = LocationOutcome::default();
-        for (driver, position) in &batch.updates {
-            match self.dispatcher.apply_location(driver, position.to_owned()) {
-                Ok(key) => {
-                    outcome.accepted += 1;
-                    self.reads.touch(key);
-                }
-                Err(why) => {
-                    if why == LocationRejection::DriverOffline {
-                        outcome.driver_offline += 1;
-                    } else {
-                        outcome.unknown_driver += 1;
-                    }
-                    if outcome.examples.len() < 10 {
-                        outcome.examples.push(format!("{driver}: {why}"));
-                    }
-                }
+        for &(key, position) in &batch.keyed {
+            let applied = self.dispatcher.apply_location_key(key, position);
+            if let Some(why) = count_location(&mut self.reads, &mut outcome, applied) {
+                let driver = &self.dispatcher.state().record(key).id;
+                outcome.examples.push(format!("{driver}: {why}"));
+            }
+        }
+        for (driver, position) in &batch.named {
+            let applied = self.dispatcher.apply_location(driver, position.to_owned());
+            if let Some(why) = count_location(&mut self.reads, &mut outcome, applied) {
+                outcome.examples.push(format!("{driver}: {why}"));
             }
         }
         if let Some(r) = &mut self.recorder {
-            r.locations(self.clock.now_ms(), batch.updates);
+            // By name, in the order applied: a replay resolves names itself.
+            let state = self.dispatcher.state();
+            let mut updates = Vec::with_capacity(batch.keyed.len() + batch.named.len());
+            for &(key, position) in &batch.keyed {
+                updates.push((state.record(key).id.as_str().to_owned(), position));
+            }
+            updates.extend(batch.named);
+            r.locations(self.clock.now_ms(), updates);
         }
         // Positions are not logged, so the summary need not wait for the log: it goes out once
         // the read view shows the batch, at this group's commit.
@@ -320,6 +322,30 @@ impl Runner {
             Command::Tick(r) => answer!(r, Ok(())),
             Command::LeaveRegion(id, to, r) => answer!(r, d.leave_region(now, &id, &to)),
             Command::JoinRegion(join, r) => answer!(r, d.join_region(now, *join)),
+        }
+    }
+}
+
+/// Counts one applied (or rejected) location report into `outcome`. Returns the reason when a
+/// rejection should also be given as an example (the first few are).
+fn count_location(
+    reads: &mut super::reads::ReadPublisher,
+    outcome: &mut LocationOutcome,
+    applied: Result<crate::domain::DriverKey, LocationRejection>,
+) -> Option<LocationRejection> {
+    match applied {
+        Ok(key) => {
+            reads.touch(key);
+            outcome.accepted += 1;
+            None
+        }
+        Err(why) => {
+            if why == LocationRejection::DriverOffline {
+                outcome.driver_offline += 1;
+            } else {
+                outcome.unknown_driver += 1;
+            }
+            (outcome.examples.len() < 10).then_some(why)
         }
     }
 }
