@@ -377,12 +377,8 @@ impl Engine {
         updates: Vec<(String, LatLng)>,
     ) -> Result<Option<LocationOutcome>, Error> {
         let (reply, rx) = oneshot::channel();
-        let (keyed, named) = self.inner.reads.resolve(updates);
-        match self.inner.location_tx.try_send(LocationBatch {
-            keyed,
-            named,
-            reply,
-        }) {
+        let batch = self.inner.reads.resolve(updates, reply);
+        match self.inner.location_tx.try_send(batch) {
             Ok(()) => self.answer(rx).await.map(Some),
             Err(TrySendError::Full(_)) => {
                 self.inner

@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard};
 use rustc_hash::FxHashMap;
+use tokio::sync::oneshot;
 
+use super::command::{LocationBatch, LocationOutcome};
 use super::dispatcher::{Dispatcher, unknown_driver};
 use super::records::{Driver, NearbyDriver};
 use crate::clock::Clock;
@@ -266,13 +268,14 @@ impl ReadView {
         copy.surge.reading_at(point, class, supply, now_ms)
     }
 
-    /// Splits `updates` into those for drivers this view knows, by key (in their order), and
-    /// the rest, by name. One read of the active copy for the whole batch: resolving names
-    /// here, on the caller's thread, takes the hashing off the dispatcher thread.
-    pub(crate) fn resolve(
+    /// The batch the dispatcher applies for `updates`: those for drivers this view knows by
+    /// key (in their order), the rest by name. One read of the active copy for the whole batch:
+    /// resolving names here, on the caller's thread, takes the hashing off the dispatcher.
+    pub(super) fn resolve(
         &self,
         updates: Vec<(String, LatLng)>,
-    ) -> (Vec<(DriverKey, LatLng)>, Vec<(String, LatLng)>) {
+        reply: oneshot::Sender<LocationOutcome>,
+    ) -> LocationBatch {
         let mut keyed = Vec::with_capacity(updates.len());
         let mut named = Vec::new();
         let copy = self.read();
@@ -283,7 +286,11 @@ impl ReadView {
             }
         }
         drop(copy);
-        (keyed, named)
+        LocationBatch {
+            keyed,
+            named,
+            reply,
+        }
     }
 
     /// One driver's record: what [`Dispatcher::driver`] answers at the last commit.
@@ -434,10 +441,10 @@ mod tests {
             ("ghost".to_string(), p(4)),
             ("b".to_string(), p(5)),
         ];
-        let (keyed, named) = view.resolve(updates);
-        assert_eq!(keyed, vec![(b, p(1)), (a, p(3)), (b, p(5))]);
+        let batch = view.resolve(updates, oneshot::channel().0);
+        assert_eq!(batch.keyed, vec![(b, p(1)), (a, p(3)), (b, p(5))]);
         assert_eq!(
-            named,
+            batch.named,
             vec![("late".to_string(), p(2)), ("ghost".to_string(), p(4))]
         );
     }
