@@ -1,7 +1,9 @@
 //! The dispatcher thread's loop.
 //!
-//! It loops: fire due deadlines, then take a group of ready commands (control commands before
-//! location batches) and execute each with `now` from the [`Clock`]. The group's events and
+//! It loops: fire due deadlines, then take a group of ready work and execute each piece with
+//! `now` from the [`Clock`]. A group is control commands, or location batches (at most
+//! [`GROUP_UPDATES`] updates, ended early by a waiting control command), never both, and
+//! control commands go first: a trip request's reply never waits for location work. The group's events and
 //! pending replies then go to the commit stage, in order. Without a log that is immediate:
 //! publish to the [`EventBus`], reply. With a log it is a writer thread (`writer`), so the
 //! dispatcher goes on deciding while the disk syncs: the writer appends everything that queued
@@ -38,6 +40,48 @@ pub(super) enum Sink {
     Memory(Arc<EventBus>),
     /// The log writer thread: append, fsync, publish, reply.
     Log(writer::Writer),
+}
+
+/// Location updates one group applies at most before it commits (it takes whole batches, and
+/// always its first): a control command that arrives meanwhile waits for at most this much
+/// location work.
+const GROUP_UPDATES: usize = 256;
+
+/// What a command group holds so far. A group is control commands or location batches, never
+/// both: a trip request's reply would otherwise wait, at its group's commit, for every location
+/// batch taken after it.
+struct Fill {
+    locations: bool,
+    taken: usize,
+    updates: usize,
+}
+
+impl Fill {
+    fn of(work: &Work) -> Fill {
+        let mut fill = Fill {
+            locations: matches!(work, Work::Locations(_)),
+            taken: 0,
+            updates: 0,
+        };
+        fill.add(work);
+        fill
+    }
+
+    fn add(&mut self, work: &Work) {
+        self.taken += 1;
+        if let Work::Locations(batch) = work {
+            self.updates += batch.keyed.len() + batch.named.len();
+        }
+    }
+
+    fn locations(&self) -> bool {
+        self.locations
+    }
+
+    /// Whether the group takes more work.
+    fn room(&self, group_max: usize) -> bool {
+        self.taken < group_max && self.updates < GROUP_UPDATES
+    }
 }
 
 /// Work taken from the channels.
@@ -82,7 +126,6 @@ impl Runner {
             let wait = self.dispatcher.next_deadline_ms().map_or(IDLE_WAIT, |at| {
                 Duration::from_millis(at.saturating_sub(now)).min(IDLE_WAIT)
             });
-            let mut taken = 0;
             let mut disconnected = false;
             // Wait for the first piece of work only if nothing (e.g. an expiry) needs committing.
             let first = if self.dispatcher.has_events() {
@@ -90,19 +133,23 @@ impl Runner {
             } else {
                 self.take(wait)
             };
-            match first {
+            let mut fill = match first {
                 Ok(Some(work)) => {
+                    let fill = Fill::of(&work);
                     self.handle(work);
-                    taken += 1;
+                    Some(fill)
                 }
-                Ok(None) => {}
-                Err(()) => disconnected = true,
-            }
-            while taken > 0 && taken < self.group_max {
-                match self.try_take() {
+                Ok(None) => None,
+                Err(()) => {
+                    disconnected = true;
+                    None
+                }
+            };
+            while let Some(f) = fill.as_mut().filter(|f| f.room(self.group_max)) {
+                match self.try_take_more(f.locations()) {
                     Ok(Some(work)) => {
+                        f.add(&work);
                         self.handle(work);
-                        taken += 1;
                     }
                     Ok(None) => break,
                     Err(()) => {
@@ -140,6 +187,22 @@ impl Runner {
             Ok(cmd) => return Ok(Some(Work::Control(cmd))),
             Err(crossbeam_channel::TryRecvError::Disconnected) => return Err(()),
             Err(crossbeam_channel::TryRecvError::Empty) => {}
+        }
+        Ok(self.location_rx.try_recv().ok().map(Work::Locations))
+    }
+
+    /// More work for a group: control commands for a group of them; location batches for a
+    /// group of those, and none once a control command waits (it starts the next group).
+    fn try_take_more(&self, locations: bool) -> Result<Option<Work>, ()> {
+        if !locations {
+            return match self.control_rx.try_recv() {
+                Ok(cmd) => Ok(Some(Work::Control(cmd))),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
+                Err(crossbeam_channel::TryRecvError::Empty) => Ok(None),
+            };
+        }
+        if !self.control_rx.is_empty() {
+            return Ok(None);
         }
         Ok(self.location_rx.try_recv().ok().map(Work::Locations))
     }
