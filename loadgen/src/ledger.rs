@@ -88,6 +88,9 @@ pub struct Ledger {
     pub to_offer_us: Histogram<u64>,
     /// Request sent -> accept confirmed, microseconds.
     pub to_accept_us: Histogram<u64>,
+    /// Request sent -> its RequestTrip reply, microseconds (the offer comes on another path:
+    /// the gateway's offer stream).
+    pub to_reply_us: Histogram<u64>,
     /// Pickup ETA of each accepted offer, seconds.
     pub pickup_etas_s: Vec<f64>,
     /// Simulated drive time to the pickup of each accepted offer's driver, seconds.
@@ -112,6 +115,7 @@ impl Ledger {
             trips: HashMap::new(),
             to_offer_us: latency_histogram(),
             to_accept_us: latency_histogram(),
+            to_reply_us: latency_histogram(),
             pickup_etas_s: Vec::new(),
             actual_pickups_s: Vec::new(),
             live_matched: 0,
@@ -158,13 +162,24 @@ impl Ledger {
         }
     }
 
-    /// Request `n`, sent at `sent_at`, got trip `trip_id`; `no_drivers` if the reply already
-    /// says NO_DRIVERS.
-    pub fn replied(&mut self, n: u32, sent_at: Instant, trip_id: &str, no_drivers: bool) {
+    /// Request `n`, sent at `sent_at`, got trip `trip_id` in a reply that arrived at `at`;
+    /// `no_drivers` if the reply already says NO_DRIVERS.
+    pub fn replied(
+        &mut self,
+        n: u32,
+        sent_at: Instant,
+        at: Instant,
+        trip_id: &str,
+        no_drivers: bool,
+    ) {
         match self.requests.get_mut(n as usize) {
             Some(slot @ None) => *slot = Some(trip_id.to_string()),
             _ => return,
         }
+        record_us(
+            &mut self.to_reply_us,
+            at.saturating_duration_since(sent_at).as_micros() as u64,
+        );
         self.live_requests += 1;
         let rec = Self::rec(&mut self.trips, trip_id);
         rec.request = Some(n);
@@ -263,9 +278,15 @@ mod tests {
         let t0 = Instant::now();
         let n = l.issue();
         l.offer("T1", t0 + Duration::from_micros(1500));
-        l.replied(n, t0, "T1", false);
+        l.replied(n, t0, t0 + Duration::from_micros(2500), "T1", false);
         assert_eq!(l.to_offer_us.len(), 1);
         assert!((1495..=1505).contains(&l.to_offer_us.max()));
+        // The reply's own latency, apart from the offer's.
+        assert_eq!(l.to_reply_us.len(), 1);
+        assert!((2495..=2505).contains(&l.to_reply_us.max()));
+        // A repeated reply for the same request is not counted twice.
+        l.replied(n, t0, t0 + Duration::from_secs(1), "T1", false);
+        assert_eq!(l.to_reply_us.len(), 1);
         // A second offer (cascade) does not count again.
         l.offer("T1", t0 + Duration::from_secs(9));
         assert_eq!(l.to_offer_us.len(), 1);
@@ -276,7 +297,7 @@ mod tests {
         let mut l = Ledger::new();
         let t0 = Instant::now();
         let n = l.issue();
-        l.replied(n, t0, "T1", false);
+        l.replied(n, t0, t0, "T1", false);
         l.offer("T1", t0 + Duration::from_millis(3));
         let times = PickupTimes {
             eta_s: 120.0,
@@ -296,14 +317,14 @@ mod tests {
         let mut l = Ledger::new();
         let t0 = Instant::now();
         let ids: Vec<u32> = (0..6).map(|_| l.issue()).collect();
-        l.replied(ids[0], t0, "A", false);
+        l.replied(ids[0], t0, t0, "A", false);
         l.accepted("A", t0, None);
-        l.replied(ids[1], t0, "B", true); // NO_DRIVERS in the reply
+        l.replied(ids[1], t0, t0, "B", true); // NO_DRIVERS in the reply
         l.no_drivers("B"); // and again from the event stream
-        l.replied(ids[2], t0, "C", false);
+        l.replied(ids[2], t0, t0, "C", false);
         l.cancelled("C");
-        l.replied(ids[3], t0, "D", false); // still open
-        l.replied(ids[4], t0, "E", false);
+        l.replied(ids[3], t0, t0, "D", false); // still open
+        l.replied(ids[4], t0, t0, "E", false);
         l.cancelled("E");
         l.accepted("E", t0, None); // the accept won on the engine
         // ids[5]: the call failed, no trip.
@@ -319,7 +340,7 @@ mod tests {
             c.requests
         );
         // A repeated reply for a request is ignored.
-        l.replied(ids[0], t0, "Z", false);
+        l.replied(ids[0], t0, t0, "Z", false);
         assert_eq!(l.counts(), c);
     }
 

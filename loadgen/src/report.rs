@@ -62,6 +62,10 @@ pub struct Report {
     pub errors: u64,
     /// From sending RequestTrip to the first offer reaching the driver gateway.
     pub request_to_offer_ms: Percentiles,
+    /// From sending RequestTrip to its reply (the trip, usually already OFFERED): beside
+    /// `request_to_offer_ms`, it tells the RPC's own time from the offer's way to the gateway.
+    #[serde(default)]
+    pub request_to_reply_ms: Percentiles,
     /// From sending RequestTrip to the driver's accept being confirmed.
     pub request_to_accept_ms: Percentiles,
     /// NearbyDrivers queries per second (nearby mode).
@@ -289,6 +293,7 @@ impl Report {
                 ),
             );
             row("request -> offer", lat(&self.request_to_offer_ms));
+            row("request -> reply", lat(&self.request_to_reply_ms));
             row("request -> accept", lat(&self.request_to_accept_ms));
             row(
                 "mean pickup ETA",
@@ -408,6 +413,7 @@ mod tests {
             "offer_timeouts",
             "errors",
             "request_to_offer_ms",
+            "request_to_reply_ms",
             "request_to_accept_ms",
             "nearby_queries_per_s",
             "nearby_ms",

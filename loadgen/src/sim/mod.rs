@@ -445,6 +445,7 @@ pub(crate) async fn run(
     report.cancelled = counts.cancelled;
     report.still_open = counts.still_open;
     report.request_to_offer_ms = Percentiles::from_us(&sim.ledger.to_offer_us);
+    report.request_to_reply_ms = Percentiles::from_us(&sim.ledger.to_reply_us);
     report.request_to_accept_ms = Percentiles::from_us(&sim.ledger.to_accept_us);
     let mean = |v: &[f64]| {
         if v.is_empty() {

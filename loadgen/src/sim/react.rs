@@ -258,7 +258,7 @@ impl Sim {
                 Ok(Some(trip)) if !trip.trip_id.is_empty() => {
                     let no_drivers = trip.status() == pb::TripStatus::NoDrivers;
                     self.ledger
-                        .replied(n, done.sent_at, &trip.trip_id, no_drivers);
+                        .replied(n, done.sent_at, done.at, &trip.trip_id, no_drivers);
                     if !no_drivers {
                         self.watchers.offer(&trip.trip_id);
                     }
