@@ -13,7 +13,8 @@
 //! - [`snapshot`]: the state on disk at an offset (atomic files, CRC, format version), written
 //!   by its own thread from a copy the dispatcher takes at a group boundary.
 //! - `reads`: the read view NearbyDrivers, GetSurge and GetDriver are answered from on the
-//!   caller's thread (two copies swapped per command group), never through the queue.
+//!   caller's thread (one copy behind a lock, updated at each command group's commit), never
+//!   through the queue.
 //!
 //! All channels are bounded: when full, calls fail fast with `RESOURCE_EXHAUSTED`, location
 //! batches are shed (counted), and a writer that falls behind holds the dispatcher back.
