@@ -52,6 +52,8 @@
 //! - [`server`]: wires engine, services, health and reflection onto a listener; auth, limits,
 //!   TLS, metrics and graceful drain.
 //!
+//! Beside them, [`allocator`] tunes the binaries' allocator (mimalloc keeps freed memory).
+//!
 //! Request flow: a gRPC call is validated in `grpc`, becomes a command on the engine's bounded
 //! channel, is executed by the dispatcher thread with `now` from the clock (a decision reads
 //! the state and returns events; applying them is the only way the state changes), and its
@@ -61,6 +63,7 @@
 //! watchers get their events from the router. On start the engine restores its newest
 //! snapshot and replays the log after it to rebuild its state.
 
+pub mod allocator;
 pub mod clock;
 pub mod cluster;
 pub mod config;

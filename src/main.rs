@@ -262,6 +262,7 @@ fn init_logs(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    dispatch::allocator::keep_freed_memory();
     let (config, notes, print) = match Flags::parse().load() {
         Ok(c) => c,
         Err(e) => {

@@ -61,6 +61,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    dispatch::allocator::keep_freed_memory();
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
