@@ -241,9 +241,9 @@ impl ReadView {
             .eta
             .many_to_one(&from, center, now_ms, &mut etas);
         found
-            .iter()
+            .into_iter()
             .zip(&etas)
-            .map(|((n, id, rating, class), eta)| NearbyDriver::found(n, eta, id, *rating, *class))
+            .map(|((n, id, rating, class), eta)| NearbyDriver::found(&n, eta, id, rating, class))
             .collect()
     }
 
@@ -307,7 +307,7 @@ impl ReadPublisher {
     /// and its new trip requests. Call before the group's replies are sent.
     pub(super) fn publish(&mut self, dispatcher: &Dispatcher, events: &[Event], now_ms: u64) {
         let s = dispatcher.state();
-        let mut ops = std::mem::take(&mut self.ops);
+        let ops = &mut self.ops;
         for event in events {
             if let EventKind::TripRequested { pickup, class, .. } = &event.kind {
                 ops.push(Op::Demand {
@@ -322,7 +322,6 @@ impl ReadPublisher {
         }
         if self.touched.is_empty() && self.moved.is_empty() && ops.is_empty() {
             // The copy is current.
-            self.ops = ops;
             return;
         }
         if now_ms >= self.next_sweep_ms {
@@ -349,12 +348,11 @@ impl ReadPublisher {
         {
             // Waits only for the queries already reading; new ones wait for this.
             let mut copy = self.shared.copy.write();
-            for op in &ops {
+            for op in ops.iter() {
                 copy.apply(op);
             }
         }
         ops.clear();
-        self.ops = ops;
     }
 }
 

@@ -358,12 +358,12 @@ impl NearbyDriver {
     pub(crate) fn found(
         n: &crate::index::Neighbor,
         eta: &crate::matching::Eta,
-        id: &ExternalId,
+        id: ExternalId,
         rating: Rating,
         class: VehicleClass,
     ) -> NearbyDriver {
         NearbyDriver {
-            id: id.clone(),
+            id,
             position: n.position,
             distance_m: n.distance_m,
             eta_s: eta.eta_s,

@@ -158,7 +158,7 @@ impl Decide<'_> {
             .zip(&sc.etas)
             .map(|(n, eta)| {
                 let d = s.record(n.key);
-                NearbyDriver::found(n, eta, &d.id, d.rating, d.class)
+                NearbyDriver::found(n, eta, d.id.clone(), d.rating, d.class)
             })
             .collect()
     }
